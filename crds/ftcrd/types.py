@@ -1,0 +1,536 @@
+"""The FineTuneJob resource, defined once.
+
+Every other artefact derives from these models: ``make manifests`` renders
+``crds/finetunejob.yaml`` from them (see :mod:`ftcrd.generate`), the API builds
+specs with them, the operator parses objects with them and the trainer reads the
+same field names from its Hydra overrides. Field doc strings become the CRD's
+``description`` and therefore what ``kubectl explain`` prints.
+
+Names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "finetune.dev"
+VERSION = "v1alpha1"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+SINGULAR = "finetunejob"
+SHORT_NAMES = ["ftj"]
+CATEGORIES = ["finetune"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Children are named "<name>", "<name>-trainer", "<name>-dataset" and pods get hostnames
+# "<name>-<index>": 52 keeps every derived name inside the 63-character DNS label limit,
+# the same bound Kubernetes puts on CronJob names for the same reason.
+MAX_NAME_LENGTH = 52
+
+# The trainer's presets in config/model/*.yaml; a test keeps the two in step.
+ModelPreset = Literal["zephyr", "pythia28", "llama", "tiny"]
+MethodType = Literal["dpo", "ipo", "cdpo", "sft"]
+Optimizer = Literal["RMSprop", "AdamW", "Adam", "SGD"]
+DatasetFormat = Literal["novalto", "jsonl", "openai"]
+Compression = Literal["auto", "none", "gzip"]
+Phase = Literal["Pending", "Running", "Uploading", "Succeeded", "Failed", "Suspended"]
+TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
+
+# Environment variables the operator sets for rank wiring; user env may not override them.
+RESERVED_ENV = (
+    "PET_NNODES",
+    "PET_NPROC_PER_NODE",
+    "PET_NODE_RANK",
+    "PET_MASTER_ADDR",
+    "PET_MASTER_PORT",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "JOB_COMPLETION_INDEX",
+    "FTJ_NAME",
+    "FTJ_NAMESPACE",
+)
+
+
+def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+    """One ``x-kubernetes-validations`` entry; the message is what a kubectl user reads."""
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    if reason:
+        entry["reason"] = reason
+    return entry
+
+
+def immutable(what: str) -> dict[str, str]:
+    return cel("self == oldSelf", f"{what} is immutable once the job is created; create a new FineTuneJob")
+
+
+class CamelModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def wire(self) -> dict[str, Any]:
+        """The object as Kubernetes stores it: camelCase keys, unset fields omitted."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# ---------------------------------------------------------------------------------------------
+# spec
+# ---------------------------------------------------------------------------------------------
+
+
+class SecretKeyRef(CamelModel):
+    """A key inside a Kubernetes Secret in the job's namespace."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253, description="Name of the Secret.")]
+    key: Annotated[str, Field(min_length=1, max_length=253, description="Key inside the Secret.")]
+
+
+class ModelSpec(CamelModel):
+    """The base model to fine-tune and the trainer preset that fits it."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [immutable("spec.model")]})
+
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=512,
+            description=(
+                "Hugging Face repository id (for example HuggingFaceH4/zephyr-7b-beta) or, with claimName, a "
+                "path inside that volume. Weights are read from the volume or the Hub cache; nothing else is "
+                "downloaded by the operator."
+            ),
+        ),
+    ]
+    revision: Annotated[
+        str | None, Field(default=None, max_length=256, description="Git revision (branch, tag or commit) of the model.")
+    ]
+    tokenizer: Annotated[
+        str | None,
+        Field(default=None, max_length=512, description="Tokenizer repository id or path; defaults to the model's own."),
+    ]
+    preset: Annotated[
+        ModelPreset,
+        Field(
+            default="zephyr",
+            description=(
+                "Trainer preset from config/model (block class to shard, dtype, defaults): zephyr, pythia28, llama, "
+                "or tiny (a small random-initialised model for CPU demos and tests)."
+            ),
+        ),
+    ]
+    claim_name: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=253,
+            description="PersistentVolumeClaim holding the model; mounted read-only at /models and name is a path in it.",
+        ),
+    ]
+    hf_token_secret: Annotated[
+        SecretKeyRef | None,
+        Field(default=None, description="Secret with a Hugging Face token for gated models (exposed as HF_TOKEN)."),
+    ]
+
+
+class MethodSpec(CamelModel):
+    """The preference-optimisation objective."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [immutable("spec.method")]})
+
+    type: Annotated[
+        MethodType,
+        Field(
+            default="dpo",
+            description=(
+                "dpo: sigmoid DPO; cdpo: conservative DPO (DPO with labelSmoothing); ipo: identity preference "
+                "optimisation (squared loss); sft: supervised fine-tuning on the chosen responses."
+            ),
+        ),
+    ]
+    beta: Annotated[
+        float,
+        Field(
+            default=0.1,
+            gt=0,
+            le=100,
+            description="Temperature of the implicit reward; higher stays closer to the reference model. Must be > 0.",
+        ),
+    ]
+    label_smoothing: Annotated[
+        float,
+        Field(
+            default=0.0,
+            ge=0,
+            lt=0.5,
+            description="Assumed probability that a preference label is flipped (conservative DPO), in [0, 0.5).",
+        ),
+    ]
+    reference_free: Annotated[
+        bool,
+        Field(default=False, description="Ignore the reference model (implicit uniform reference)."),
+    ]
+
+
+class HyperparametersSpec(CamelModel):
+    """Optimisation settings. Defaults follow the reference DPO implementation."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.maxPromptLength) || !has(self.maxLength) || self.maxPromptLength < self.maxLength",
+                    "maxPromptLength must be smaller than maxLength",
+                ),
+            ]
+        }
+    )
+
+    epochs: Annotated[int | None, Field(default=1, ge=1, le=1000, description="Passes over the dataset.")]
+    examples: Annotated[
+        int | None,
+        Field(default=None, ge=1, description="Stop after this many training examples (overrides epochs when set)."),
+    ]
+    learning_rate: Annotated[float, Field(default=5e-7, gt=0, le=1, description="Peak learning rate.")]
+    batch_size: Annotated[
+        int, Field(default=128, ge=1, le=65536, description="Examples per optimizer step, across all ranks.")
+    ]
+    gradient_accumulation_steps: Annotated[
+        int, Field(default=1, ge=1, le=1024, description="Micro-batches accumulated per optimizer step.")
+    ]
+    max_length: Annotated[int, Field(default=512, ge=8, le=131072, description="Max tokens of prompt + response.")]
+    max_prompt_length: Annotated[
+        int, Field(default=256, ge=1, le=131072, description="Prompts longer than this are truncated (from the left).")
+    ]
+    warmup_steps: Annotated[int, Field(default=150, ge=0, description="Linear learning-rate warmup steps.")]
+    optimizer: Annotated[Optimizer, Field(default="RMSprop", description="Optimizer class (torch.optim).")]
+    seed: Annotated[int, Field(default=0, ge=0, le=2**31 - 1, description="Random seed for data order and init.")]
+    eval_every: Annotated[
+        int, Field(default=20000, ge=1, description="Evaluate on the held-out split every N training examples.")
+    ]
+    max_grad_norm: Annotated[float, Field(default=10.0, gt=0, description="Gradient-norm clipping threshold.")]
+    activation_checkpointing: Annotated[
+        bool, Field(default=False, description="Recompute activations in backward to save memory.")
+    ]
+    checkpoint_every: Annotated[
+        int, Field(default=100, ge=1, description="Save a resumable distributed checkpoint every N optimizer steps.")
+    ]
+    precompute_reference: Annotated[
+        bool,
+        Field(
+            default=False,
+            description="Compute reference log-probs in a first pass and drop the reference model (saves memory).",
+        ),
+    ]
+
+
+class ConfigMapSource(CamelModel):
+    """A dataset stored in a ConfigMap (binaryData for compressed content)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253, description="Name of the ConfigMap.")]
+    key: Annotated[str, Field(default="dataset.json", min_length=1, max_length=253, description="Key in the ConfigMap.")]
+
+
+class VolumeSource(CamelModel):
+    """A dataset stored on a PersistentVolumeClaim."""
+
+    claim_name: Annotated[str, Field(min_length=1, max_length=253, description="Name of the PersistentVolumeClaim.")]
+    path: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=1024,
+            pattern=r"^[^/].*$",
+            description="Path of the dataset file relative to the volume root (no leading slash).",
+        ),
+    ]
+
+
+class DatasetSpec(CamelModel):
+    """Where the preference pairs live: exactly one of configMap or volume."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.configMap) != has(self.volume)",
+                    "exactly one of spec.dataset.configMap or spec.dataset.volume must be set",
+                ),
+                immutable("spec.dataset"),
+            ]
+        }
+    )
+
+    config_map: Annotated[ConfigMapSource | None, Field(default=None, description="Dataset in a ConfigMap.")]
+    volume: Annotated[VolumeSource | None, Field(default=None, description="Dataset on a PersistentVolumeClaim.")]
+    format: Annotated[
+        DatasetFormat,
+        Field(
+            default="novalto",
+            description=(
+                "novalto: a JSON list of {prompt, chosen, rejected}; jsonl: one such object per line; openai: "
+                "OpenAI DPO JSONL (input.messages, preferred_output, non_preferred_output)."
+            ),
+        ),
+    ]
+    compression: Annotated[
+        Compression, Field(default="auto", description="auto detects gzip by its magic bytes; none or gzip force it.")
+    ]
+    validation_fraction: Annotated[
+        float,
+        Field(default=0.05, ge=0, lt=1, description="Share of rows held out for evaluation metrics."),
+    ]
+
+
+class Toleration(CamelModel):
+    """A core/v1 Toleration, passed through to the trainer pods."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class ResourcesSpec(CamelModel):
+    """Compute for the trainer pods. Immutable once the job has started."""
+
+    nodes: Annotated[int, Field(default=1, ge=1, le=512, description="Pods (torchrun nodes); must be at least 1.")]
+    gpus_per_node: Annotated[
+        int,
+        Field(default=1, ge=0, le=16, description="nvidia.com/gpu per pod and torchrun processes per node; 0 = CPU."),
+    ]
+    processes_per_node: Annotated[
+        int | None,
+        Field(default=None, ge=1, le=64, description="torchrun processes per pod when gpusPerNode is 0 (CPU)."),
+    ]
+    cpu: Annotated[str | None, Field(default=None, description="CPU request and limit per pod, e.g. '8'.")]
+    memory: Annotated[str | None, Field(default=None, description="Memory request and limit per pod, e.g. '64Gi'.")]
+    node_selector: Annotated[
+        dict[str, str] | None, Field(default=None, description="Node labels the pods must match.")
+    ]
+    tolerations: Annotated[list[Toleration] | None, Field(default=None, description="Tolerations for the pods.")]
+    priority_class_name: Annotated[str | None, Field(default=None, description="PriorityClass of the pods.")]
+    shm_size: Annotated[
+        str,
+        Field(default="1Gi", description="Size of the memory-backed /dev/shm (NCCL and data loaders need more than 64Mi)."),
+    ]
+
+
+class OutputSpec(CamelModel):
+    """Where the exported model goes: gs://<bucket>/<prefix>/<communityId>/<job>/."""
+
+    bucket: Annotated[str, Field(min_length=3, max_length=222, description="Firebase Storage (GCS) bucket name.")]
+    prefix: Annotated[str, Field(default="models", max_length=512, description="Object prefix inside the bucket.")]
+    credentials_secret: Annotated[
+        SecretKeyRef | None,
+        Field(
+            default=None,
+            description="Secret holding the Firebase service-account JSON; mounted read-only. Omit to use workload identity.",
+        ),
+    ]
+
+
+class EnvVar(CamelModel):
+    """An extra environment variable for the trainer (literal values; use Secrets for credentials)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    value: Annotated[str, Field(default="", max_length=32768)]
+
+
+class RunPolicySpec(CamelModel):
+    """Retries, deadlines, clean-up and queueing."""
+
+    backoff_limit: Annotated[
+        int,
+        Field(default=3, ge=0, le=100, description="Failed attempts (not counting preemptions) before the job fails."),
+    ]
+    active_deadline_seconds: Annotated[
+        int | None, Field(default=None, ge=1, description="Wall-clock limit for the whole job, across attempts.")
+    ]
+    ttl_seconds_after_finished: Annotated[
+        int | None, Field(default=None, ge=0, description="Delete the FineTuneJob this long after it finishes.")
+    ]
+    suspend: Annotated[bool, Field(default=False, description="Suspend (or resume, when set back to false) the job.")]
+    queue_name: Annotated[
+        str | None,
+        Field(default=None, max_length=63, description="Kueue LocalQueue; set as the kueue.x-k8s.io/queue-name label."),
+    ]
+
+
+class FineTuneJobSpec(CamelModel):
+    """What to fine-tune, on which data, with which resources, and where the result goes."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.method.type != 'cdpo' || self.method.labelSmoothing > 0.0",
+                    "method cdpo needs spec.method.labelSmoothing > 0",
+                ),
+            ]
+        }
+    )
+
+    community_id: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=63,
+            pattern=r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$",
+            description="Tenant or community label, copied onto every child object as finetune.dev/community-id.",
+        ),
+    ]
+    model: Annotated[ModelSpec, Field(description="The base model.")]
+    method: Annotated[MethodSpec, Field(default_factory=MethodSpec, description="The training objective.")]
+    hyperparameters: Annotated[
+        HyperparametersSpec, Field(default_factory=HyperparametersSpec, description="Optimisation settings.")
+    ]
+    dataset: Annotated[DatasetSpec, Field(description="The preference dataset.")]
+    resources: Annotated[ResourcesSpec, Field(default_factory=ResourcesSpec, description="Compute per pod.")]
+    output: Annotated[OutputSpec, Field(description="Where the trained model is uploaded.")]
+    image: Annotated[
+        str | None, Field(default=None, max_length=1024, description="Trainer image; defaults to the operator's.")
+    ]
+    service_account_name: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=253,
+            description="Run the trainer as this ServiceAccount instead of the per-job one the operator creates.",
+        ),
+    ]
+    env: Annotated[
+        list[EnvVar] | None,
+        Field(
+            default=None,
+            max_length=64,
+            description="Extra environment variables for the trainer; rank-wiring variables are reserved.",
+            json_schema_extra={
+                "x-kubernetes-validations": [
+                    cel(
+                        "self.all(e, !(e.name in " + str(list(RESERVED_ENV)) + "))",
+                        "spec.env may not set the reserved rank-wiring variables " + ", ".join(RESERVED_ENV),
+                    )
+                ]
+            },
+        ),
+    ]
+    run_policy: Annotated[RunPolicySpec, Field(default_factory=RunPolicySpec, description="Retries and lifecycle.")]
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+# ---------------------------------------------------------------------------------------------
+
+
+class Condition(CamelModel):
+    """A standard metav1.Condition. Types and reasons are listed in ftcrd.conditions."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class Progress(CamelModel):
+    """Training progress, reported by the trainer's rank 0 every few seconds."""
+
+    model_config = ConfigDict(extra="allow")
+
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: float | None = None
+    percent: float | None = None
+    eta_seconds: int | None = None
+    examples: int | None = None
+    summary: Annotated[str | None, Field(default=None, description="Human form, e.g. '30% (120/400)'.")]
+    updated_at: str | None = None
+
+
+class Metrics(CamelModel):
+    """Latest training metrics (rank-0 view, averaged over the optimizer step)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    loss: float | None = None
+    reward_accuracy: float | None = None
+    reward_margin: float | None = None
+    rewards_chosen: float | None = None
+    rewards_rejected: float | None = None
+    logps_chosen: float | None = None
+    logps_rejected: float | None = None
+    grad_norm: float | None = None
+    learning_rate: float | None = None
+    eval_loss: float | None = None
+    eval_reward_accuracy: float | None = None
+    tokens: int | None = None
+
+
+class Artifact(CamelModel):
+    """The uploaded, checksum-verified model."""
+
+    model_config = ConfigDict(extra="allow")
+
+    uri: str
+    size_bytes: int | None = None
+    sha256: Annotated[str | None, Field(default=None, description="sha256 of the upload manifest.")]
+    manifest_uri: str | None = None
+    files: int | None = None
+
+
+class CheckpointRecord(CamelModel):
+    """A checkpoint the trainer saved (listed by the OpenAI-compatible checkpoints endpoint)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    step: int
+    path: str | None = None
+    created_at: str | None = None
+    metrics: Metrics | None = None
+
+
+class FineTuneJobStatus(CamelModel):
+    """Observed state, written by the operator (phase, conditions) and the trainer (progress, metrics)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    phase: Phase | None = None
+    reason: str | None = None
+    message: str | None = None
+    conditions: list[Condition] | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    progress: Progress | None = None
+    metrics: Metrics | None = None
+    artifact: Artifact | None = None
+    checkpoints: list[CheckpointRecord] | None = None
+    observed_generation: int | None = None
+    attempts: int | None = None
+    job_name: str | None = None
+    kopf: Annotated[
+        dict[str, Any] | None,
+        Field(default=None, description="Reserved for the kopf framework's own bookkeeping."),
+    ]
+
+
+class FineTuneJob(CamelModel):
+    """A preference fine-tuning job."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = API_VERSION
+    kind: str = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: FineTuneJobSpec
+    status: FineTuneJobStatus | None = None
