@@ -455,6 +455,10 @@ class Progress(CamelModel):
     eta_seconds: int | None = None
     examples: int | None = None
     summary: Annotated[str | None, Field(default=None, description="Human form, e.g. '30% (120/400)'.")]
+    stage: Annotated[
+        Literal["loading", "training", "evaluating", "exporting", "uploading"] | None,
+        Field(default=None, description="What the trainer is doing; 'uploading' shows as phase Uploading."),
+    ]
     updated_at: str | None = None
 
 
