@@ -109,11 +109,14 @@ class ModelSpec(CamelModel):
         ),
     ]
     revision: Annotated[
-        str | None, Field(default=None, max_length=256, description="Git revision (branch, tag or commit) of the model.")
+        str | None,
+        Field(default=None, max_length=256, description="Git revision (branch, tag or commit) of the model."),
     ]
     tokenizer: Annotated[
         str | None,
-        Field(default=None, max_length=512, description="Tokenizer repository id or path; defaults to the model's own."),
+        Field(
+            default=None, max_length=512, description="Tokenizer repository id or path; defaults to the model's own."
+        ),
     ]
     preset: Annotated[
         ModelPreset,
@@ -234,7 +237,9 @@ class ConfigMapSource(CamelModel):
     """A dataset stored in a ConfigMap (binaryData for compressed content)."""
 
     name: Annotated[str, Field(min_length=1, max_length=253, description="Name of the ConfigMap.")]
-    key: Annotated[str, Field(default="dataset.json", min_length=1, max_length=253, description="Key in the ConfigMap.")]
+    key: Annotated[
+        str, Field(default="dataset.json", min_length=1, max_length=253, description="Key in the ConfigMap.")
+    ]
 
 
 class VolumeSource(CamelModel):
@@ -312,14 +317,14 @@ class ResourcesSpec(CamelModel):
     ]
     cpu: Annotated[str | None, Field(default=None, description="CPU request and limit per pod, e.g. '8'.")]
     memory: Annotated[str | None, Field(default=None, description="Memory request and limit per pod, e.g. '64Gi'.")]
-    node_selector: Annotated[
-        dict[str, str] | None, Field(default=None, description="Node labels the pods must match.")
-    ]
+    node_selector: Annotated[dict[str, str] | None, Field(default=None, description="Node labels the pods must match.")]
     tolerations: Annotated[list[Toleration] | None, Field(default=None, description="Tolerations for the pods.")]
     priority_class_name: Annotated[str | None, Field(default=None, description="PriorityClass of the pods.")]
     shm_size: Annotated[
         str,
-        Field(default="1Gi", description="Size of the memory-backed /dev/shm (NCCL and data loaders need more than 64Mi)."),
+        Field(
+            default="1Gi", description="Size of the memory-backed /dev/shm (NCCL and data loaders need more than 64Mi)."
+        ),
     ]
 
 
