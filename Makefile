@@ -29,6 +29,10 @@ lint: setup ## ruff + mypy
 fmt: ## Format the code
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
+.PHONY: manifests
+manifests: ## Render crds/finetunejob.yaml, docs/conditions.md and docs/crd-reference.md from crds/ftcrd
+	$(PY) -m ftcrd.generate
+
 .PHONY: test
 test: setup ## Run the whole suite (starts the local control plane itself)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 GROUP = "finetune.dev"
@@ -57,9 +57,33 @@ RESERVED_ENV = (
 )
 
 
-def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+# A resource.Quantity ("8", "500m", "64Gi"): a string or a number on the wire, always a string in Python.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+
+def _quantity_to_str(value: object) -> object:
+    if isinstance(value, bool):
+        return value
+    return str(value) if isinstance(value, int | float) else value
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity_to_str),
+    Field(
+        max_length=64,
+        pattern=QUANTITY_PATTERN,
+        # pydantic leaves the pattern out of the JSON schema once a BeforeValidator is attached
+        json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN},
+    ),
+]
+
+
+def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
     """One ``x-kubernetes-validations`` entry; the message is what a kubectl user reads."""
-    entry = {"rule": rule, "message": message}
+    entry: dict[str, Any] = {"rule": rule, "message": message}
     if field_path:
         entry["fieldPath"] = field_path
     if reason:
@@ -67,7 +91,7 @@ def cel(rule: str, message: str, *, field_path: str | None = None, reason: str |
     return entry
 
 
-def immutable(what: str) -> dict[str, str]:
+def immutable(what: str) -> dict[str, Any]:
     return cel("self == oldSelf", f"{what} is immutable once the job is created; create a new FineTuneJob")
 
 
@@ -143,7 +167,8 @@ class ModelSpec(CamelModel):
 
 
 class MethodSpec(CamelModel):
-    """The preference-optimisation objective."""
+    """The preference-optimisation objective: the loss (type), its temperature (beta) and conservative label
+    smoothing. Immutable once the job is created."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [immutable("spec.method")]})
 
@@ -296,11 +321,20 @@ class DatasetSpec(CamelModel):
 class Toleration(CamelModel):
     """A core/v1 Toleration, passed through to the trainer pods."""
 
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    key: Annotated[
+        str | None, Field(default=None, max_length=316, description="Taint key; empty with Exists matches all.")
+    ]
+    operator: Annotated[
+        Literal["Exists", "Equal"] | None, Field(default=None, description="Exists or Equal (the default).")
+    ]
+    value: Annotated[str | None, Field(default=None, max_length=63, description="Taint value for Equal.")]
+    effect: Annotated[
+        Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None,
+        Field(default=None, description="Taint effect to match; empty matches all effects."),
+    ]
+    toleration_seconds: Annotated[
+        int | None, Field(default=None, description="For NoExecute: how long the pod stays bound after the taint.")
+    ]
 
 
 class ResourcesSpec(CamelModel):
@@ -315,13 +349,22 @@ class ResourcesSpec(CamelModel):
         int | None,
         Field(default=None, ge=1, le=64, description="torchrun processes per pod when gpusPerNode is 0 (CPU)."),
     ]
-    cpu: Annotated[str | None, Field(default=None, description="CPU request and limit per pod, e.g. '8'.")]
-    memory: Annotated[str | None, Field(default=None, description="Memory request and limit per pod, e.g. '64Gi'.")]
-    node_selector: Annotated[dict[str, str] | None, Field(default=None, description="Node labels the pods must match.")]
-    tolerations: Annotated[list[Toleration] | None, Field(default=None, description="Tolerations for the pods.")]
-    priority_class_name: Annotated[str | None, Field(default=None, description="PriorityClass of the pods.")]
+    cpu: Annotated[Quantity | None, Field(default=None, description="CPU request and limit per pod, e.g. '8'.")]
+    memory: Annotated[
+        Quantity | None, Field(default=None, description="Memory request and limit per pod, e.g. '64Gi'.")
+    ]
+    node_selector: Annotated[
+        dict[str, Annotated[str, Field(max_length=63)]] | None,
+        Field(default=None, max_length=32, description="Node labels the pods must match."),
+    ]
+    tolerations: Annotated[
+        list[Toleration] | None, Field(default=None, max_length=32, description="Tolerations for the pods.")
+    ]
+    priority_class_name: Annotated[
+        str | None, Field(default=None, max_length=253, description="PriorityClass of the pods.")
+    ]
     shm_size: Annotated[
-        str,
+        Quantity,
         Field(
             default="1Gi", description="Size of the memory-backed /dev/shm (NCCL and data loaders need more than 64Mi)."
         ),
@@ -514,19 +557,44 @@ class FineTuneJobStatus(CamelModel):
 
     model_config = ConfigDict(extra="allow")
 
-    phase: Phase | None = None
-    reason: str | None = None
-    message: str | None = None
-    conditions: list[Condition] | None = None
-    start_time: str | None = None
-    completion_time: str | None = None
-    progress: Progress | None = None
-    metrics: Metrics | None = None
-    artifact: Artifact | None = None
-    checkpoints: list[CheckpointRecord] | None = None
-    observed_generation: int | None = None
-    attempts: int | None = None
-    job_name: str | None = None
+    phase: Annotated[
+        Phase | None,
+        Field(
+            default=None,
+            description="Pending, Running, Uploading, Succeeded, Failed or Suspended (Succeeded and Failed are final).",
+        ),
+    ]
+    reason: Annotated[
+        str | None, Field(default=None, description="Machine-readable reason of the phase (see docs/conditions.md).")
+    ]
+    message: Annotated[str | None, Field(default=None, description="Human-readable detail of the phase.")]
+    conditions: Annotated[
+        list[Condition] | None,
+        Field(
+            default=None,
+            description="Standard conditions (Created, Scheduled, Running, Suspended, Succeeded, Failed); "
+            "reasons are listed in docs/conditions.md.",
+            json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        ),
+    ]
+    start_time: Annotated[
+        str | None,
+        Field(default=None, description="When the first trainer pod started (RFC 3339); resources are then fixed."),
+    ]
+    completion_time: Annotated[
+        str | None, Field(default=None, description="When the job reached Succeeded or Failed (RFC 3339).")
+    ]
+    progress: Annotated[Progress | None, Field(default=None, description="Training progress.")]
+    metrics: Annotated[Metrics | None, Field(default=None, description="Latest training metrics.")]
+    artifact: Annotated[Artifact | None, Field(default=None, description="The uploaded model, once verified.")]
+    checkpoints: Annotated[
+        list[CheckpointRecord] | None, Field(default=None, description="The most recent checkpoints (last 10).")
+    ]
+    observed_generation: Annotated[
+        int | None, Field(default=None, description="metadata.generation the operator last acted on.")
+    ]
+    attempts: Annotated[int | None, Field(default=None, description="Trainer attempts started so far.")]
+    job_name: Annotated[str | None, Field(default=None, description="Name of the batch/v1 Job running the trainer.")]
     kopf: Annotated[
         dict[str, Any] | None,
         Field(default=None, description="Reserved for the kopf framework's own bookkeeping."),
@@ -534,9 +602,28 @@ class FineTuneJobStatus(CamelModel):
 
 
 class FineTuneJob(CamelModel):
-    """A preference fine-tuning job."""
+    """A preference fine-tuning job: a base model, a preference dataset and a method (DPO, IPO, cDPO or SFT) in,
+    a trained model uploaded to Firebase Storage out."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+                    f"metadata.name must be at most {MAX_NAME_LENGTH} characters: the operator derives child object "
+                    "names (Job, Service, pod hostnames) from it",
+                ),
+                cel(
+                    "!has(oldSelf.status) || !has(oldSelf.status.startTime) "
+                    "|| self.spec.resources == oldSelf.spec.resources",
+                    "spec.resources is immutable once the job has started (status.startTime is set); "
+                    "create a new FineTuneJob",
+                    field_path=".spec.resources",
+                ),
+            ]
+        },
+    )
 
     api_version: str = API_VERSION
     kind: str = KIND
