@@ -1,0 +1,171 @@
+"""fttrainer.upload through the real firebase-admin / google-cloud-storage code path into a GCS emulator."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fttrainer import upload
+from fttrainer.upload import UploadError, object_prefix, upload_export
+
+from tests.fixtures_gcs import GcsEmulator, free_port, gcs  # noqa: F401  (fixture)
+
+
+def make_export(root: Path, big: int = 600 * 1024) -> dict[str, bytes]:
+    files = {
+        "config.json": json.dumps({"model_type": "llama", "hidden_size": 64}).encode(),
+        "model.safetensors": os.urandom(big),
+        "tokenizer/tokenizer.json": b'{"version": "1.0"}',
+        "generation_config.json": b"{}",
+    }
+    for name, data in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return files
+
+
+@pytest.fixture
+def emulator_env(gcs, monkeypatch):  # noqa: F811
+    for k, v in gcs.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    return gcs
+
+
+def test_object_prefix():
+    assert object_prefix("models", "c1", "job") == "models/c1/job/"
+    assert object_prefix("/a/b/", None, "job") == "a/b/default/job/"
+    assert object_prefix("", "c", "j") == "c/j/"
+    with pytest.raises(ValueError):
+        object_prefix("m", None, "a/b")
+
+
+def test_upload_roundtrip(emulator_env, tmp_path, monkeypatch):
+    emu = emulator_env
+    # Force the resumable (chunked) path for the large file: production uses it above CHUNK_SIZE.
+    monkeypatch.setattr(upload, "CHUNK_SIZE", 256 * 1024)
+    export = tmp_path / "export"
+    files = make_export(export)
+    metrics = {"loss": 0.5, "rewardAccuracy": 0.75}
+    config = {"loss": {"name": "dpo", "beta": 0.1}, "lr": 5e-7}
+
+    res = upload_export(
+        export, bucket=emu.bucket, prefix="models", community_id="c1", job="job-rt", metrics=metrics, config=config
+    )
+
+    base = "models/c1/job-rt/"
+    assert res.uri == f"gs://{emu.bucket}/{base}"
+    assert res.manifest_uri == f"gs://{emu.bucket}/{base}manifest.json"
+    assert res.files == len(files)
+    assert res.size_bytes == sum(len(d) for d in files.values())
+    assert emu.list(base) == sorted([base + n for n in files] + [base + "manifest.json"])
+    for name, data in files.items():
+        assert hashlib.sha256(emu.download(base + name)).hexdigest() == hashlib.sha256(data).hexdigest()
+    blobs = emu.blobs(base)
+    assert blobs[base + "model.safetensors"].size == len(files["model.safetensors"])
+
+    raw = emu.download(base + "manifest.json")
+    assert hashlib.sha256(raw).hexdigest() == res.sha256
+    manifest = json.loads(raw)
+    assert manifest["files"] == [
+        {"path": n, "size": len(files[n]), "sha256": hashlib.sha256(files[n]).hexdigest()} for n in sorted(files)
+    ]
+    assert manifest["metrics"] == metrics
+    assert manifest["config"] == config
+    assert manifest["job"] == "job-rt"
+    assert manifest["communityId"] == "c1"
+    assert manifest["totalBytes"] == res.size_bytes
+    assert manifest["createdAt"].endswith("Z")
+    assert manifest["trainerVersion"]
+    assert res.artifact() == {
+        "uri": res.uri,
+        "manifestUri": res.manifest_uri,
+        "sizeBytes": res.size_bytes,
+        "sha256": res.sha256,
+        "files": res.files,
+    }
+
+
+def test_reupload_skips_identical_and_replaces_changed(emulator_env, tmp_path, caplog):
+    emu = emulator_env
+    export = tmp_path / "export"
+    make_export(export, big=10_000)
+    kw = {"bucket": emu.bucket, "prefix": "models", "community_id": None, "job": "job-re", "metrics": {}, "config": {}}
+    upload_export(export, **kw)
+    (export / "config.json").write_bytes(b'{"changed": true}')
+    with caplog.at_level(logging.INFO, logger="fttrainer.upload"):
+        upload_export(export, **kw)
+    assert "(3 sent" not in caplog.text and "1 sent, 3 already there" in caplog.text
+    assert emu.download("models/default/job-re/config.json") == b'{"changed": true}'
+
+
+def test_retries_until_the_server_comes_back(tmp_path, monkeypatch):
+    late = GcsEmulator(port=free_port(), bucket="late-bucket")
+    for k, v in late.env().items():
+        monkeypatch.setenv(k, v)
+    export = tmp_path / "export"
+    files = make_export(export, big=5000)
+    starter = threading.Timer(1.5, late.start)
+    starter.start()
+    try:
+        res = upload_export(
+            export,
+            bucket="late-bucket",
+            prefix="m",
+            community_id="c",
+            job="job-late",
+            metrics={},
+            config={},
+            retries=8,
+            backoff=0.5,
+            timeout=10,
+        )
+        assert res.files == len(files)
+        assert len(late.list("m/c/job-late/")) == len(files) + 1
+    finally:
+        starter.join()
+        late.stop()
+
+
+def test_upload_error_when_the_server_never_answers(tmp_path, monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")
+    export = tmp_path / "export"
+    make_export(export, big=100)
+    t0 = time.monotonic()
+    with pytest.raises(UploadError, match="failed after 3 attempts"):
+        upload_export(
+            export,
+            bucket="nowhere",
+            prefix="m",
+            community_id=None,
+            job="job-down",
+            metrics={},
+            config={},
+            retries=2,
+            backoff=0.05,
+            timeout=5,
+        )
+    assert time.monotonic() - t0 < 20
+
+
+def test_empty_export_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1")
+    (tmp_path / "e").mkdir()
+    with pytest.raises(UploadError, match="empty"):
+        upload_export(tmp_path / "e", bucket="b", prefix="m", community_id=None, job="j", metrics={}, config={})
+
+
+def test_env_controls_retries(tmp_path, monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("FTJ_UPLOAD_RETRIES", "0")
+    monkeypatch.setenv("FTJ_UPLOAD_BACKOFF", "0")
+    make_export(tmp_path / "e", big=10)
+    with pytest.raises(UploadError, match="failed after 1 attempts"):
+        upload_export(tmp_path / "e", bucket="b", prefix="m", community_id=None, job="j", metrics={}, config={})
