@@ -44,3 +44,51 @@ cluster-up: setup ## Start the local control plane + process node (idempotent); 
 .PHONY: cluster-down
 cluster-down: ## Stop the local control plane
 	@bash hack/cluster.sh down
+
+# --- images, kind and deployment (issue #7): see README.md "Deploy" ---------------------------------
+IMAGE_PREFIX ?= finetune-operator
+IMAGE_TAG ?= dev
+IMAGES := operator api trainer gcs-emulator
+KIND_CLUSTER ?= finetune
+# kind | gpu | local (deploy/overlays/*); `make deploy OVERLAY=gpu` for a real GPU cluster
+OVERLAY ?= kind
+KUBECTL ?= $(VENV)/bin/kubectl
+need = @command -v $(1) >/dev/null 2>&1 || { echo "$@: '$(1)' not found on PATH. $(2)" >&2; exit 1; }
+
+.PHONY: docker-build
+docker-build: ## Build the operator, API and trainer images (finetune-operator/<name>:dev; needs Docker)
+	$(call need,docker,Install Docker (https://docs.docker.com/get-docker/) or use 'make demo', which needs none.)
+	@docker info >/dev/null 2>&1 || { echo "docker-build: the docker CLI cannot reach a Docker engine (is dockerd running?). 'make demo' needs no Docker." >&2; exit 1; }
+	@set -e; for i in $(IMAGES); do \
+	  echo ">> docker build $(IMAGE_PREFIX)/$$i:$(IMAGE_TAG)"; \
+	  docker build -f deploy/images/Dockerfile --target $$i -t $(IMAGE_PREFIX)/$$i:$(IMAGE_TAG) .; \
+	done
+
+.PHONY: kind-up
+kind-up: ## Create a kind cluster named finetune (KIND_CLUSTER=...; needs Docker and kind)
+	$(call need,docker,Install Docker (https://docs.docker.com/get-docker/).)
+	$(call need,kind,Install kind (https://kind.sigs.k8s.io/docs/user/quick-start/#installation).)
+	@kind get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' && echo ">> kind cluster $(KIND_CLUSTER) exists" \
+	  || kind create cluster --name $(KIND_CLUSTER) --wait 120s
+
+.PHONY: kind-load
+kind-load: docker-build ## Build the images and load them into the kind cluster
+	$(call need,kind,Install kind (https://kind.sigs.k8s.io/docs/user/quick-start/#installation).)
+	@set -e; for i in $(IMAGES); do kind load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)/$$i:$(IMAGE_TAG); done
+
+.PHONY: deploy
+deploy: ## Apply deploy/overlays/OVERLAY (kind by default; OVERLAY=gpu for production) to the current context, wait for rollout
+	@$(PY) hack/deployctl.py apply --overlay $(OVERLAY) --kubectl $(KUBECTL) --wait
+
+.PHONY: undeploy
+undeploy: ## Delete what 'make deploy' created (FineTuneJobs and their children go with the CRD)
+	@$(PY) hack/deployctl.py delete --overlay $(OVERLAY) --kubectl $(KUBECTL)
+
+.PHONY: kind-down
+kind-down: ## Delete the kind cluster
+	$(call need,kind,Install kind (https://kind.sigs.k8s.io/docs/user/quick-start/#installation).)
+	kind delete cluster --name $(KIND_CLUSTER)
+
+.PHONY: demo
+demo: ## Webhook to uploaded model on CPU, on the local control plane (no Docker, no GPU); cleans up after itself
+	@bash hack/demo.sh $(DEMO_ARGS)
