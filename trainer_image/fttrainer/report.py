@@ -1,0 +1,356 @@
+"""Trainer → operator reporting: live progress in the FineTuneJob's status, and the termination message.
+
+:class:`Reporter` merge-patches ``/apis/finetune.dev/v1alpha1/namespaces/$FTJ_NAMESPACE/finetunejobs/
+$FTJ_NAME/status`` with ``{"status": {"progress": {...}, "metrics": {...}, "checkpoints": [...]}}``
+using the pod's ServiceAccount token (the per-job Role allows only get/patch on that one object's status).
+Only the standard library is used. Calls from the training loop only record the latest state and
+return; a daemon thread sends it, at most every ``FTJ_REPORT_INTERVAL`` seconds (default 5), at once on
+a stage change or a new checkpoint, and a last time on :meth:`Reporter.close`. Network or API failures
+are logged (never the token) and never raised.
+
+:func:`write_termination` writes the JSON result the operator reads from the pod's termination message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
+MAX_CHECKPOINTS = 10
+TERMINATION_LIMIT = 4096  # bytes, the kubelet's cap on a container's termination message
+_DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
+
+# Trainer-side metric names (TRL / reference-implementation style) -> status.metrics field names.
+_METRIC_ALIASES = {
+    "rewards/chosen": "rewardsChosen",
+    "rewards/rejected": "rewardsRejected",
+    "rewards/accuracies": "rewardAccuracy",
+    "rewards/accuracy": "rewardAccuracy",
+    "rewards/margins": "rewardMargin",
+    "logps/chosen": "logpsChosen",
+    "logps/rejected": "logpsRejected",
+    "reward_accuracies": "rewardAccuracy",
+    "reward_margins": "rewardMargin",
+    "rewards_chosen": "rewardsChosen",
+    "rewards_rejected": "rewardsRejected",
+    "lr": "learningRate",
+    "grad_norm": "gradNorm",
+    "eval_loss": "evalLoss",
+    "eval/loss": "evalLoss",
+    "eval_reward_accuracy": "evalRewardAccuracy",
+    "eval/rewards/accuracies": "evalRewardAccuracy",
+}
+# What survives when a termination message must shrink (status.metrics' declared fields, most useful first).
+_CORE_METRICS = ("loss", "rewardAccuracy", "rewardMargin", "evalLoss", "evalRewardAccuracy", "tokens")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _camel(key: str) -> str:
+    if key in _METRIC_ALIASES:
+        return _METRIC_ALIASES[key]
+    parts = [p for p in re.split(r"[/_\-.\s]+", key) if p]
+    if not parts:
+        return key
+    return parts[0][:1].lower() + parts[0][1:] + "".join(p[:1].upper() + p[1:] for p in parts[1:])
+
+
+def camel_metrics(metrics: dict[str, Any] | None) -> dict[str, float | int]:
+    """Metric names as status.metrics spells them; non-finite and non-numeric values dropped (JSON has no NaN)."""
+    out: dict[str, float | int] = {}
+    for k, raw in (metrics or {}).items():
+        v = raw
+        if isinstance(v, bool):
+            continue
+        if hasattr(v, "item"):  # torch / numpy scalars
+            try:
+                v = v.item()
+            except (ValueError, RuntimeError):
+                continue
+        if not isinstance(v, int | float) or not math.isfinite(v):
+            continue
+        name = _camel(str(k))
+        out[name] = int(v) if name == "tokens" else float(v)
+    return out
+
+
+class Reporter:
+    """Progress reporter. Only rank 0 inside a cluster talks to the API; everywhere else every method is a no-op."""
+
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        token_path: Path | None = None,
+        token: str | None = None,
+        ca_path: Path | None = None,
+        interval: float = 5.0,
+        timeout: float = 10.0,
+    ) -> None:
+        """``url``: the status subresource's full URL; None disables the reporter."""
+        self.url = url
+        self.enabled = url is not None
+        self.interval = interval
+        self.timeout = timeout
+        self._token_path = token_path
+        self._token = token
+        self._ssl: ssl.SSLContext | None = None
+        if self.enabled and url is not None and url.startswith("https://"):
+            self._ssl = ssl.create_default_context(cafile=str(ca_path) if ca_path else None)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._progress: dict[str, Any] = {}
+        self._metrics: dict[str, float | int] = {}
+        self._checkpoints: list[dict[str, Any]] = []
+        self._dirty = False
+        self._urgent = False
+        self._closed = False
+        self._last_sent = 0.0
+        self._stage: str | None = None
+        self._started = time.monotonic()
+        self._first_step: tuple[float, int] | None = None  # (time, step) of the first training progress
+        self.sent = 0
+        self.failures = 0
+        self._thread: threading.Thread | None = None
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, name="ftj-reporter", daemon=True)
+            self._thread.start()
+
+    @classmethod
+    def from_env(cls, rank: int) -> Reporter:
+        """Enabled on rank 0 when FTJ_NAME/FTJ_NAMESPACE, KUBERNETES_SERVICE_HOST/PORT and the SA token exist."""
+        interval = float(os.environ.get("FTJ_REPORT_INTERVAL", "5") or 5)
+        if rank != 0:
+            return cls(interval=interval)
+        name, ns = os.environ.get("FTJ_NAME"), os.environ.get("FTJ_NAMESPACE")
+        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        sa_dir = Path(os.environ.get("FTJ_SERVICEACCOUNT_DIR", str(SA_DIR)))
+        token, ca = sa_dir / "token", sa_dir / "ca.crt"
+        if not (name and ns and host and token.is_file()):
+            log.info("progress reporting disabled (not in a cluster, or FTJ_NAME/FTJ_NAMESPACE unset)")
+            return cls(interval=interval)
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        url = f"https://{host}:{port}/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}/{name}/status"
+        log.info("reporting progress to %s/%s every %.0fs", ns, name, interval)
+        return cls(url=url, token_path=token, ca_path=ca if ca.is_file() else None, interval=interval)
+
+    # -- called from the training loop (never blocks on the network) -------------------------------
+
+    def progress(
+        self, *, step: int, total_steps: int, epoch: float, examples: int, stage: str, metrics: dict[str, float]
+    ) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        percent = 100.0 * step / total_steps if total_steps > 0 else 0.0
+        percent = max(0.0, min(100.0, percent))
+        eta: int | None = None
+        if stage == "training":
+            if self._first_step is None or step < self._first_step[1]:
+                self._first_step = (now, step)
+            t0, s0 = self._first_step
+            if step > s0 and total_steps > step:
+                eta = round((now - t0) / (step - s0) * (total_steps - step))
+            elif total_steps > 0 and step >= total_steps:
+                eta = 0
+        progress = {
+            "step": int(step),
+            "totalSteps": int(total_steps),
+            "epoch": round(float(epoch), 4),
+            "percent": round(percent, 1),
+            "examples": int(examples),
+            "summary": f"{percent:.0f}% ({step}/{total_steps})",
+            "stage": stage,
+            "updatedAt": _now(),
+        }
+        if eta is not None:
+            progress["etaSeconds"] = eta
+        with self._lock:
+            self._progress = progress
+            self._metrics.update(camel_metrics(metrics))
+            self._dirty = True
+            if stage != self._stage:
+                self._stage = stage
+                self._urgent = True
+            # Always wake the sender: it sends now if due, else sleeps until the interval is up (trailing send).
+            self._wake.notify()
+
+    def checkpoint(self, step: int, path: str, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        rec: dict[str, Any] = {"step": int(step), "path": str(path), "createdAt": _now()}
+        m = camel_metrics(metrics)
+        if m:
+            rec["metrics"] = m
+        with self._lock:
+            self._checkpoints = [c for c in self._checkpoints if c["step"] != rec["step"]]
+            self._checkpoints.append(rec)
+            self._checkpoints = self._checkpoints[-MAX_CHECKPOINTS:]
+            self._dirty = self._urgent = True
+            self._wake.notify()
+
+    def close(self, timeout: float = 15.0) -> None:
+        """Send whatever is pending (bounded by ``timeout``) and stop the thread."""
+        if not self.enabled or self._thread is None:
+            return
+        with self._lock:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("progress reporter: final status patch still pending after %.0fs; giving up", timeout)
+
+    def __enter__(self) -> Reporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- background thread ------------------------------------------------------------------------
+
+    def _payload(self) -> dict[str, Any]:
+        status: dict[str, Any] = {}
+        if self._progress:
+            status["progress"] = dict(self._progress)
+        if self._metrics:
+            status["metrics"] = dict(self._metrics)
+        if self._checkpoints:
+            status["checkpoints"] = [dict(c) for c in self._checkpoints]
+        return {"status": status}
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while True:
+                    if self._dirty and (
+                        self._urgent or self._closed or time.monotonic() - self._last_sent >= self.interval
+                    ):
+                        break
+                    if self._closed:
+                        return
+                    wait = None
+                    if self._dirty:
+                        wait = max(0.0, self.interval - (time.monotonic() - self._last_sent))
+                    self._wake.wait(wait)
+                payload = self._payload()
+                self._dirty = self._urgent = False
+                self._last_sent = time.monotonic()
+                closing = self._closed
+            self._send(payload)
+            if closing:
+                with self._lock:
+                    if not self._dirty:
+                        return
+
+    def _send(self, payload: dict[str, Any]) -> None:
+        assert self.url is not None
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/merge-patch+json", "Accept": "application/json"}
+        try:
+            token = self._token
+            if token is None and self._token_path is not None:
+                token = self._token_path.read_text().strip()  # re-read: projected tokens rotate
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            req = urllib.request.Request(self.url, data=body, headers=headers, method="PATCH")
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as resp:
+                resp.read()
+            self.sent += 1
+            if self.failures:
+                log.info("progress reporter: status patch works again")
+                self.failures = 0
+        except urllib.error.HTTPError as e:
+            self._failed(f"HTTP {e.code} {e.reason}: {_body(e)}")
+        except Exception as e:
+            self._failed(f"{type(e).__name__}: {e}")
+
+    def _failed(self, what: str) -> None:
+        self.failures += 1
+        # Log the first failure and then every 10th, so an unreachable API cannot flood the pod log.
+        if self.failures == 1 or self.failures % 10 == 0:
+            log.warning("progress reporter: status patch failed (%d in a row): %s", self.failures, what[:500])
+
+
+def _body(e: urllib.error.HTTPError) -> str:
+    try:
+        data = e.read()[:300].decode(errors="replace")
+    except Exception:
+        return ""
+    try:
+        return str(json.loads(data).get("message", data))
+    except Exception:
+        return data
+
+
+# -- termination message ---------------------------------------------------------------------------
+
+
+def _encode(result: dict[str, Any]) -> bytes:
+    return json.dumps(result, separators=(",", ":"), default=str, allow_nan=False).encode()
+
+
+def shrink_termination(result: dict[str, Any], limit: int = TERMINATION_LIMIT - 96) -> bytes:
+    """The JSON of ``result`` within ``limit`` bytes: metric detail goes first, then long strings are cut."""
+    result = dict(result)
+    if isinstance(result.get("metrics"), dict):
+        result["metrics"] = camel_metrics(result["metrics"])
+    data = _encode(result)
+    if len(data) <= limit:
+        return data
+    if isinstance(result.get("metrics"), dict):
+        result["metrics"] = {k: v for k, v in result["metrics"].items() if k in _CORE_METRICS}
+        data = _encode(result)
+        if len(data) <= limit:
+            return data
+        result.pop("metrics")
+        data = _encode(result)
+        if len(data) <= limit:
+            return data
+    # Still too big: cut the longest strings (a message with a traceback, say) until it fits.
+    for _ in range(20):
+        key = max((k for k, v in result.items() if isinstance(v, str)), key=lambda k: len(result[k]), default=None)
+        if key is None:
+            break
+        excess = len(data) - limit
+        s = result[key]
+        keep = max(0, len(s.encode()) - excess - 32)
+        result[key] = s.encode()[:keep].decode(errors="ignore") + "…[truncated]"
+        data = _encode(result)
+        if len(data) <= limit:
+            return data
+    # Last resort: only the scalars that matter.
+    minimal: dict[str, Any] = {k: result[k] for k in ("status", "reason") if k in result}
+    return _encode(minimal)
+
+
+def write_termination(result: dict) -> None:
+    """Write ``result`` as JSON to ``$TERMINATION_MESSAGE_PATH`` or, if writable, ``/dev/termination-log``."""
+    env = os.environ.get("TERMINATION_MESSAGE_PATH")
+    path = Path(env) if env else _DEFAULT_TERMINATION_LOG
+    if not env and not (path.exists() and os.access(path, os.W_OK)):
+        log.info("no termination log (%s not writable); result: %s", path, json.dumps(result, default=str)[:1000])
+        return
+    data = shrink_termination(result)
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        log.warning("cannot write termination message to %s: %s", path, e)
