@@ -121,8 +121,8 @@ def test_kubernetes_secrets_hold_placeholders_only():
             for key, value in values.items():
                 if not SECRET_VALUE_OK.match(str(value)):
                     bad.append(f"{path.relative_to(ROOT)}: Secret {doc['metadata'].get('name')} key {key}")
-    assert not bad, "Secrets with non-placeholder values (use REPLACE_ME and create real ones out of git):\n" + "\n".join(
-        bad
+    assert not bad, (
+        "Secrets with non-placeholder values (use REPLACE_ME and create real ones out of git):\n" + "\n".join(bad)
     )
     assert checked >= 1, "expected at least the Firebase Secret template under deploy/"
 

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# `make demo`: prepare the tools (first run only), then run hack/demo.py with the project's venv.
+# Needs only python3 (>= 3.11), Go and openssl (bash hack/ci-prereqs.sh installs what is missing).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+t0=$SECONDS
+echo "==> Preparing tools: the Python venv (first time: downloads torch, several GB) and the Kubernetes binaries"
+echo "    (first time: building Kubernetes from source, ~20 min the first time on 2 cores; cached afterwards)"
+venv="$(bash hack/venv.sh)"
+bin="$(bash hack/build-k8s.sh | tail -n1)"
+echo "    venv $venv"
+echo "    kubernetes $bin ($((SECONDS - t0))s)"
+export PYTHONPATH="$root/crds:$root/operator:$root/api:$root/trainer_image:$root/hack${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+exec "$venv/bin/python" hack/demo.py "$@"
