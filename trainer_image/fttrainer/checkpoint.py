@@ -1,0 +1,131 @@
+"""Resumable distributed checkpoints (torch.distributed.checkpoint).
+
+Layout under ``checkpoint_dir``::
+
+    step-40/            # complete: every rank's shard + .metadata + COMPLETE
+    step-60/
+    .tmp-step-80/       # being written (or abandoned by a killed pod: ignored, then removed)
+
+A checkpoint holds the sharded model and optimizer state (``get_state_dict``/``set_state_dict``, so
+each rank writes only its own shards), the learning-rate scheduler and the loop state (step,
+examples seen, RNG). All ranks write into ``.tmp-step-N``; after a barrier the first process of each
+node renames it to ``step-N`` and writes ``COMPLETE``, so a pod killed mid-write leaves no
+checkpoint that looks valid. On start the latest complete checkpoint is loaded automatically. The
+last ``keep`` (default 2) are kept.
+
+DCP expects ``checkpoint_dir`` to be one filesystem shared by all nodes (a ReadWriteMany PVC) when
+there is more than one node.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from fttrainer.parallel import Dist
+
+log = logging.getLogger(__name__)
+
+COMPLETE = "COMPLETE"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    examples: int = 0
+    tokens: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"step": self.step, "examples": self.examples, "tokens": self.tokens}
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step}"
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every complete checkpoint, oldest first."""
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and (p / COMPLETE).exists():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest(root: Path) -> tuple[int, Path] | None:
+    found = complete_checkpoints(root)
+    return found[-1] if found else None
+
+
+def _state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
+) -> dict[str, Any]:
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    return {"model": model_sd, "optim": optim_sd, "scheduler": scheduler.state_dict()}
+
+
+def save(
+    root: Path,
+    loop: LoopState,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    d: Dist,
+    keep: int = 2,
+) -> Path:
+    """Collective: every rank must call it at the same step."""
+    final = step_dir(root, loop.step)
+    tmp = root / f".tmp-step-{loop.step}"
+    if d.is_local_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True, exist_ok=True)
+    d.barrier()
+    state = _state(model, optimizer, scheduler)
+    state["loop"] = {**loop.to_dict(), "rng": torch.get_rng_state()}
+    dcp.save(state, checkpoint_id=str(tmp))
+    d.barrier()
+    if d.is_local_main and tmp.exists():
+        try:
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            (final / COMPLETE).write_text(f"{loop.step}\n")
+        except FileNotFoundError:  # another node's first process renamed the shared directory first
+            pass
+        for _, old in complete_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in root.glob(".tmp-step-*"):
+            if stale != tmp:
+                shutil.rmtree(stale, ignore_errors=True)
+    d.barrier()
+    log.info("checkpoint: saved step %d to %s", loop.step, final)
+    return final
+
+
+def load(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> LoopState:
+    """Load a complete checkpoint into the (already sharded) model, optimizer and scheduler."""
+    state = _state(model, optimizer, scheduler)
+    state["loop"] = {"step": 0, "examples": 0, "tokens": 0, "rng": torch.get_rng_state()}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    scheduler.load_state_dict(state["scheduler"])
+    loop = state["loop"]
+    torch.set_rng_state(loop["rng"])
+    return LoopState(step=int(loop["step"]), examples=int(loop["examples"]), tokens=int(loop["tokens"]))

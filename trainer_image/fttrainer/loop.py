@@ -1,0 +1,337 @@
+"""The training loop: one readable file, nanoGPT style.
+
+Per optimizer step: each rank runs ``gradient_accumulation_steps`` micro-batches of its slice of the
+global batch (see :mod:`fttrainer.data`), one concatenated chosen+rejected forward each, scales the
+loss by ``1 / gradient_accumulation_steps`` (FSDP2's reduce-scatter averages over ranks, so the
+gradient is the mean over the global batch), clips the global gradient norm, steps the optimizer and
+the warmup schedule, all-reduces the metrics, reports progress, evaluates every ``eval_every``
+examples and checkpoints every ``checkpoint_every`` steps.
+
+Everything that decides the weights is a function of the seed and the step number, so a run resumed
+from a checkpoint ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+from fttrainer import checkpoint
+from fttrainer.checkpoint import LoopState
+from fttrainer.data import Example, Schedule, collate, shard_for_eval
+from fttrainer.losses import batch_logps, preference_loss, sft_loss
+from fttrainer.parallel import Dist, all_reduce_sum
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("RMSprop", "AdamW", "Adam", "SGD")
+
+
+class ProgressSink(Protocol):
+    def progress(
+        self, *, step: int, total_steps: int, epoch: float, examples: int, stage: str, metrics: dict[str, float]
+    ) -> None: ...
+
+    def checkpoint(self, step: int, path: str, metrics: dict[str, float]) -> None: ...
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: str  # dpo | ipo | sft ("cdpo" is dpo with label_smoothing > 0)
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    reference_free: bool = False
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.name != "sft"
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    lr: float
+    optimizer: str
+    warmup_steps: int
+    max_grad_norm: float
+    eval_every: int
+    eval_batch_size: int
+    do_first_eval: bool
+    checkpoint_every: int
+    checkpoint_dir: Path
+    minimum_log_interval_secs: float = 1.0
+    exit_after_step: int | None = None  # test hook: hard-exit right after the checkpoint of this step
+
+
+@dataclass
+class Result:
+    step: int
+    examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    resumed_from: int | None = None
+
+
+def build_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    cls: type[torch.optim.Optimizer] = getattr(torch.optim, name)
+    return cls(params, lr=lr)
+
+
+def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup to the peak learning rate over ``warmup_steps``, then constant (the reference's)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
+    """Global gradient norm over sharded (DTensor) gradients, then clip (torchtitan's recipe)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
+    if isinstance(total, DTensor):
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=True)
+    return float(total.item())
+
+
+def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Summed response log-probs for every row of a collated batch (chosen rows, then rejected)."""
+    out = model(
+        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False
+    )
+    return batch_logps(out.logits.float(), batch["labels"].to(device), average=False)
+
+
+class Trainer:
+    def __init__(
+        self,
+        *,
+        cfg: LoopConfig,
+        loss: LossSpec,
+        d: Dist,
+        policy: nn.Module,
+        reference: nn.Module | None,
+        examples: list[Example],
+        schedule: Schedule,
+        eval_indices: list[int],
+        pad_token_id: int,
+        reporter: ProgressSink,
+        reference_logps: torch.Tensor | None = None,
+    ) -> None:
+        if loss.needs_reference and reference is None and reference_logps is None:
+            raise ValueError(f"loss {loss.name} needs a reference model or precomputed reference log-probs")
+        self.cfg, self.loss, self.d = cfg, loss, d
+        self.policy, self.reference = policy, reference
+        self.examples, self.schedule, self.eval_indices = examples, schedule, eval_indices
+        self.pad_token_id, self.reporter = pad_token_id, reporter
+        self.reference_logps = reference_logps  # (n_examples, 2): chosen, rejected
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(cfg.optimizer, self.params, cfg.lr)
+        self.scheduler = warmup_schedule(self.optimizer, cfg.warmup_steps)
+        self.state = LoopState()
+        self.metrics: dict[str, float] = {}
+        self._last_log = 0.0
+
+    # ------------------------------------------------------------------ one micro-batch
+
+    def _reference_logps(self, batch: dict[str, torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.reference_logps is not None:
+            ref = self.reference_logps[batch["index"]].to(self.d.device)
+            return ref[:, 0], ref[:, 1]
+        assert self.reference is not None
+        with torch.no_grad():
+            logps = sequence_logps(self.reference, batch, self.d.device)
+        return logps[:n], logps[n:]
+
+    def _micro_batch(
+        self, indices: list[int], train: bool, counted: int | None = None
+    ) -> tuple[torch.Tensor, list[float]]:
+        """(mean loss to backpropagate, metric sums over the first ``counted`` rows) for one micro-batch."""
+        n = len(indices)
+        k = n if counted is None else counted
+        batch = collate([self.examples[i] for i in indices], self.pad_token_id)
+        if self.loss.name == "sft":
+            chosen_only = {k: (v[:n] if k != "index" else v) for k, v in batch.items()}
+            with torch.set_grad_enabled(train):
+                policy_chosen = sequence_logps(self.policy, chosen_only, self.d.device)
+            losses = sft_loss(policy_chosen)
+            policy_rejected = torch.zeros_like(policy_chosen)
+            chosen_rewards = rejected_rewards = torch.zeros_like(policy_chosen)
+            tokens = float(chosen_only["attention_mask"][:k].sum())
+        else:
+            with torch.set_grad_enabled(train):
+                logps = sequence_logps(self.policy, batch, self.d.device)
+            policy_chosen, policy_rejected = logps[:n], logps[n:]
+            ref_chosen, ref_rejected = self._reference_logps(batch, n)
+            losses, chosen_rewards, rejected_rewards = preference_loss(
+                policy_chosen,
+                policy_rejected,
+                ref_chosen,
+                ref_rejected,
+                beta=self.loss.beta,
+                label_smoothing=self.loss.label_smoothing,
+                ipo=self.loss.name == "ipo",
+                reference_free=self.loss.reference_free,
+            )
+            mask = batch["attention_mask"]
+            tokens = float(mask[:k].sum() + mask[n : n + k].sum())
+        per_example = torch.stack(
+            [
+                losses.detach(),
+                (chosen_rewards > rejected_rewards).to(losses.dtype),
+                chosen_rewards - rejected_rewards,
+                chosen_rewards,
+                rejected_rewards,
+                policy_chosen.detach(),
+                policy_rejected.detach(),
+            ]
+        )[:, :k]
+        sums = [float(k), *per_example.sum(dim=1).tolist(), tokens]
+        return losses.mean(), sums
+
+    @staticmethod
+    def _summarise(sums: list[float], prefix: str = "") -> dict[str, float]:
+        n = max(sums[0], 1.0)
+        names = ["loss", "rewardAccuracy", "rewardMargin", "rewardsChosen", "rewardsRejected"]
+        names += ["logpsChosen", "logpsRejected"]
+        out = {name: sums[i + 1] / n for i, name in enumerate(names)}
+        if prefix:
+            return {"evalLoss": out["loss"], "evalRewardAccuracy": out["rewardAccuracy"]}
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self) -> dict[str, float]:
+        if not self.eval_indices:
+            return {}
+        self.policy.eval()
+        world = self.d.world_size
+        per_rank_batch = max(1, self.cfg.eval_batch_size // world)
+        totals = [0.0] * 9
+        with torch.no_grad():
+            for indices, counted in shard_for_eval(self.eval_indices, self.d.rank, world, per_rank_batch):
+                _, sums = self._micro_batch(indices, train=False, counted=counted)
+                totals = [t + s for t, s in zip(totals, sums, strict=True)]
+        self.policy.train()
+        return self._summarise(all_reduce_sum(totals, self.d), prefix="eval")
+
+    # ------------------------------------------------------------------ training
+
+    def step(self) -> dict[str, float]:
+        micro_batches = self.schedule.micro_batches(self.state.step, self.d.rank)
+        accum = len(micro_batches)
+        totals = [0.0] * 9
+        for indices in micro_batches:
+            loss, sums = self._micro_batch(indices, train=True)
+            (loss / accum).backward()
+            totals = [t + s for t, s in zip(totals, sums, strict=True)]
+        grad_norm = clip_grad_norm(self.params, self.cfg.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        summed = all_reduce_sum(totals, self.d)
+        self.state.step += 1
+        self.state.examples += int(summed[0])
+        self.state.tokens += int(summed[8])
+        metrics = self._summarise(summed)
+        metrics.update(gradNorm=grad_norm, learningRate=lr, tokens=float(self.state.tokens))
+        return metrics
+
+    def resume(self) -> int | None:
+        found = checkpoint.latest(self.cfg.checkpoint_dir)
+        if found is None:
+            return None
+        step, path = found
+        self.state = checkpoint.load(path, self.policy, self.optimizer, self.scheduler)
+        log.info("resumed from step %d (%s, %d examples seen)", self.state.step, path, self.state.examples)
+        return step
+
+    def _report(self, stage: str) -> None:
+        self.reporter.progress(
+            step=self.state.step,
+            total_steps=self.schedule.total_steps,
+            epoch=self.schedule.epoch(self.state.step),
+            examples=self.state.examples,
+            stage=stage,
+            metrics=self.metrics,
+        )
+
+    def _log(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.d.is_main or (not force and now - self._last_log < self.cfg.minimum_log_interval_secs):
+            return
+        self._last_log = now
+        m = self.metrics
+        keys = ["loss", "rewardAccuracy", "rewardMargin", "gradNorm", "learningRate", "evalLoss", "evalRewardAccuracy"]
+        shown = " ".join(f"{k}={m[k]:.4g}" for k in keys if k in m and math.isfinite(m[k]))
+        log.info("step %d/%d examples %d %s", self.state.step, self.schedule.total_steps, self.state.examples, shown)
+
+    def _eval(self) -> int:
+        self._report("evaluating")
+        self.metrics.update(self.evaluate())
+        self._log(force=True)
+        return self.state.examples
+
+    def run(self, on_exit: Callable[[int], None] = os._exit) -> Result:
+        resumed = self.resume()
+        self.policy.train()
+        total = self.schedule.total_steps
+        last_eval = self.state.examples
+        if resumed is None and self.cfg.do_first_eval:
+            last_eval = self._eval()
+        while self.state.step < total:
+            self.metrics.update(self.step())
+            if self.state.examples - last_eval >= self.cfg.eval_every and self.state.step < total:
+                last_eval = self._eval()
+            self._report("training")
+            self._log(force=self.state.step == total)
+            if self.state.step % self.cfg.checkpoint_every == 0 or self.state.step == total:
+                path = checkpoint.save(
+                    self.cfg.checkpoint_dir, self.state, self.policy, self.optimizer, self.scheduler, self.d
+                )
+                if self.d.is_main:
+                    self.reporter.checkpoint(self.state.step, str(path), dict(self.metrics))
+                if self.cfg.exit_after_step == self.state.step:
+                    log.warning("exit_after_step=%d: exiting hard after the checkpoint", self.state.step)
+                    dist.barrier()
+                    on_exit(75)
+        self._eval()
+        return Result(self.state.step, self.state.examples, dict(self.metrics), resumed)
+
+
+def precompute_reference_logps(
+    reference: nn.Module, examples: list[Example], d: Dist, batch_size: int, pad_token_id: int
+) -> torch.Tensor:
+    """Reference log-probs ``(n_examples, 2)`` (chosen, rejected) for every example, on every rank.
+
+    Each rank computes its strided share (all ranks run the same number of forwards, as FSDP needs),
+    then one all-gather gives everybody the whole table; the caller can then drop the reference model.
+    """
+    world = d.world_size
+    all_indices = list(range(len(examples)))
+    rows: list[torch.Tensor] = []
+    with torch.no_grad():
+        for indices, _ in shard_for_eval(all_indices, d.rank, world, max(1, batch_size // world)):
+            batch = collate([examples[i] for i in indices], pad_token_id)
+            logps = sequence_logps(reference, batch, d.device).double()
+            n = len(indices)
+            rows.append(torch.stack([batch["index"].double().to(d.device), logps[:n], logps[n:]], dim=1))
+    mine = torch.cat(rows)
+    gathered = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(gathered, mine)
+    table = torch.empty(len(examples), 2, dtype=torch.float64)
+    for part in gathered:
+        part = part.cpu()
+        table[part[:, 0].long()] = part[:, 1:]
+    return table.float()

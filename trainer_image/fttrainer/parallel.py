@@ -1,0 +1,138 @@
+"""Process group, device mesh and FSDP2 sharding.
+
+Every run goes through the same path: a process group (gloo on CPU, nccl on GPU) and a 1-D device
+mesh over all ranks, then ``fully_shard`` on every transformer block (the preset's ``block_name``)
+and on the root module. A plain ``python -m fttrainer.train`` gets a one-rank group over an in-memory
+store, so world size 1 is still FSDP2 (sharding over one rank is a no-op split, but checkpointing,
+export and the loop need no special case).
+
+On GPU the policy keeps fp32 master weights and computes in bf16 with fp32 gradient reduction
+(``MixedPrecisionPolicy``); on CPU everything is fp32.
+
+The frozen reference model is sharded exactly like the policy (same blocks, same mesh), in eval
+mode with ``requires_grad=False``, so its parameters live on the same device and mesh as the
+policy's (TRL #6470 is the device-mismatch bug you get otherwise).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    mesh: DeviceMesh
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_local_main(self) -> bool:
+        return self.local_rank == 0
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+
+def init_distributed(timeout_s: int = 1800) -> Dist:
+    """Join the torchrun job (or create a one-rank group outside torchrun)."""
+    use_cuda = torch.cuda.is_available()
+    backend = "nccl" if use_cuda else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend, timeout=timeout)
+    else:
+        rank, world, local_rank = 0, 1, 0
+        if use_cuda:
+            torch.cuda.set_device(0)
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    device_type = "cuda" if use_cuda else "cpu"
+    device = torch.device(device_type, local_rank) if use_cuda else torch.device("cpu")
+    mesh = init_device_mesh(device_type, (world,), mesh_dim_names=("fsdp",))
+    return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device, mesh=mesh)
+
+
+def find_blocks(model: nn.Module, block_name: str) -> list[nn.Module]:
+    blocks = [m for m in model.modules() if type(m).__name__ == block_name]
+    if not blocks:
+        names = sorted({type(m).__name__ for m in model.modules() if "Layer" in type(m).__name__})
+        raise ValueError(f"model has no module of class {block_name!r} (block_name); layer classes: {names}")
+    return blocks
+
+
+def _replace_child(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    for parent in root.modules():
+        for name, child in parent.named_children():
+            if child is old:
+                setattr(parent, name, new)
+                return
+    raise ValueError("module not found in its root")
+
+
+def apply_activation_checkpointing(model: nn.Module, block_name: str) -> None:
+    """Wrap each block so its activations are recomputed in backward (torchtitan style).
+
+    The wrapper sits outside ``fully_shard`` so FSDP's unshard hooks run once per recomputation;
+    ``get_model_state_dict`` strips the wrapper's ``_checkpoint_wrapped_module`` from the names.
+    """
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+
+    for block in find_blocks(model, block_name):
+        _replace_child(model, block, checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT))
+
+
+def shard(model: nn.Module, block_name: str, d: Dist, *, mixed_precision: bool) -> nn.Module:
+    """``fully_shard`` each block, then the root (embeddings, final norm, head)."""
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
+    kwargs: dict[str, object] = {"mesh": d.mesh}
+    if mp is not None:
+        kwargs["mp_policy"] = mp
+    blocks = [m for m in model.modules() if type(m).__name__ in (block_name, "CheckpointWrapper")]
+    blocks = [m for m in blocks if type(m).__name__ == "CheckpointWrapper" or not _is_wrapped(model, m)]
+    for block in blocks:
+        fully_shard(block, **kwargs)  # type: ignore[arg-type]
+    fully_shard(model, **kwargs)  # type: ignore[arg-type]
+    log.info("FSDP2: sharded %d %s blocks + root over %d rank(s)", len(blocks), block_name, d.world_size)
+    return model
+
+
+def _is_wrapped(root: nn.Module, module: nn.Module) -> bool:
+    return any(
+        type(m).__name__ == "CheckpointWrapper" and getattr(m, "_checkpoint_wrapped_module", None) is module
+        for m in root.modules()
+    )
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def all_reduce_sum(values: list[float], d: Dist) -> list[float]:
+    """Sum a few floats over all ranks (one collective)."""
+    t = torch.tensor(values, dtype=torch.float64, device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
