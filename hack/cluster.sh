@@ -1,0 +1,291 @@
+#!/usr/bin/env bash
+# Local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, all
+# real binaries built by hack/build-k8s.sh) plus the process node (hack/processnode, a kubelet
+# stand-in that runs pods as local processes).
+#
+#   hack/cluster.sh up      start (idempotent: a running healthy cluster is reused);
+#                           the last stdout line is `export KUBECONFIG=<path>`
+#   hack/cluster.sh down    stop everything and remove the state directory
+#   hack/cluster.sh status  print component health; exit 0 when the cluster is healthy
+#
+# Environment: FTO_STATE_DIR (default /tmp/finetune-operator-cluster), FTO_APISERVER_PORT (16443).
+# Other loopback ports are derived from the apiserver port so two clusters (different state dirs
+# and apiserver ports) can run side by side: etcd client = port-4064, etcd peer = port-4063,
+# controller-manager = port+1, scheduler = port+2.
+# Process node options: FTO_NODE_CPU (16), FTO_NODE_MEMORY (64Gi), FTO_NODE_PODS (110), FTO_NODE_GPUS (2).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+STATE="${FTO_STATE_DIR:-/tmp/finetune-operator-cluster}"
+PORT="${FTO_APISERVER_PORT:-16443}"
+ETCD_PORT=$((PORT - 4064))
+ETCD_PEER_PORT=$((PORT - 4063))
+KCM_PORT=$((PORT + 1))
+SCHED_PORT=$((PORT + 2))
+PKI="$STATE/pki"
+LOGS="$STATE/logs"
+RUN="$STATE/run"
+KUBECONFIG_PATH="$STATE/admin.kubeconfig"
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler processnode)
+
+log() { echo ">> $*" >&2; }
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+pid_of() { # prints the pid of a running component, or nothing
+  local f="$RUN/$1.pid" pid
+  [[ -f "$f" ]] || return 0
+  pid=$(<"$f")
+  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
+}
+
+https_ok() { # url [cert key]: 0 when GET returns "ok"
+  local url=$1
+  if [[ $# -ge 3 ]]; then
+    [[ "$(curl -fsS --max-time 3 --cacert "$PKI/ca.crt" --cert "$2" --key "$3" "$url" 2>/dev/null)" == ok ]]
+  else
+    [[ "$(curl -fsSk --max-time 3 "$url" 2>/dev/null)" == ok ]]
+  fi
+}
+
+apiserver_ready() { https_ok "https://127.0.0.1:$PORT/readyz" "$PKI/admin.crt" "$PKI/admin.key"; }
+
+node_ready() {
+  [[ -n "$(pid_of processnode)" ]] || return 1
+  "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" get node process-node \
+    -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -qx True
+}
+
+healthy() {
+  local c
+  for c in "${COMPONENTS[@]}"; do [[ -n "$(pid_of "$c")" ]] || return 1; done
+  apiserver_ready && https_ok "https://127.0.0.1:$KCM_PORT/healthz" && https_ok "https://127.0.0.1:$SCHED_PORT/healthz" \
+    && node_ready
+}
+
+wait_for() { # seconds description command...
+  local secs=$1 what=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then die "timed out after ${secs}s waiting for $what (logs: $LOGS)"; fi
+    sleep 0.3
+  done
+}
+
+start() { # name command... : runs detached in its own session, logs to $LOGS/<name>.log
+  local name=$1; shift
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$RUN/$name.pid"
+}
+
+# --- PKI ---------------------------------------------------------------------------------------
+gen_cert() { # name subject [ext-file-section-content]
+  local name=$1 subj=$2 ext=${3:-}
+  openssl genrsa -out "$PKI/$name.key" 2048 2>/dev/null
+  openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
+  printf '%s\n' "$ext" >"$PKI/$name.ext"
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
+  rm -f "$PKI/$name.csr"
+}
+
+gen_pki() {
+  [[ -f "$PKI/.done" ]] && return 0
+  mkdir -p "$PKI"
+  log "generating PKI in $PKI"
+  openssl genrsa -out "$PKI/ca.key" 2048 2>/dev/null
+  openssl req -x509 -new -nodes -key "$PKI/ca.key" -subj "/CN=finetune-operator-local-ca" -days 3650 \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+    -out "$PKI/ca.crt" 2>/dev/null
+  local client="basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+  gen_cert apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  gen_cert admin "/O=system:masters/CN=kubernetes-admin" "$client"
+  # The process node authenticates as a real kubelet would: the Node authorizer and the
+  # NodeRestriction admission plugin limit it to its own node and the pods bound to it.
+  gen_cert node "/O=system:nodes/CN=system:node:process-node" "$client"
+  # The apiserver's client certificate towards the "kubelet" (kubectl logs/exec proxying).
+  gen_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
+  openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+  chmod 600 "$PKI"/*.key
+  touch "$PKI/.done"
+}
+
+write_kubeconfig() { # path user cert key
+  local path=$1 user=$2 cert=$3 key=$4
+  cat >"$path.tmp" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: https://127.0.0.1:$PORT
+    certificate-authority: $PKI/ca.crt
+users:
+- name: $user
+  user:
+    client-certificate: $cert
+    client-key: $key
+contexts:
+- name: local
+  context:
+    cluster: local
+    user: $user
+current-context: local
+KC
+  mv "$path.tmp" "$path"
+}
+
+# --- components ------------------------------------------------------------------------------------
+start_etcd() {
+  [[ -n "$(pid_of etcd)" ]] && return 0
+  mkdir -p "$STATE/etcd"
+  start etcd "$BIN/etcd" --name local --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "local=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --listen-metrics-urls "http://127.0.0.1:$((ETCD_PORT + 2))" \
+    --unsafe-no-fsync --snapshot-count 10000 --quota-backend-bytes 4294967296 --log-level warn
+}
+
+start_apiserver() {
+  [[ -n "$(pid_of kube-apiserver)" ]] && return 0
+  # Admission: the defaults of a kubeadm cluster that make sense without a real kubelet/cloud.
+  local admission=NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultStorageClass,DefaultTolerationSeconds,NodeRestriction,Priority,StorageObjectInUseProtection,PersistentVolumeClaimResize,RuntimeClass,CertificateApproval,CertificateSigning,CertificateSubjectRestriction,DefaultIngressClass,TaintNodesByCondition,MutatingAdmissionPolicy,MutatingAdmissionWebhook,ValidatingAdmissionPolicy,ValidatingAdmissionWebhook,ResourceQuota
+  start kube-apiserver "$BIN/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --secure-port "$PORT" \
+    --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+    --client-ca-file "$PKI/ca.crt" \
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP,Hostname \
+    --authorization-mode Node,RBAC --anonymous-auth=true \
+    --enable-admission-plugins "$admission" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+    --api-audiences https://kubernetes.default.svc.cluster.local \
+    --service-cluster-ip-range 10.0.0.0/24 \
+    --allow-privileged=true --enable-priority-and-fairness=false \
+    --event-ttl 1h --profiling=false -v=1
+}
+
+start_controller_manager() {
+  [[ -n "$(pid_of kube-controller-manager)" ]] && return 0
+  start kube-controller-manager "$BIN/kube-controller-manager" \
+    --kubeconfig "$KUBECONFIG_PATH" \
+    --authentication-kubeconfig "$KUBECONFIG_PATH" --authorization-kubeconfig "$KUBECONFIG_PATH" \
+    --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --cert-dir "$STATE/kcm-certs" \
+    --leader-elect=false --controllers '*' --use-service-account-credentials=true \
+    --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
+    --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
+    --service-cluster-ip-range 10.0.0.0/24 \
+    --concurrent-gc-syncs 20 --terminated-pod-gc-threshold 1000 \
+    --profiling=false -v=1
+}
+
+start_scheduler() {
+  [[ -n "$(pid_of kube-scheduler)" ]] && return 0
+  start kube-scheduler "$BIN/kube-scheduler" \
+    --kubeconfig "$KUBECONFIG_PATH" \
+    --authentication-kubeconfig "$KUBECONFIG_PATH" --authorization-kubeconfig "$KUBECONFIG_PATH" \
+    --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" --cert-dir "$STATE/scheduler-certs" \
+    --leader-elect=false --profiling=false -v=1
+}
+
+start_processnode() {
+  [[ -n "$(pid_of processnode)" ]] && return 0
+  local venv; venv="$(bash "$here/venv.sh")"
+  PYTHONPATH="$root/hack${PYTHONPATH:+:$PYTHONPATH}" start processnode "$venv/bin/python" -m processnode \
+    --kubeconfig "$STATE/node.kubeconfig" --state-dir "$STATE" --node-name process-node \
+    --apiserver-port "$PORT" --venv "$venv" --project-root "$root" \
+    --cpu "${FTO_NODE_CPU:-16}" --memory "${FTO_NODE_MEMORY:-64Gi}" --pods "${FTO_NODE_PODS:-110}" \
+    --gpus "${FTO_NODE_GPUS:-2}"
+}
+
+cmd_up() {
+  BIN="${FTO_K8S_BIN:-$(bash "$here/build-k8s.sh" | tail -n1)}"
+  local venv; venv="$(bash "$here/venv.sh")"
+  KUBECTL="$venv/bin/kubectl"
+  mkdir -p "$STATE" "$LOGS" "$RUN" "$STATE/pods"
+  if healthy; then
+    log "reusing the running cluster in $STATE"
+    echo "export KUBECONFIG=$KUBECONFIG_PATH"
+    return 0
+  fi
+  local t0=$SECONDS
+  gen_pki
+  write_kubeconfig "$KUBECONFIG_PATH" kubernetes-admin "$PKI/admin.crt" "$PKI/admin.key"
+  write_kubeconfig "$STATE/node.kubeconfig" system:node:process-node "$PKI/node.crt" "$PKI/node.key"
+  start_etcd
+  wait_for 60 etcd bash -c "curl -fsS --max-time 2 http://127.0.0.1:$ETCD_PORT/health | grep -q true"
+  start_apiserver
+  wait_for 120 kube-apiserver apiserver_ready
+  start_controller_manager
+  start_scheduler
+  start_processnode
+  wait_for 60 kube-controller-manager https_ok "https://127.0.0.1:$KCM_PORT/healthz"
+  wait_for 60 kube-scheduler https_ok "https://127.0.0.1:$SCHED_PORT/healthz"
+  wait_for 60 "Node/process-node Ready" node_ready
+  # The root-CA publisher and the service-account controller run asynchronously; wait for the
+  # default namespace to be usable by pods (its ServiceAccount and kube-root-ca.crt exist).
+  wait_for 60 "default ServiceAccount" "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" get serviceaccount default -o name
+  wait_for 60 "kube-root-ca.crt" "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" get configmap kube-root-ca.crt -o name
+  log "cluster up in $((SECONDS - t0))s (state: $STATE, logs: $LOGS)"
+  echo "export KUBECONFIG=$KUBECONFIG_PATH"
+}
+
+stop_component() {
+  local name=$1 pid i
+  pid=$(pid_of "$name")
+  [[ -z "$pid" ]] && { rm -f "$RUN/$name.pid"; return 0; }
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$RUN/$name.pid"
+}
+
+cmd_down() {
+  [[ -d "$STATE" ]] || { log "nothing to stop ($STATE does not exist)"; return 0; }
+  local c
+  # The process node first: on SIGTERM it stops its pods' processes and unmounts their volumes.
+  for c in processnode kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_component "$c"; done
+  # Pods' process groups that outlived the node (it was SIGKILLed): kill them by their pid files.
+  local f
+  for f in "$STATE"/pods/*/*.pid; do
+    [[ -f "$f" ]] || continue
+    kill -KILL -- "-$(<"$f")" 2>/dev/null || true
+  done
+  # Any mount left below the state dir (tmpfs emptyDirs are mounted in the pods' namespaces only,
+  # but be safe) must go before rm -rf.
+  if command -v findmnt >/dev/null; then
+    findmnt -rn -o TARGET | grep -F "$STATE/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  fi
+  rm -rf "$STATE"
+  log "cluster stopped, $STATE removed"
+}
+
+cmd_status() {
+  local venv; venv="$(bash "$here/venv.sh")"
+  KUBECTL="$venv/bin/kubectl"
+  local c ok=0
+  for c in "${COMPONENTS[@]}"; do
+    printf '%-24s %s\n' "$c" "$( [[ -n "$(pid_of "$c")" ]] && echo "running (pid $(pid_of "$c"))" || echo stopped)"
+  done
+  if apiserver_ready; then echo "apiserver /readyz        ok (https://127.0.0.1:$PORT)"; else echo "apiserver /readyz        not ready"; ok=1; fi
+  if node_ready; then echo "Node/process-node        Ready"; else echo "Node/process-node        not ready"; ok=1; fi
+  healthy || ok=1
+  echo "export KUBECONFIG=$KUBECONFIG_PATH"
+  return $ok
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
