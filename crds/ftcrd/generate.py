@@ -181,6 +181,7 @@ class _Converter:
                 else:
                     out[limit] = node[bound]
                     out[bound] = True
+        self._fractional_bounds_to_cel(out, path)
 
         if out.get("x-kubernetes-int-or-string"):
             out.pop("type", None)  # a structural int-or-string has no type
@@ -209,6 +210,35 @@ class _Converter:
             raise UnsupportedSchema(f"{path}: no type")
         return out
 
+    @staticmethod
+    def _fractional_bounds_to_cel(out: dict[str, Any], path: str) -> None:
+        """Moves non-integral minimum/maximum bounds into CEL rules.
+
+        The apiserver's OpenAPI validator compares an integer value (``labelSmoothing: 0``) against
+        a number bound truncated to an integer, so ``maximum: 0.5, exclusiveMaximum: true`` refuses
+        0 ("should be less than 0") and even a default of 0.0 makes the CRD invalid. CEL compares
+        int and double correctly.
+        """
+        rules: list[dict[str, str]] = []
+        field = path.lstrip(".") or "value"
+        for limit, flag, strict_op, op, words in (
+            ("minimum", "exclusiveMinimum", ">", ">=", "greater than"),
+            ("maximum", "exclusiveMaximum", "<", "<=", "less than"),
+        ):
+            value = out.get(limit)
+            if not isinstance(value, float) or value.is_integer():
+                continue
+            exclusive = bool(out.pop(flag, False))
+            del out[limit]
+            rules.append(
+                {
+                    "rule": f"self {strict_op if exclusive else op} {value!r}",
+                    "message": f"{field} must be {words}{'' if exclusive else ' or equal to'} {value!r}",
+                }
+            )
+        if rules:
+            out["x-kubernetes-validations"] = [*rules, *out.get("x-kubernetes-validations", [])]
+
 
 def openapi_schema() -> dict[str, Any]:
     """The structural ``openAPIV3Schema`` of FineTuneJob."""
@@ -221,7 +251,9 @@ def openapi_schema() -> dict[str, Any]:
         "description": "APIVersion defines the versioned schema of this representation of an object.",
     }
     props["kind"] = {"type": "string", "description": "Kind is a string value representing the REST resource."}
-    props["metadata"] = {"type": "object"}
+    # Only metadata.name may be described here; it is declared so the name-length rule can report
+    # its fieldPath (metadata.name: Invalid value: ...).
+    props["metadata"] = {"type": "object", "properties": {"name": {"type": "string"}}}
     schema["required"] = ["spec"]
     return schema
 

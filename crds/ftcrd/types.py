@@ -613,6 +613,7 @@ class FineTuneJob(CamelModel):
                     f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
                     f"metadata.name must be at most {MAX_NAME_LENGTH} characters: the operator derives child object "
                     "names (Job, Service, pod hostnames) from it",
+                    field_path=".metadata.name",
                 ),
                 cel(
                     "!has(oldSelf.status) || !has(oldSelf.status.startTime) "

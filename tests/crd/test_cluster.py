@@ -209,13 +209,13 @@ INVALID: list[tuple[str, list[tuple[str, Any]], str]] = [
     (
         "smoothing-too-high",
         [("spec.method.labelSmoothing", 0.5)],
-        "spec.method.labelSmoothing in body should be less than 0.5",
+        "spec.method.labelSmoothing must be less than 0.5",
     ),
     ("smoothing-negative", [("spec.method.labelSmoothing", -0.1)], "should be greater than or equal to 0"),
     (
         "name-too-long",
         [("metadata.name", LONG_NAME)],
-        f"metadata.name must be at most {types.MAX_NAME_LENGTH} characters",
+        f"metadata.name: Invalid value: metadata.name must be at most {types.MAX_NAME_LENGTH} characters",
     ),
     ("cdpo-without-smoothing", [("spec.method.type", "cdpo")], "method cdpo needs spec.method.labelSmoothing > 0"),
     (
@@ -246,6 +246,16 @@ def test_invalid_object_is_refused(cluster, crd, namespace, changes, message):
     assert result.returncode != 0, f"accepted: {json.dumps(job)}"
     assert message in result.output, result.output
     assert kubectl(cluster, "get", "ftj", job["metadata"]["name"], "-n", namespace).returncode != 0
+
+
+def test_integer_values_of_number_fields_are_accepted(cluster, crd, namespace):
+    """labelSmoothing: 0 (an integer in JSON) must pass the < 0.5 bound (an OpenAPI maximum would refuse it)."""
+    job = valid_job("integers")
+    job["spec"]["method"] = {"type": "dpo", "beta": 1, "labelSmoothing": 0}
+    job["spec"]["dataset"]["validationFraction"] = 0
+    job["spec"]["hyperparameters"] = {"learningRate": 1, "maxGradNorm": 5}
+    result = apply(cluster, namespace, job)
+    assert result.returncode == 0, result.output
 
 
 def test_longest_allowed_name_is_accepted(cluster, crd, namespace):

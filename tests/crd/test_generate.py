@@ -55,6 +55,9 @@ def test_schema_is_structural():
         if node.get("type") == "object":
             assert not ("properties" in node and "additionalProperties" in node), path
             assert node.get("additionalProperties") is not False, path
+        for bound in ("minimum", "maximum"):
+            value = node.get(bound)
+            assert not (isinstance(value, float) and not value.is_integer()), f"{path}: fractional {bound}"
         if "exclusiveMinimum" in node or "exclusiveMaximum" in node:
             assert isinstance(node.get("exclusiveMinimum", True), bool), path
             assert isinstance(node.get("exclusiveMaximum", True), bool), path
@@ -93,8 +96,11 @@ def test_spec_shape():
     assert method["properties"]["type"]["enum"] == ["dpo", "ipo", "cdpo", "sft"]
     assert method["properties"]["beta"]["minimum"] == 0 and method["properties"]["beta"]["exclusiveMinimum"]
     smoothing = method["properties"]["labelSmoothing"]
-    assert (smoothing["minimum"], smoothing["maximum"], smoothing["exclusiveMaximum"]) == (0, 0.5, True)
-    assert "exclusiveMinimum" not in smoothing
+    # A fractional bound is a CEL rule: the OpenAPI validator would refuse an integer 0 against maximum 0.5.
+    assert smoothing["minimum"] == 0 and "maximum" not in smoothing and "exclusiveMaximum" not in smoothing
+    assert smoothing["x-kubernetes-validations"] == [
+        {"rule": "self < 0.5", "message": "spec.method.labelSmoothing must be less than 0.5"}
+    ]
     assert spec["resources"]["properties"]["nodes"]["minimum"] == 1
     assert spec["resources"]["properties"]["gpusPerNode"]["minimum"] == 0
     assert spec["resources"]["properties"]["nodeSelector"]["additionalProperties"]["type"] == "string"
