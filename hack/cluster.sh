@@ -283,9 +283,12 @@ cmd_status() {
   return $ok
 }
 
+# One `up`/`down` at a time per state directory (pytest sessions may start concurrently).
+lock() { exec 9>"${STATE%/}.lock"; flock -w 600 9 || die "could not lock ${STATE%/}.lock"; }
+
 case "${1:-}" in
-  up) cmd_up ;;
-  down) cmd_down ;;
+  up) lock; cmd_up ;;
+  down) lock; cmd_down ;;
   status) cmd_status ;;
   *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
 esac

@@ -1,0 +1,128 @@
+"""Shared helpers for tests that use the local control plane (``hack/cluster.sh``).
+
+The session fixture ``cluster`` (tests/conftest.py) yields a :class:`Cluster`; tests call
+``cluster.kubectl(...)`` (the venv's real kubectl against the real apiserver) or build a
+``kubernetes`` client with :meth:`Cluster.api_client`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_SH = ROOT / "hack" / "cluster.sh"
+VENV_BIN = Path(sys.executable).parent
+KUBECTL = str(VENV_BIN / "kubectl")
+T = TypeVar("T")
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("FTO_STATE_DIR", "/tmp/finetune-operator-cluster"))
+
+
+@dataclass
+class Cluster:
+    """A running local cluster: its admin kubeconfig, state directory and a kubectl helper."""
+
+    kubeconfig: Path
+    state_dir: Path
+    started_here: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the venv's kubectl with the admin kubeconfig; raises on failure when ``check``."""
+        proc = subprocess.run(
+            [KUBECTL, "--kubeconfig", str(self.kubeconfig), *args],
+            input=input, capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    def get_json(self, *args: str, namespace: str | None = None) -> Any:
+        ns = ["-n", namespace] if namespace else []
+        return json.loads(self.kubectl("get", *args, *ns, "-o", "json").stdout)
+
+    def apply(self, obj: dict[str, Any] | list[dict[str, Any]], namespace: str | None = None) -> None:
+        """``kubectl apply`` one object or a list of objects given as dicts."""
+        body = {"apiVersion": "v1", "kind": "List", "items": obj} if isinstance(obj, list) else obj
+        ns = ["-n", namespace] if namespace else []
+        self.kubectl("apply", *ns, "-f", "-", input=json.dumps(body))
+
+    def api_client(self) -> Any:
+        """A ``kubernetes`` sync ApiClient authenticated as cluster admin."""
+        from kubernetes import client, config
+
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=cfg)
+        return client.ApiClient(cfg)
+
+    @property
+    def pods_dir(self) -> Path:
+        """Where the process node keeps per-pod directories (``<ns>_<name>_<uid>/``: logs, volumes)."""
+        return self.state_dir / "pods"
+
+    def pod_dir(self, namespace: str, name: str) -> Path:
+        uid = self.get_json("pod", name, namespace=namespace)["metadata"]["uid"]
+        return self.pods_dir / f"{namespace}_{name}_{uid}"
+
+    def pod_log(self, namespace: str, name: str, container: str | None = None) -> str:
+        """A container's stdout+stderr as written by the process node (works after the pod ended)."""
+        pod = self.get_json("pod", name, namespace=namespace)
+        container = container or pod["spec"]["containers"][0]["name"]
+        path = self.pods_dir / f"{namespace}_{name}_{pod['metadata']['uid']}" / f"{container}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 60, interval: float = 0.5, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = predicate()
+        except Exception as exc:  # keep polling through transient API errors
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last={last!r}")
+        time.sleep(interval)
+
+
+def unique_name(prefix: str) -> str:
+    """A DNS-1123 name: ``prefix`` sanitised and truncated, plus a random suffix."""
+    base = re.sub(r"[^a-z0-9-]+", "-", prefix.lower()).strip("-")[:40].strip("-") or "t"
+    return f"{base}-{uuid.uuid4().hex[:6]}"
+
+
+def cluster_status() -> bool:
+    return subprocess.run(["bash", str(CLUSTER_SH), "status"], capture_output=True, check=False).returncode == 0
+
+
+def cluster_up() -> Path:
+    """``hack/cluster.sh up``; returns the kubeconfig from its last line."""
+    proc = subprocess.run(["bash", str(CLUSTER_SH), "up"], capture_output=True, text=True, check=False, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"hack/cluster.sh up failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("export KUBECONFIG="), last
+    return Path(last.split("=", 1)[1])
+
+
+def cluster_down() -> None:
+    subprocess.run(["bash", str(CLUSTER_SH), "down"], capture_output=True, check=False, timeout=300)
