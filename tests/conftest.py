@@ -38,8 +38,9 @@ def cluster() -> Iterator[Cluster]:
     marker = state / "users" / str(os.getpid())
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
-    c = Cluster(kubeconfig=kubeconfig, state_dir=state, started_here=started,
-                env={**os.environ, "KUBECONFIG": str(kubeconfig)})
+    c = Cluster(
+        kubeconfig=kubeconfig, state_dir=state, started_here=started, env={**os.environ, "KUBECONFIG": str(kubeconfig)}
+    )
     try:
         yield c
     finally:
@@ -54,10 +55,18 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
     name = unique_name(request.node.name.split("[")[0].removeprefix("test_").replace("_", "-")[:30])
     cluster.kubectl("create", "namespace", name)
     cluster.kubectl("label", "namespace", name, "finetune-operator.test=true")
-    wait_for(lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
-             30, 0.2, f"ServiceAccount default in {name}")
-    wait_for(lambda: cluster.kubectl("get", "configmap", "kube-root-ca.crt", "-n", name, check=False).returncode == 0,
-             30, 0.2, f"kube-root-ca.crt in {name}")
+    wait_for(
+        lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+        30,
+        0.2,
+        f"ServiceAccount default in {name}",
+    )
+    wait_for(
+        lambda: cluster.kubectl("get", "configmap", "kube-root-ca.crt", "-n", name, check=False).returncode == 0,
+        30,
+        0.2,
+        f"kube-root-ca.crt in {name}",
+    )
     try:
         yield name
     finally:

@@ -45,12 +45,14 @@ class Cluster:
         """Run the venv's kubectl with the admin kubeconfig; raises on failure when ``check``."""
         proc = subprocess.run(
             [KUBECTL, "--kubeconfig", str(self.kubeconfig), *args],
-            input=input, capture_output=True, text=True, timeout=timeout, check=False,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(
-                f"kubectl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-            )
+            raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
     def get_json(self, *args: str, namespace: str | None = None) -> Any:

@@ -43,13 +43,22 @@ def parse_args(argv: list[str]) -> NodeConfig:
     p.add_argument("--gpus", default="2", help="capacity of nvidia.com/gpu (0: none)")
     p.add_argument("--ephemeral-storage", default="100Gi")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="extra node label")
-    p.add_argument("--venv", default=os.environ.get("VIRTUAL_ENV", os.path.dirname(os.path.dirname(sys.executable))),
-                   help="virtualenv whose bin/ goes first on the pods' PATH")
+    p.add_argument(
+        "--venv",
+        default=os.environ.get("VIRTUAL_ENV", os.path.dirname(os.path.dirname(sys.executable))),
+        help="virtualenv whose bin/ goes first on the pods' PATH",
+    )
     p.add_argument("--project-root", default="", help="checkout whose source folders go on the pods' PYTHONPATH")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra env for every container")
     p.add_argument("--max-grace-period", type=float, default=30.0, help="cap on terminationGracePeriodSeconds")
-    p.add_argument("--backoff", type=float, nargs=2, default=(2.0, 60.0), metavar=("INITIAL", "MAX"),
-                   help="container restart back-off in seconds (the kubelet uses 10 300)")
+    p.add_argument(
+        "--backoff",
+        type=float,
+        nargs=2,
+        default=(2.0, 60.0),
+        metavar=("INITIAL", "MAX"),
+        help="container restart back-off in seconds (the kubelet uses 10 300)",
+    )
     p.add_argument("--kubelet-port", type=int, default=0, help="serve /containerLogs for `kubectl logs` (0: off)")
     p.add_argument("--serving-cert", default="")
     p.add_argument("--serving-key", default="")
@@ -58,15 +67,31 @@ def parse_args(argv: list[str]) -> NodeConfig:
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
     cfg = NodeConfig(
-        kubeconfig=a.kubeconfig, state_dir=a.state_dir, node_name=a.node_name, apiserver_port=a.apiserver_port,
-        host_ip=a.host_ip, cpu=a.cpu, memory=a.memory, pods=a.pods, gpus=a.gpus,
-        ephemeral_storage=a.ephemeral_storage, venv=a.venv, project_root=a.project_root,
-        extra_env=dict(kv.split("=", 1) for kv in a.env), max_grace=a.max_grace_period,
-        backoff=(a.backoff[0], a.backoff[1]), kubelet_port=a.kubelet_port, serving_cert=a.serving_cert,
-        serving_key=a.serving_key, client_ca=a.client_ca, labels=dict(kv.split("=", 1) for kv in a.label),
+        kubeconfig=a.kubeconfig,
+        state_dir=a.state_dir,
+        node_name=a.node_name,
+        apiserver_port=a.apiserver_port,
+        host_ip=a.host_ip,
+        cpu=a.cpu,
+        memory=a.memory,
+        pods=a.pods,
+        gpus=a.gpus,
+        ephemeral_storage=a.ephemeral_storage,
+        venv=a.venv,
+        project_root=a.project_root,
+        extra_env=dict(kv.split("=", 1) for kv in a.env),
+        max_grace=a.max_grace_period,
+        backoff=(a.backoff[0], a.backoff[1]),
+        kubelet_port=a.kubelet_port,
+        serving_cert=a.serving_cert,
+        serving_key=a.serving_key,
+        client_ca=a.client_ca,
+        labels=dict(kv.split("=", 1) for kv in a.label),
     )
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if a.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+    )
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     if not a.no_private_mounts and not private_mount_namespace():
         logging.warning("could not create a private mount namespace; tmpfs volumes are mounted in the caller's")

@@ -12,9 +12,18 @@ from typing import Any
 Obj = dict[str, Any]
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {"n": Fraction(1, 10**9), "u": Fraction(1, 10**6), "m": Fraction(1, 1000), "": Fraction(1),
-            "k": Fraction(10**3), "M": Fraction(10**6), "G": Fraction(10**9), "T": Fraction(10**12),
-            "P": Fraction(10**15), "E": Fraction(10**18)}
+_DECIMAL = {
+    "n": Fraction(1, 10**9),
+    "u": Fraction(1, 10**6),
+    "m": Fraction(1, 1000),
+    "": Fraction(1),
+    "k": Fraction(10**3),
+    "M": Fraction(10**6),
+    "G": Fraction(10**9),
+    "T": Fraction(10**12),
+    "P": Fraction(10**15),
+    "E": Fraction(10**18),
+}
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+)(?:([eE][+-]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?)$")
 _FIELD_KEY = re.compile(r"^metadata\.(labels|annotations)\['(.*)'\]$")
 
@@ -167,8 +176,9 @@ def container_env(
             if ref["key"] in data:
                 env[name] = data[ref["key"]]
             elif not ref.get("optional"):
-                raise LookupError(f"couldn't find key {ref['key']} in {'Secret' if secret else 'ConfigMap'} "
-                                  f"{ns}/{ref['name']}")
+                raise LookupError(
+                    f"couldn't find key {ref['key']} in {'Secret' if secret else 'ConfigMap'} {ns}/{ref['name']}"
+                )
     return env
 
 
@@ -176,7 +186,7 @@ def _data(obj: Obj | None, secret: bool, ref: Obj, what: str) -> dict[str, str]:
     if obj is None:
         if ref.get("optional"):
             return {}
-        raise LookupError(f"{what} \"{ref['name']}\" not found")
+        raise LookupError(f'{what} "{ref["name"]}" not found')
     if secret:
         return {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (obj.get("data") or {}).items()}
     return dict(obj.get("data") or {})

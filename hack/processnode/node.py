@@ -44,8 +44,17 @@ class NodeConfig:
     project_root: str = ""
     pythonpath: list[str] = field(default_factory=lambda: ["crds", "operator", "api", "trainer_image", "hack"])
     extra_env: dict[str, str] = field(default_factory=dict)
-    pass_env: list[str] = field(default_factory=lambda: ["HF_HOME", "TORCH_HOME", "XDG_CACHE_HOME", "TMPDIR",
-                                                         "FTO_CACHE", "UV_CACHE_DIR", "PIP_CACHE_DIR"])
+    pass_env: list[str] = field(
+        default_factory=lambda: [
+            "HF_HOME",
+            "TORCH_HOME",
+            "XDG_CACHE_HOME",
+            "TMPDIR",
+            "FTO_CACHE",
+            "UV_CACHE_DIR",
+            "PIP_CACHE_DIR",
+        ]
+    )
     max_grace: float = 30.0
     backoff: tuple[float, float] = (2.0, 60.0)
     kubelet_port: int = 0  # 0: no log server
@@ -103,8 +112,11 @@ class Hosts:
                     log.debug("hosts file %s: %s", path, exc)
 
     def _render(self, pod: Obj, ns: str) -> str:
-        lines = ["# Kubernetes-managed hosts file (processnode): every pod shares the host network.",
-                 "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        lines = [
+            "# Kubernetes-managed hosts file (processnode): every pod shares the host network.",
+            "127.0.0.1\tlocalhost",
+            "::1\tlocalhost ip6-localhost ip6-loopback",
+        ]
         own = pod_hostname(pod)
         sub = pod["spec"].get("subdomain")
         names = [own]
@@ -125,8 +137,10 @@ class Hosts:
                 lines.append("127.0.0.1\t" + entry)
         for sns, name in sorted(self.services):
             short = [name] if sns == ns else []
-            lines.append("127.0.0.1\t" + " ".join([*short, f"{name}.{sns}", f"{name}.{sns}.svc",
-                                                    f"{name}.{sns}.svc.cluster.local"]))
+            lines.append(
+                "127.0.0.1\t"
+                + " ".join([*short, f"{name}.{sns}", f"{name}.{sns}.svc", f"{name}.{sns}.svc.cluster.local"])
+            )
         for alias in pod["spec"].get("hostAliases") or []:
             lines.append(f"{alias['ip']}\t" + " ".join(alias.get("hostnames") or []))
         return "\n".join(lines) + "\n"
@@ -142,8 +156,12 @@ class ProcessNode:
         self.host_ip = cfg.host_ip
         self.pods_dir = os.path.join(cfg.state_dir, "pods")
         os.makedirs(self.pods_dir, exist_ok=True)
-        self.allocatable = {"cpu": cfg.cpu, "memory": cfg.memory, "pods": cfg.pods,
-                            "ephemeral-storage": cfg.ephemeral_storage}
+        self.allocatable = {
+            "cpu": cfg.cpu,
+            "memory": cfg.memory,
+            "pods": cfg.pods,
+            "ephemeral-storage": cfg.ephemeral_storage,
+        }
         if cfg.gpus and cfg.gpus != "0":
             self.allocatable["nvidia.com/gpu"] = cfg.gpus
         self.max_grace = cfg.max_grace
@@ -172,16 +190,18 @@ class ProcessNode:
             if name in os.environ:
                 env[name] = os.environ[name]
         port = str(cfg.apiserver_port)
-        env.update({
-            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-            "KUBERNETES_SERVICE_PORT": port,
-            "KUBERNETES_SERVICE_PORT_HTTPS": port,
-            "KUBERNETES_PORT": f"tcp://127.0.0.1:{port}",
-            "KUBERNETES_PORT_443_TCP": f"tcp://127.0.0.1:{port}",
-            "KUBERNETES_PORT_443_TCP_PROTO": "tcp",
-            "KUBERNETES_PORT_443_TCP_PORT": port,
-            "KUBERNETES_PORT_443_TCP_ADDR": "127.0.0.1",
-        })
+        env.update(
+            {
+                "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                "KUBERNETES_SERVICE_PORT": port,
+                "KUBERNETES_SERVICE_PORT_HTTPS": port,
+                "KUBERNETES_PORT": f"tcp://127.0.0.1:{port}",
+                "KUBERNETES_PORT_443_TCP": f"tcp://127.0.0.1:{port}",
+                "KUBERNETES_PORT_443_TCP_PROTO": "tcp",
+                "KUBERNETES_PORT_443_TCP_PORT": port,
+                "KUBERNETES_PORT_443_TCP_ADDR": "127.0.0.1",
+            }
+        )
         env.update(cfg.extra_env)
         return env
 
@@ -209,15 +229,26 @@ class ProcessNode:
         meta = pod["metadata"]
         ts = now_rfc3339()
         body = {
-            "apiVersion": "v1", "kind": "Event",
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta["uid"],
-                               "resourceVersion": meta.get("resourceVersion")},
-            "reason": reason, "message": message[:1024], "type": etype,
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": etype,
             "source": {"component": "kubelet", "host": self.name},
-            "reportingComponent": "kubelet", "reportingInstance": self.name,
-            "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.name,
+            "firstTimestamp": ts,
+            "lastTimestamp": ts,
+            "count": 1,
         }
         try:
             self.kube.post(f"/api/v1/namespaces/{meta['namespace']}/events", body)
@@ -227,25 +258,40 @@ class ProcessNode:
     # --- node object -----------------------------------------------------------------------------
     def _node_status(self) -> Obj:
         ts = now_rfc3339()
+
         def cond(ctype: str, status: str, reason: str, message: str) -> Obj:
-            return {"type": ctype, "status": status, "reason": reason, "message": message,
-                    "lastHeartbeatTime": ts, "lastTransitionTime": self._started}
+            return {
+                "type": ctype,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": ts,
+                "lastTransitionTime": self._started,
+            }
 
         status: Obj = {
             "capacity": dict(self.allocatable),
             "allocatable": dict(self.allocatable),
             "conditions": [
-                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                cond(
+                    "MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"
+                ),
                 cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
                 cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
                 cond("Ready", "True", "KubeletReady", "processnode is posting ready status"),
             ],
             "addresses": [{"type": "InternalIP", "address": self.host_ip}, {"type": "Hostname", "address": self.name}],
             "nodeInfo": {
-                "machineID": self.boot_id.replace("-", ""), "systemUUID": self.boot_id, "bootID": self.boot_id,
-                "kernelVersion": platform.release(), "osImage": f"processnode {__version__} on {socket.gethostname()}",
-                "containerRuntimeVersion": f"processnode://{__version__}", "kubeletVersion": self._version,
-                "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": _arch(),
+                "machineID": self.boot_id.replace("-", ""),
+                "systemUUID": self.boot_id,
+                "bootID": self.boot_id,
+                "kernelVersion": platform.release(),
+                "osImage": f"processnode {__version__} on {socket.gethostname()}",
+                "containerRuntimeVersion": f"processnode://{__version__}",
+                "kubeletVersion": self._version,
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": _arch(),
             },
         }
         if self.cfg.kubelet_port:
@@ -258,10 +304,21 @@ class ProcessNode:
             self._version = str(self.kube.get("/version")["gitVersion"])
         except Exception:
             self._version = "v0.0.0-processnode"
-        labels = {"kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": _arch(),
-                  "beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": _arch(), **self.cfg.labels}
-        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "labels": labels},
-                "spec": {}, "status": self._node_status()}
+        labels = {
+            "kubernetes.io/hostname": self.name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": _arch(),
+            "beta.kubernetes.io/os": "linux",
+            "beta.kubernetes.io/arch": _arch(),
+            **self.cfg.labels,
+        }
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": self.name, "labels": labels},
+            "spec": {},
+            "status": self._node_status(),
+        }
         while not self.stop_event.is_set():
             try:
                 try:
@@ -291,11 +348,21 @@ class ProcessNode:
             if exc.status != 404:
                 raise
             node = self.kube.get(f"/api/v1/nodes/{self.name}")
-            self.kube.post("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", {
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": "kube-node-lease", "ownerReferences": [
-                    {"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": node["metadata"]["uid"]}]},
-                "spec": spec})
+            self.kube.post(
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {
+                        "name": self.name,
+                        "namespace": "kube-node-lease",
+                        "ownerReferences": [
+                            {"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": node["metadata"]["uid"]}
+                        ],
+                    },
+                    "spec": spec,
+                },
+            )
 
     def _heartbeat_loop(self) -> None:
         last_status = time.monotonic()
@@ -394,8 +461,16 @@ class ProcessNode:
             from .logserver import serve_logs
 
             self._thread(lambda: serve_logs(self), "logserver")
-        self._thread(lambda: self.kube.watch("/api/v1/pods", self._on_pod, self.stop_event, relisted=self._on_relist,
-                                             fieldSelector=f"spec.nodeName={self.name}"), "pods")
+        self._thread(
+            lambda: self.kube.watch(
+                "/api/v1/pods",
+                self._on_pod,
+                self.stop_event,
+                relisted=self._on_relist,
+                fieldSelector=f"spec.nodeName={self.name}",
+            ),
+            "pods",
+        )
         log.info("processnode %s running (state %s)", self.name, self.cfg.state_dir)
         self.stop_event.wait()
 

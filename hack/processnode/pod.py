@@ -101,8 +101,9 @@ class PodWorker(threading.Thread):
         self.deleting = threading.Event()
         self.gone = False  # the API object no longer exists
         self.lock = threading.Lock()
-        self.volumes = VolumeManager(node.kube, self.dir, node.host_ip, node.allocatable,
-                                     lambda t, r, m: self.node.event(self.pod, t, r, m))
+        self.volumes = VolumeManager(
+            node.kube, self.dir, node.host_ip, node.allocatable, lambda t, r, m: self.node.event(self.pod, t, r, m)
+        )
         spec = pod["spec"]
         self.init_containers = [Container(c, True) for c in spec.get("initContainers") or []]
         self.containers = [Container(c, False) for c in spec.get("containers") or []]
@@ -153,8 +154,9 @@ class PodWorker(threading.Thread):
         self._resume(status)
         self._set_condition("PodScheduled", True)
         self._set_condition("PodReadyToStartContainers", False)
-        self._set_condition("Initialized", not self.init_containers, None if not self.init_containers
-                            else "ContainersNotInitialized")
+        self._set_condition(
+            "Initialized", not self.init_containers, None if not self.init_containers else "ContainersNotInitialized"
+        )
         self._set_not_ready("ContainersNotReady")
         for c in self.init_containers + self.containers:
             if "waiting" in c.state and not c.last_state and not c.done:
@@ -179,8 +181,9 @@ class PodWorker(threading.Thread):
 
     def _resume(self, status: Obj) -> None:
         """After a process-node restart: adopt what the API says already ran, kill leftovers."""
-        by_name = {s["name"]: s for s in (status.get("initContainerStatuses") or [])
-                   + (status.get("containerStatuses") or [])}
+        by_name = {
+            s["name"]: s for s in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+        }
         for c in self.init_containers + self.containers:
             prev = by_name.get(c.name)
             if not prev:
@@ -194,10 +197,15 @@ class PodWorker(threading.Thread):
                 c.state = state
                 c.done = not self._should_restart(c, int(state["terminated"]["exitCode"]))
             elif "running" in state:
-                c.state = {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown",
-                                          "message": "The process node restarted while the container was running",
-                                          "startedAt": state["running"].get("startedAt"),
-                                          "finishedAt": now_rfc3339()}}
+                c.state = {
+                    "terminated": {
+                        "exitCode": 137,
+                        "reason": "ContainerStatusUnknown",
+                        "message": "The process node restarted while the container was running",
+                        "startedAt": state["running"].get("startedAt"),
+                        "finishedAt": now_rfc3339(),
+                    }
+                }
                 c.done = not self._should_restart(c, 137)
 
     # --- volumes ---------------------------------------------------------------------------------
@@ -249,8 +257,12 @@ class PodWorker(threading.Thread):
                     self._report()
                 self._reap(c)
                 if c.proc is None and not c.done and "terminated" in c.state:
-                    c.state = {"waiting": {"reason": "CrashLoopBackOff",
-                                           "message": f"back-off restarting failed container {c.name}"}}
+                    c.state = {
+                        "waiting": {
+                            "reason": "CrashLoopBackOff",
+                            "message": f"back-off restarting failed container {c.name}",
+                        }
+                    }
                     self._report()
                 if c.done:
                     break
@@ -276,9 +288,13 @@ class PodWorker(threading.Thread):
                 if self._reap(c):
                     changed = True
                     if not c.done:
-                        c.state = {"waiting": {"reason": "CrashLoopBackOff",
-                                               "message": f"back-off {int(c.backoff)}s restarting failed "
-                                                          f"container={c.name} pod={self.pod['metadata']['name']}"}}
+                        c.state = {
+                            "waiting": {
+                                "reason": "CrashLoopBackOff",
+                                "message": f"back-off {int(c.backoff)}s restarting failed "
+                                f"container={c.name} pod={self.pod['metadata']['name']}",
+                            }
+                        }
             if changed:
                 self._update_phase()
                 self._report()
@@ -294,8 +310,14 @@ class PodWorker(threading.Thread):
 
     def _files(self, c: Container) -> dict[str, str]:
         base = os.path.join(self.dir, c.name)
-        return {"log": base + ".log", "previous": base + ".previous.log", "pid": base + ".pid",
-                "term": base + ".termination-log", "spec": base + ".launch.json", "error": base + ".start-error"}
+        return {
+            "log": base + ".log",
+            "previous": base + ".previous.log",
+            "pid": base + ".pid",
+            "term": base + ".termination-log",
+            "spec": base + ".launch.json",
+            "error": base + ".start-error",
+        }
 
     def _start(self, c: Container) -> None:
         files = self._files(c)
@@ -320,8 +342,15 @@ class PodWorker(threading.Thread):
         logf = open(files["log"], "ab")  # noqa: SIM115 - handed to the child
         try:
             cmd = [*self.node.unshare_cmd, self.node.python, "-I", "-S", self.node.launcher, files["spec"]]
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                    start_new_session=True, close_fds=True, env={"PATH": os.environ["PATH"]})
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                env={"PATH": os.environ["PATH"]},
+            )
         finally:
             logf.close()
         with open(files["pid"], "w") as f:
@@ -350,8 +379,12 @@ class PodWorker(threading.Thread):
             os.unlink(files["pid"])
         exit_code = code if code >= 0 else 128 - code
         started = c.state.get("running", {}).get("startedAt", now_rfc3339())
-        term: Obj = {"exitCode": exit_code, "startedAt": started, "finishedAt": now_rfc3339(),
-                     "containerID": c.container_id}
+        term: Obj = {
+            "exitCode": exit_code,
+            "startedAt": started,
+            "finishedAt": now_rfc3339(),
+            "containerID": c.container_id,
+        }
         if code < 0:
             term["signal"] = -code
         start_error = _read(files["error"], MAX_TERMINATION_MESSAGE).strip()
@@ -391,14 +424,23 @@ class PodWorker(threading.Thread):
         node = self.node
         base = dict(node.base_env)
         base["HOSTNAME"] = self._hostname()
-        env = container_env(pod, spec, base, get_configmap=node.get_configmap, get_secret=node.get_secret,
-                            host_ip=node.host_ip, allocatable=node.allocatable)
+        env = container_env(
+            pod,
+            spec,
+            base,
+            get_configmap=node.get_configmap,
+            get_secret=node.get_secret,
+            host_ip=node.host_ip,
+            allocatable=node.allocatable,
+        )
         command = [expand(a, env) for a in spec.get("command") or []]
         args = [expand(a, env) for a in spec.get("args") or []]
         argv = command + args
         if not argv:
-            raise ValueError(f"container {c.name}: no command or args (the process node ignores images, so it "
-                             "cannot run an image's entrypoint)")
+            raise ValueError(
+                f"container {c.name}: no command or args (the process node ignores images, so it "
+                "cannot run an image's entrypoint)"
+            )
         mounts: list[Obj] = []
         for vm in spec.get("volumeMounts") or []:
             vol = self.volumes.volumes.get(vm["name"])
@@ -419,8 +461,14 @@ class PodWorker(threading.Thread):
         if "/etc/hosts" not in targets:
             mounts.append({"source": self.hosts_file, "target": "/etc/hosts"})
         workdir = spec.get("workingDir") or os.path.join(self.dir, "workdir")
-        return {"argv": argv, "env": env, "mounts": mounts, "hostname": self._hostname(), "workingDir": workdir,
-                "startErrorFile": files["error"]}
+        return {
+            "argv": argv,
+            "env": env,
+            "mounts": mounts,
+            "hostname": self._hostname(),
+            "workingDir": workdir,
+            "startErrorFile": files["error"],
+        }
 
     def _hostname(self) -> str:
         spec = self.pod["spec"]
@@ -487,8 +535,12 @@ class PodWorker(threading.Thread):
         if self.gone:
             return
         meta = self.pod["metadata"]
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-                "preconditions": {"uid": self.uid}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": self.uid},
+        }
         try:
             self.node.kube.delete(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", body)
         except ApiError as exc:
@@ -539,9 +591,14 @@ class PodWorker(threading.Thread):
             self._set_not_ready("PodCompleted")
         for c in self.init_containers + self.containers:
             if "waiting" in c.state:  # never started (deleted while creating): report as the kubelet does
-                c.state = {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown",
-                                          "message": "The container could not be located when the pod was "
-                                                     "terminated", "finishedAt": now_rfc3339()}}
+                c.state = {
+                    "terminated": {
+                        "exitCode": 137,
+                        "reason": "ContainerStatusUnknown",
+                        "message": "The container could not be located when the pod was terminated",
+                        "finishedAt": now_rfc3339(),
+                    }
+                }
 
     def _status(self) -> Obj:
         with self.lock:
@@ -551,8 +608,10 @@ class PodWorker(threading.Thread):
         prev = {c["type"]: c for c in current.get("conditions") or []}
         for ctype, cond in self.conditions.items():
             old = prev.get(ctype)
-            if old and (ctype == "PodScheduled" or (old.get("status"), old.get("reason")) == (cond["status"],
-                                                                                             cond.get("reason"))):
+            if old and (
+                ctype == "PodScheduled"
+                or (old.get("status"), old.get("reason")) == (cond["status"], cond.get("reason"))
+            ):
                 conditions.append(old)
             else:
                 conditions.append(cond)

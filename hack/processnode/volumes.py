@@ -186,14 +186,16 @@ class VolumeManager:
             src = vol["configMap"]
             opt = bool(src.get("optional"))
             data = self._configmap(ns, src["name"], opt)
-            return _items(data or {}, src.get("items"), src.get("defaultMode", 0o644), f"configmap {src['name']}",
-                          opt), "configMap"
+            return _items(
+                data or {}, src.get("items"), src.get("defaultMode", 0o644), f"configmap {src['name']}", opt
+            ), "configMap"
         if "secret" in vol:
             src = vol["secret"]
             opt = bool(src.get("optional"))
             data = self._secret(ns, src["secretName"], opt)
-            return _items(data or {}, src.get("items"), src.get("defaultMode", 0o644), f"secret {src['secretName']}",
-                          opt), "secret"
+            return _items(
+                data or {}, src.get("items"), src.get("defaultMode", 0o644), f"secret {src['secretName']}", opt
+            ), "secret"
         if "downwardAPI" in vol:
             src = vol["downwardAPI"]
             return self._downward(pod, src.get("items") or [], src.get("defaultMode", 0o644)), "downwardAPI"
@@ -206,13 +208,23 @@ class VolumeManager:
             if "configMap" in source:
                 s = source["configMap"]
                 opt = bool(s.get("optional"))
-                payload.update(_items(self._configmap(ns, s["name"], opt) or {}, s.get("items"), default_mode,
-                                      f"configmap {s['name']}", opt))
+                payload.update(
+                    _items(
+                        self._configmap(ns, s["name"], opt) or {},
+                        s.get("items"),
+                        default_mode,
+                        f"configmap {s['name']}",
+                        opt,
+                    )
+                )
             elif "secret" in source:
                 s = source["secret"]
                 opt = bool(s.get("optional"))
-                payload.update(_items(self._secret(ns, s["name"], opt) or {}, s.get("items"), default_mode,
-                                      f"secret {s['name']}", opt))
+                payload.update(
+                    _items(
+                        self._secret(ns, s["name"], opt) or {}, s.get("items"), default_mode, f"secret {s['name']}", opt
+                    )
+                )
             elif "downwardAPI" in source:
                 payload.update(self._downward(pod, source["downwardAPI"].get("items") or [], default_mode))
             elif "serviceAccountToken" in source:
@@ -309,8 +321,9 @@ class VolumeManager:
 
     def _claim(self, pod: Obj, claim: str) -> str:
         ns = pod["metadata"]["namespace"]
-        pvc = self._get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}",
-                        f'persistentvolumeclaim "{claim}"', False)
+        pvc = self._get(
+            f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}", f'persistentvolumeclaim "{claim}"', False
+        )
         assert pvc is not None
         pv_name = (pvc.get("spec") or {}).get("volumeName")
         if (pvc.get("status") or {}).get("phase") != "Bound" or not pv_name:

@@ -54,17 +54,34 @@ def test_auth_can_i(cluster: Cluster, namespace: str):
     denied = cluster.kubectl("auth", "can-i", "create", "pods", "-n", namespace, "--as", sa, check=False)
     assert denied.returncode == 1 and denied.stdout.strip() == "no"
     cluster.kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", namespace)
-    cluster.kubectl("create", "rolebinding", "pod-reader", "--role=pod-reader", f"--serviceaccount={namespace}:default",
-                    "-n", namespace)
+    cluster.kubectl(
+        "create",
+        "rolebinding",
+        "pod-reader",
+        "--role=pod-reader",
+        f"--serviceaccount={namespace}:default",
+        "-n",
+        namespace,
+    )
     assert cluster.kubectl("auth", "can-i", "list", "pods", "-n", namespace, "--as", sa).stdout.strip() == "yes"
-    assert cluster.kubectl("auth", "can-i", "delete", "pods", "-n", namespace, "--as", sa,
-                           check=False).stdout.strip() == "no"
+    assert (
+        cluster.kubectl("auth", "can-i", "delete", "pods", "-n", namespace, "--as", sa, check=False).stdout.strip()
+        == "no"
+    )
     # The Node authorizer: the node may read its own Node but not delete others' namespaces.
     node = "system:node:process-node"
-    assert cluster.kubectl("auth", "can-i", "get", "nodes/process-node", "--as", node, "--as-group",
-                           "system:nodes").stdout.strip() == "yes"
-    assert cluster.kubectl("auth", "can-i", "delete", "namespaces", "--as", node, "--as-group", "system:nodes",
-                           check=False).stdout.strip() == "no"
+    assert (
+        cluster.kubectl(
+            "auth", "can-i", "get", "nodes/process-node", "--as", node, "--as-group", "system:nodes"
+        ).stdout.strip()
+        == "yes"
+    )
+    assert (
+        cluster.kubectl(
+            "auth", "can-i", "delete", "namespaces", "--as", node, "--as-group", "system:nodes", check=False
+        ).stdout.strip()
+        == "no"
+    )
 
 
 def test_process_node_is_ready_with_gpus_and_heartbeats(cluster: Cluster):
