@@ -1,0 +1,631 @@
+"""kopf handlers: create the workload of each FineTuneJob, follow it, keep its status truthful.
+
+Handlers (all with explicit ids, see docs/operator.md):
+
+* ``create-workload`` (on.create) and ``adopt-workload`` (on.resume): create the trainer RBAC, the headless
+  Service and the Indexed Job; idempotent (409 → adopt the existing child when it is ours).
+* ``suspend-resume`` (on.update of spec.runPolicy.suspend): patch the Job's spec.suspend.
+* ``ftj-events``, ``job-events``, ``pod-events`` (on.event): recompute the FineTuneJob status from the
+  in-memory indexes (``ftj_index``, ``job_index``, ``pod_index``) and merge-patch the status subresource
+  when it changed, posting an Event per phase transition.
+
+No on.delete handler, daemon or timer is registered for FineTuneJobs, so kopf never adds a finalizer:
+deleting a FineTuneJob works with the operator down, and the garbage collector removes the children
+through their ownerReferences. TTL after finish is a background sweep, not a per-object timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import kopf
+import pydantic
+from ftcrd.types import GROUP, PLURAL, TERMINAL_PHASES, VERSION
+
+from ftoperator import builders, metrics
+from ftoperator import status as st
+from ftoperator.kube import ApiError, Kube
+from ftoperator.settings import Settings
+
+SETTINGS = Settings.from_env()
+FTJ = (GROUP, VERSION, PLURAL)
+log = logging.getLogger("ftoperator")
+
+Key = tuple[str, str]
+
+
+def _first(store: Iterable[Any] | None) -> Any:
+    for item in store or ():
+        return item
+    return None
+
+
+def _slim(body: Mapping[str, Any], keep_spec: bool = True) -> dict[str, Any]:
+    """A plain-dict copy of what status mapping needs (indexes keep these, not kopf's live bodies)."""
+    md = body.get("metadata") or {}
+    out: dict[str, Any] = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {
+            k: md[k]
+            for k in (
+                "name",
+                "namespace",
+                "uid",
+                "generation",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "labels",
+                "annotations",
+                "ownerReferences",
+                "resourceVersion",
+            )
+            if k in md
+        },
+        "status": dict(body.get("status") or {}),
+    }
+    if keep_spec:
+        out["spec"] = dict(body.get("spec") or {})
+    return out
+
+
+def _slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
+    out = _slim(body, keep_spec=False)
+    spec = body.get("spec") or {}
+    out["spec"] = {
+        k: spec.get(k) for k in ("suspend", "parallelism", "completions", "backoffLimit", "activeDeadlineSeconds")
+    }
+    return out
+
+
+def _slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    out = _slim(body, keep_spec=False)
+    out["spec"] = {"nodeName": (body.get("spec") or {}).get("nodeName")}
+    return out
+
+
+def _owner_uid(obj: Mapping[str, Any], kind: str) -> str | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == kind and ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# state shared by the handlers
+# ---------------------------------------------------------------------------------------------
+
+
+class Reconciler:
+    """Serialises status syncs per FineTuneJob and remembers what it last wrote.
+
+    The FineTuneJob index lags behind our own status patches (the watch event arrives later), so the
+    operator-owned part of the status it last wrote is overlaid on the indexed body: a sync right after
+    a patch neither repeats it nor re-posts the transition Event.
+    """
+
+    def __init__(self) -> None:
+        self.kube: Kube | None = None
+        self.locks: dict[Key, asyncio.Lock] = {}
+        self.written: dict[str, dict[str, Any]] = {}  # uid -> operator-owned status last written
+        self.ttl_due: dict[str, tuple[str, str, float]] = {}  # uid -> (namespace, name, due unix time)
+        self.ttl_task: asyncio.Task[None] | None = None
+
+    def lock(self, key: Key) -> asyncio.Lock:
+        lock = self.locks.get(key)
+        if lock is None:
+            lock = self.locks[key] = asyncio.Lock()
+        return lock
+
+    def forget(self, key: Key, uid: str | None) -> None:
+        self.locks.pop(key, None)
+        if uid:
+            self.written.pop(uid, None)
+            self.ttl_due.pop(uid, None)
+            metrics.PHASE_TRACKER.forget(uid)
+
+    def effective_status(self, ftj: Mapping[str, Any]) -> dict[str, Any]:
+        status = dict(ftj.get("status") or {})
+        uid = (ftj.get("metadata") or {}).get("uid")
+        mine = self.written.get(str(uid))
+        if mine:
+            status.update(mine)
+        return status
+
+    async def write_status(
+        self, ftj: Mapping[str, Any], delta: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter[Any]
+    ) -> None:
+        """Merge-patch ``delta`` into the status subresource; post an Event when the phase or reason changed."""
+        assert self.kube is not None
+        md = ftj["metadata"]
+        before = self.effective_status(ftj)
+        await self.kube.patch_ftj_status(md["namespace"], md["name"], delta)
+        metrics.STATUS_PATCHES.inc()
+        mine = self.written.setdefault(str(md["uid"]), {})
+        mine.update({k: v for k, v in delta.items() if k in st.OPERATOR_KEYS})
+        phase, reason = delta.get("phase", before.get("phase")), delta.get("reason", before.get("reason"))
+        metrics.PHASE_TRACKER.set(str(md["uid"]), phase)
+        if (phase, reason) != (before.get("phase"), before.get("reason")):
+            metrics.TRANSITIONS.labels(phase or "", reason or "").inc()
+            message = str(delta.get("message", before.get("message")) or "")
+            warning = phase == "Failed" or reason in ("Unschedulable", "ChildCreateFailed")
+            text = f"{phase}: {message}" if message else str(phase)
+            logger.info("phase %s (%s): %s", phase, reason, message)
+            kopf.event(
+                kopf.Body(dict(ftj)),  # type: ignore[arg-type]
+                type="Warning" if warning else "Normal",
+                reason=str(reason or phase),
+                message=text[:1024],
+            )
+        if phase in TERMINAL_PHASES:
+            self.schedule_ttl(ftj, delta.get("completionTime") or before.get("completionTime"))
+
+    def schedule_ttl(self, ftj: Mapping[str, Any], completion_time: object) -> None:
+        ttl = ((ftj.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+        done = st.parse_time(completion_time)
+        if ttl is None or done is None:
+            return
+        md = ftj["metadata"]
+        self.ttl_due[str(md["uid"])] = (md["namespace"], md["name"], done.timestamp() + float(ttl))
+
+    async def sync(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        indexes: Mapping[str, kopf.Index[Key, Any]],
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        handler: str,
+        ftj: Mapping[str, Any] | None = None,
+        job: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Recompute one FineTuneJob's status from its Job and pods and write what changed."""
+        key = (namespace, name)
+        started = time.perf_counter()
+        try:
+            async with self.lock(key):
+                ftj = ftj if ftj is not None else _first(indexes["ftj_index"].get(key))
+                if ftj is None or (ftj.get("metadata") or {}).get("deletionTimestamp"):
+                    return
+                uid = str(ftj["metadata"].get("uid"))
+                status = self.effective_status(ftj)
+                metrics.PHASE_TRACKER.set(uid, status.get("phase"))
+                if status.get("phase") in TERMINAL_PHASES:
+                    self.schedule_ttl(ftj, status.get("completionTime"))
+                    return
+                if job is None:
+                    job = next(
+                        (j for j in indexes["job_index"].get(key, ()) if _owner_uid(j, "FineTuneJob") == uid), None
+                    )
+                if job is None and not status.get("phase"):
+                    return  # not created yet: create-workload writes the first status
+                job_uid = (job or {}).get("metadata", {}).get("uid")
+                pods = [p for p in indexes["pod_index"].get(key, ()) if job_uid and _owner_uid(p, "Job") == job_uid]
+                view = {**ftj, "status": status}
+                patch = st.derive_status(view, job, pods, dt.datetime.now(dt.UTC), SETTINGS)
+                delta = st.changed(status, patch)
+                if not delta:
+                    return
+                await self.write_status(ftj, delta, logger)
+                if job is not None and st.needs_suspend(patch, job):
+                    assert self.kube is not None
+                    logger.warning("suspending Job %s: %s", name, patch.get("reason"))
+                    await self.kube.merge_patch("batch/v1", "Job", namespace, name, {"spec": {"suspend": True}})
+        except Exception:
+            metrics.ERRORS.labels(handler).inc()
+            raise
+        finally:
+            metrics.RECONCILE_SECONDS.labels(handler).observe(time.perf_counter() - started)
+
+
+RECONCILER = Reconciler()
+
+
+def _indexes(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Key, Any]]:
+    return {k: kwargs[k] for k in ("ftj_index", "job_index", "pod_index")}
+
+
+# ---------------------------------------------------------------------------------------------
+# startup, login, probes
+# ---------------------------------------------------------------------------------------------
+
+
+@kopf.on.startup(id="configure")
+async def configure(
+    *, settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+) -> None:
+    s = SETTINGS
+    # Handler progress and the diff base live in annotations under our own prefix (not status.kopf, which a
+    # structural schema could prune).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="finetune.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="finetune.dev", key="last-handled-configuration"
+    )
+    # Watches: a bounded server-side timeout and an inactivity timeout so a silently dead stream is
+    # re-established (bookmarks arrive every minute); only our children are streamed (label selector).
+    settings.watching.server_timeout = s.watch_server_timeout
+    settings.watching.client_timeout = s.watch_client_timeout
+    settings.watching.connect_timeout = 10
+    settings.watching.inactivity_timeout = s.watch_inactivity_timeout
+    settings.watching.label_selectors["batch", "jobs"] = builders.LABEL_JOB
+    settings.watching.label_selectors["v1", "pods"] = builders.LABEL_JOB
+    # Events: handler log lines at event_level and above become Kubernetes Events on the object.
+    settings.posting.enabled = True
+    settings.posting.level = logging.getLevelName(s.event_level)
+    settings.posting.reporting_component = "finetune-operator"
+    # Handlers are async; the thread pool only serves kopf's own sync bits.
+    settings.execution.max_workers = 4
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
+    settings.queueing.worker_limit = None
+    # Peering: the highest-priority alive replica acts; the others pause their watches.
+    settings.peering.name = s.peering_name
+    settings.peering.priority = s.priority
+    settings.peering.lifetime = 60
+    settings.peering.mandatory = False
+    settings.peering.stealth = False
+
+    RECONCILER.kube = await Kube.connect(s)
+    metrics.serve(s.metrics_port)
+    RECONCILER.ttl_task = asyncio.create_task(ttl_sweeper())
+    logger.info(
+        "finetune-operator configured: trainer image %s, image-pull grace %ss, peering %s (priority %s)",
+        s.trainer_image,
+        s.image_pull_grace_seconds,
+        s.peering_name,
+        s.priority,
+    )
+
+
+@kopf.on.cleanup(id="close")
+async def close(**_: Any) -> None:
+    if RECONCILER.ttl_task is not None:
+        RECONCILER.ttl_task.cancel()
+    if RECONCILER.kube is not None:
+        await RECONCILER.kube.close()
+
+
+@kopf.on.login(id="login", retries=3)
+async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kubernetes_asyncio's configuration (in-cluster ServiceAccount, else $KUBECONFIG), the same the
+    operator's own API client uses; never the sync client or pykube even when installed."""
+    return await kopf.login_via_async_client(**kwargs)
+
+
+@kopf.on.probe(id="tracked")
+def tracked(**_: Any) -> int:
+    """Liveness detail (/healthz): FineTuneJobs this replica follows."""
+    return len(RECONCILER.locks)
+
+
+# ---------------------------------------------------------------------------------------------
+# indexes (kopf holds handlers until all three are populated after a (re)start)
+# ---------------------------------------------------------------------------------------------
+
+
+@kopf.index(*FTJ, id="ftj_index")
+def ftj_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+    return {(namespace or "", name): _slim(body)}
+
+
+@kopf.index("batch", "v1", "jobs", labels={builders.LABEL_JOB: kopf.PRESENT}, id="job_index")
+def job_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any] | None:
+    if _owner_uid(body, "FineTuneJob") is None:
+        return None
+    return {(namespace or "", labels[builders.LABEL_JOB]): _slim_job(body)}
+
+
+@kopf.index("v1", "pods", labels={builders.LABEL_JOB: kopf.PRESENT}, id="pod_index")
+def pod_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any] | None:
+    if _owner_uid(body, "Job") is None:
+        return None
+    return {(namespace or "", labels[builders.LABEL_JOB]): _slim_pod(body)}
+
+
+# ---------------------------------------------------------------------------------------------
+# workload creation
+# ---------------------------------------------------------------------------------------------
+
+
+async def ensure_children(
+    ftj: builders.FineTuneJob, logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> dict[str, Any]:
+    """Create every child, adopting those that already exist and are ours; returns the Job."""
+    kube = RECONCILER.kube
+    assert kube is not None
+    uid = ftj.metadata["uid"]
+
+    async def one(obj: dict[str, Any]) -> dict[str, Any]:
+        md = obj["metadata"]
+        try:
+            created = await kube.create(obj)
+            metrics.CHILDREN_CREATED.labels(obj["kind"]).inc()
+            return created
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        existing = await kube.get(obj["apiVersion"], obj["kind"], md["namespace"], md["name"])
+        owner = _owner_uid(existing, "FineTuneJob")
+        if owner != uid:
+            if existing.get("metadata", {}).get("deletionTimestamp") or owner:
+                raise kopf.TemporaryError(
+                    f"{obj['kind']} {md['name']} belongs to another FineTuneJob (uid {owner}); waiting for it to go",
+                    delay=5,
+                )
+            raise kopf.PermanentError(f"{obj['kind']} {md['name']} already exists and is not managed by this job")
+        logger.info("adopted existing %s %s", obj["kind"], md["name"])
+        return existing
+
+    children = builders.render_children(ftj, SETTINGS)
+    *first, job = children
+    # The pods need their ServiceAccount (admission) and the Service (DNS); create those first, in parallel.
+    await asyncio.gather(*(one(obj) for obj in first))
+    return await one(job)
+
+
+async def _workload(  # noqa: PLR0917
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    retry: int,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    indexes: dict[str, kopf.Index[Key, Any]],
+    handler: str,
+) -> None:
+    started = time.perf_counter()
+    raw = _slim(body)
+    status = RECONCILER.effective_status(raw)
+    if status.get("phase") in TERMINAL_PHASES:
+        return
+    try:
+        ftj = builders.parse(body)
+    except pydantic.ValidationError as exc:
+        metrics.ERRORS.labels(handler).inc()
+        msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        await _fail(raw, "InvalidSpec", f"invalid spec: {msg}", logger)
+        raise kopf.PermanentError(f"invalid spec: {msg}") from exc
+    try:
+        uid = ftj.metadata["uid"]
+        job = next(
+            (j for j in indexes["job_index"].get((namespace, name), ()) if _owner_uid(j, "FineTuneJob") == uid), None
+        )
+        if job is None:
+            job = _slim_job(await ensure_children(ftj, logger))
+    except kopf.PermanentError as exc:
+        metrics.ERRORS.labels(handler).inc()
+        await _fail(raw, "ChildCreateFailed", str(exc), logger)
+        raise
+    except ApiError as exc:
+        metrics.ERRORS.labels(handler).inc()
+        final = exc.status in (400, 422) or retry + 1 >= SETTINGS.handler_retries
+        msg = f"could not create the workload: {exc.message}"
+        if final:
+            await _fail(raw, "ChildCreateFailed", msg, logger)
+            raise kopf.PermanentError(msg) from exc
+        await RECONCILER.write_status(
+            raw,
+            {
+                "phase": "Pending",
+                "reason": "ChildCreateFailed",
+                "message": msg + f" (attempt {retry + 1}/{SETTINGS.handler_retries})",
+                "conditions": [
+                    st.set_condition(
+                        status.get("conditions"), "Created", False, "ChildCreateFailed", msg, dt.datetime.now(dt.UTC)
+                    )
+                ],
+            },
+            logger,
+        )
+        raise kopf.TemporaryError(msg, delay=SETTINGS.handler_backoff * (retry + 1)) from exc
+    finally:
+        metrics.RECONCILE_SECONDS.labels(handler).observe(time.perf_counter() - started)
+    await RECONCILER.sync(namespace, name, ftj=raw, job=job, logger=logger, handler=handler, indexes=indexes)
+
+
+async def _fail(
+    raw: Mapping[str, Any], reason: str, message: str, logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    status = RECONCILER.effective_status(raw)
+    patch = {
+        "phase": "Failed",
+        "reason": reason,
+        "message": message[: st.MAX_MESSAGE],
+        "completionTime": st.rfc3339(now),
+        "conditions": [
+            st.set_condition(status.get("conditions"), "Created", False, reason, message, now),
+            st.set_condition(status.get("conditions"), "Failed", True, reason, message, now),
+        ],
+    }
+    async with RECONCILER.lock((raw["metadata"]["namespace"], raw["metadata"]["name"])):
+        await RECONCILER.write_status(raw, patch, logger)
+
+
+@kopf.on.create(
+    *FTJ,
+    id="create-workload",
+    retries=SETTINGS.handler_retries,
+    backoff=SETTINGS.handler_backoff,
+    timeout=SETTINGS.handler_timeout,
+)
+async def create_workload(
+    *,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    retry: int,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **kwargs: Any,
+) -> None:
+    indexes = _indexes(kwargs)
+    await _workload(body, namespace or "", name, retry, logger, indexes, "create-workload")
+
+
+@kopf.on.resume(
+    *FTJ,
+    id="adopt-workload",
+    retries=SETTINGS.handler_retries,
+    backoff=SETTINGS.handler_backoff,
+    timeout=SETTINGS.handler_timeout,
+)
+async def adopt_workload(
+    *,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    retry: int,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **kwargs: Any,
+) -> None:
+    """After an operator (re)start: re-create missing children (the previous run may have died mid-way),
+    adopt existing ones, and re-derive the status."""
+    indexes = _indexes(kwargs)
+    await _workload(body, namespace or "", name, retry, logger, indexes, "adopt-workload")
+
+
+@kopf.on.update(
+    *FTJ,
+    field="spec.runPolicy.suspend",
+    id="suspend-resume",
+    retries=SETTINGS.handler_retries,
+    backoff=SETTINGS.handler_backoff,
+    timeout=SETTINGS.handler_timeout,
+)
+async def suspend_resume(
+    *,
+    new: Any,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    """spec.runPolicy.suspend → the Job's spec.suspend (its pods stop; resume starts new ones).
+    With a Kueue queue, resuming is Kueue's decision (it un-suspends on admission)."""
+    if (body.get("status") or {}).get("phase") in TERMINAL_PHASES:
+        return
+    suspend = bool(new)
+    if not suspend and ((body.get("spec") or {}).get("runPolicy") or {}).get("queueName"):
+        logger.info("resume requested; Kueue un-suspends the Job when it admits it")
+        return
+    kube = RECONCILER.kube
+    assert kube is not None
+    try:
+        await kube.merge_patch("batch/v1", "Job", namespace or "", name, {"spec": {"suspend": suspend}})
+    except ApiError as exc:
+        if exc.status == 404:
+            return  # not created yet; create-workload renders the current spec
+        raise kopf.TemporaryError(str(exc), delay=SETTINGS.handler_backoff) from exc
+    logger.info("%s the Job", "suspended" if suspend else "resumed")
+
+
+# ---------------------------------------------------------------------------------------------
+# following the workload
+# ---------------------------------------------------------------------------------------------
+
+
+@kopf.on.event(*FTJ, id="ftj-events")
+async def ftj_event(
+    *,
+    type: str,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    uid: str,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **kwargs: Any,
+) -> None:
+    """Trainer progress (stage 'uploading' → phase Uploading), terminal bookkeeping, forgetting deleted ones."""
+    if type == "DELETED":
+        RECONCILER.forget((namespace or "", name), uid)
+        return
+    await RECONCILER.sync(
+        namespace or "",
+        name,
+        ftj=_slim(body),
+        indexes=_indexes(kwargs),
+        logger=logger,
+        handler="ftj-events",
+    )
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={builders.LABEL_JOB: kopf.PRESENT}, id="job-events")
+async def job_event(
+    *,
+    namespace: str | None,
+    labels: kopf.Labels,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **kwargs: Any,
+) -> None:
+    await RECONCILER.sync(
+        namespace or "",
+        labels[builders.LABEL_JOB],
+        indexes=_indexes(kwargs),
+        logger=logger,
+        handler="job-events",
+    )
+
+
+@kopf.on.event("v1", "pods", labels={builders.LABEL_JOB: kopf.PRESENT}, id="pod-events")
+async def pod_event(
+    *,
+    namespace: str | None,
+    labels: kopf.Labels,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **kwargs: Any,
+) -> None:
+    await RECONCILER.sync(
+        namespace or "",
+        labels[builders.LABEL_JOB],
+        indexes=_indexes(kwargs),
+        logger=logger,
+        handler="pod-events",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# TTL after finished
+# ---------------------------------------------------------------------------------------------
+
+
+async def sweep_ttl(now: float | None = None) -> int:
+    """Delete finished FineTuneJobs whose completionTime + ttlSecondsAfterFinished has passed.
+
+    Entries are registered only by syncs (which run on the active peering replica); the uid
+    precondition makes a stale entry harmless (a re-created job of the same name is never deleted)."""
+    kube = RECONCILER.kube
+    assert kube is not None
+    now = time.time() if now is None else now
+    deleted = 0
+    for uid, (namespace, name, due) in list(RECONCILER.ttl_due.items()):
+        if due > now:
+            continue
+        try:
+            await kube.delete(f"{GROUP}/{VERSION}", "FineTuneJob", namespace, name, uid=uid)
+            metrics.TTL_DELETIONS.inc()
+            deleted += 1
+            log.info("deleted finished FineTuneJob %s/%s (ttlSecondsAfterFinished)", namespace, name)
+        except ApiError as exc:
+            if exc.status not in (404, 409):
+                metrics.ERRORS.labels("ttl").inc()
+                log.warning("TTL deletion of %s/%s failed: %s", namespace, name, exc)
+                continue
+        RECONCILER.ttl_due.pop(uid, None)
+    return deleted
+
+
+async def ttl_sweeper() -> None:
+    while True:
+        await asyncio.sleep(SETTINGS.ttl_sweep_seconds)
+        try:
+            await sweep_ttl()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            metrics.ERRORS.labels("ttl").inc()
+            log.exception("TTL sweep failed")
