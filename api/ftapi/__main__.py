@@ -1,0 +1,3 @@
+from ftapi.main import main
+
+main()

@@ -1,0 +1,150 @@
+"""Bearer keys from a Kubernetes Secret.
+
+Secret ``finetune-api-keys`` (in the API's own namespace), key ``keys.yaml``::
+
+    - name: team-a            # shown in logs instead of the key
+      sha256: 9f86d0...        # hex sha256 of the bearer key
+      namespace: team-a       # the only namespace this key may use
+
+Keys are stored hashed and compared with :func:`hmac.compare_digest` against every entry
+(no early exit). The Secret is re-read at most every ``keys_refresh_seconds``; if a refresh
+fails the previous table keeps serving. Neither the key nor its hash is ever logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import yaml
+
+from ftapi.errors import APIError
+
+if TYPE_CHECKING:
+    from ftapi.k8s import K8s
+
+log = logging.getLogger("ftapi.auth")
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    namespace: str
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    name: str
+    sha256: bytes
+    namespace: str
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_keys(text: str) -> list[KeyEntry]:
+    """Parse keys.yaml; malformed entries are skipped (and reported by name only)."""
+    data = yaml.safe_load(text) or []
+    if isinstance(data, dict) and "keys" in data:
+        data = data["keys"]
+    if not isinstance(data, list):
+        raise ValueError("keys.yaml must be a list of {name, sha256, namespace}")
+    out = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            log.warning("keys.yaml entry %d is not a mapping; skipped", i)
+            continue
+        name = str(item.get("name") or f"entry-{i}")
+        digest = str(item.get("sha256") or "").strip().lower()
+        namespace = str(item.get("namespace") or "")
+        if not _HEX64.match(digest) or not _DNS_LABEL.match(namespace):
+            log.warning("keys.yaml entry %r has no valid sha256/namespace; skipped", name)
+            continue
+        out.append(KeyEntry(name=name, sha256=bytes.fromhex(digest), namespace=namespace))
+    return out
+
+
+def match(entries: list[KeyEntry], key: str) -> KeyEntry | None:
+    digest = hashlib.sha256(key.encode()).digest()
+    found = None
+    for entry in entries:  # constant time per entry, every entry compared
+        if hmac.compare_digest(entry.sha256, digest) and found is None:
+            found = entry
+    return found
+
+
+def unauthorized(message: str) -> APIError:
+    return APIError(
+        401, message, code="invalid_api_key", type="invalid_request_error", headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+class KeyStore:
+    """Caches the key table read from the Secret."""
+
+    def __init__(self, k8s: K8s, namespace: str, name: str, key: str, refresh_seconds: float) -> None:
+        self._k8s = k8s
+        self.namespace = namespace
+        self.name = name
+        self.key = key
+        self.refresh_seconds = refresh_seconds
+        self._entries: list[KeyEntry] | None = None
+        self._loaded_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def _load(self) -> list[KeyEntry]:
+        secret = await self._k8s.read_secret(self.namespace, self.name)
+        raw = (secret.data or {}).get(self.key)
+        if raw is None:
+            raise ValueError(f"Secret {self.namespace}/{self.name} has no key {self.key}")
+        return parse_keys(base64.b64decode(raw).decode())
+
+    async def entries(self) -> list[KeyEntry]:
+        now = time.monotonic()
+        if self._entries is not None and now - self._loaded_at < self.refresh_seconds:
+            return self._entries
+        async with self._lock:
+            if self._entries is not None and time.monotonic() - self._loaded_at < self.refresh_seconds:
+                return self._entries
+            try:
+                self._entries = await self._load()
+                self._loaded_at = time.monotonic()
+            except Exception as exc:
+                # Never include the Secret's content; the exception type and status are enough.
+                status = getattr(exc, "status", None)
+                log.error(
+                    "cannot load API keys from Secret %s/%s: %s %s",
+                    self.namespace,
+                    self.name,
+                    type(exc).__name__,
+                    status or "",
+                )
+                if self._entries is None:
+                    raise APIError(
+                        503, "API keys are not available yet; retry later", code="keys_unavailable"
+                    ) from None
+                self._loaded_at = time.monotonic() - self.refresh_seconds + min(2.0, self.refresh_seconds)
+            return self._entries
+
+    async def authenticate(self, authorization: str | None) -> Tenant:
+        if not authorization:
+            raise unauthorized("Missing bearer authentication in header (Authorization: Bearer <key>)")
+        scheme, _, key = authorization.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise unauthorized("Malformed Authorization header; expected 'Bearer <key>'")
+        entry = match(await self.entries(), key)
+        if entry is None:
+            raise unauthorized("Incorrect API key provided")
+        return Tenant(name=entry.name, namespace=entry.namespace)

@@ -1,0 +1,88 @@
+"""Helpers shared by the routers: idempotent creation and optimistic-concurrency patches."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from ftapi import mapping
+from ftapi.errors import APIError, not_found
+from ftapi.k8s import K8s, create_owned
+
+
+async def create_idempotent(
+    k8s: K8s,
+    namespace: str,
+    ftj: dict[str, Any],
+    configmap: dict[str, Any] | None,
+    *,
+    idempotent: bool,
+    digest: str,
+) -> tuple[dict[str, Any], bool]:
+    """Create the job (and its ConfigMap); returns (job, created). With an Idempotency-Key the name is
+    derived from it, so a retry meets AlreadyExists and gets the existing job back."""
+    try:
+        return await create_owned(k8s, namespace, ftj, configmap), True
+    except ApiException as exc:
+        if exc.status != 409 or not idempotent:
+            raise
+    existing = await k8s.get_ftj(namespace, ftj["metadata"]["name"])
+    ann = (existing.get("metadata") or {}).get("annotations") or {}
+    if ann.get(mapping.ANN_IDEMPOTENCY) != digest:
+        raise APIError(
+            409,
+            "This Idempotency-Key was already used with a different request; use a new key for a new job.",
+            code="idempotency_key_reused",
+            param="Idempotency-Key",
+        )
+    return existing, False
+
+
+async def get_job(k8s: K8s, namespace: str, name: str) -> dict[str, Any]:
+    try:
+        return await k8s.get_ftj(namespace, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise not_found("fine-tuning job", name, param="fine_tuning_job_id") from None
+        raise
+
+
+async def update_job(
+    k8s: K8s,
+    namespace: str,
+    name: str,
+    change: Callable[[dict[str, Any]], dict[str, Any] | None],
+    action: str | None = None,
+) -> dict[str, Any]:
+    """Read-check-patch with the resourceVersion as precondition (retried on conflicts).
+    ``change`` returns the merge patch, or None when nothing needs to change; it may raise APIError."""
+    for _ in range(5):
+        job = await get_job(k8s, namespace, name)
+        patch = change(job)
+        if patch is None:
+            return job
+        meta = patch.setdefault("metadata", {})
+        meta["resourceVersion"] = job["metadata"]["resourceVersion"]
+        if action:
+            history = mapping.actions(job)[-19:]
+            history.append({"action": action, "at": int(time.time())})
+            meta.setdefault("annotations", {})[mapping.ANN_ACTIONS] = json.dumps(history, separators=(",", ":"))
+        try:
+            return await k8s.patch_ftj(namespace, name, patch)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    raise APIError(409, "The job is being changed concurrently; retry", code="conflict")
+
+
+def idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or len(value) > 255 or not value.isprintable():
+        raise APIError(400, "Idempotency-Key must be 1 to 255 printable characters", param="Idempotency-Key")
+    return value

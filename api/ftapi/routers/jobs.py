@@ -1,0 +1,230 @@
+"""``/v1/fine_tuning/jobs``: OpenAI's fine-tuning API over FineTuneJobs."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from ftcrd.types import MethodSpec
+
+from ftapi import mapping
+from ftapi.deps import Config, Kube, State, Tenant
+from ftapi.errors import APIError, not_found
+from ftapi.routers.common import create_idempotent, get_job, idempotency_key, update_job
+from ftapi.routers.files import get_file
+from ftapi.schemas import DpoHyperparameters, Hyperparameters, JobCreate
+from ftapi.specbuild import (
+    base_learning_rate,
+    build_job,
+    dataset_from_configmap,
+    new_job_name,
+    request_digest,
+    resolve_model,
+)
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+
+_JOB_ID = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+Limit = Annotated[int, Query(ge=1, le=100, description="Page size (1-100)")]
+
+
+def _check_job_id(job_id: str) -> None:
+    if len(job_id) > 253 or not _JOB_ID.match(job_id):
+        raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
+
+
+def _hyperparameters(hp: Hyperparameters | None, base_lr: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if hp is None:
+        return out
+    if isinstance(hp.batch_size, int):
+        out["batchSize"] = hp.batch_size
+    if isinstance(hp.n_epochs, int):
+        out["epochs"] = hp.n_epochs
+    if isinstance(hp.learning_rate_multiplier, int | float):
+        lr = base_lr * float(hp.learning_rate_multiplier)
+        if lr > 1:
+            raise APIError(
+                422,
+                f"learning_rate_multiplier {hp.learning_rate_multiplier} gives a learning rate above 1 "
+                f"(base {base_lr})",
+                code="invalid_value",
+                param="method.hyperparameters.learning_rate_multiplier",
+            )
+        out["learningRate"] = lr
+    return out
+
+
+@router.post("", summary="Create a fine-tuning job (DPO by default; Idempotency-Key supported)")
+async def create_job(
+    *,
+    body: JobCreate,
+    tenant: Tenant,
+    k8s: Kube,
+    settings: Config,
+    state: State,
+    idempotency: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> dict[str, Any]:
+    key = idempotency_key(idempotency)
+    model = resolve_model(settings, body.model)
+    method_type = body.method.type if body.method else "dpo"
+    if method_type == "reinforcement":
+        raise APIError(
+            400,
+            "method.type 'reinforcement' is not supported; use 'dpo' or 'supervised'",
+            code="unsupported_method",
+            param="method.type",
+        )
+    base_lr = base_learning_rate(settings)
+    hp_in: Hyperparameters | None = body.hyperparameters
+    beta: float | None = None
+    if body.method and method_type == "dpo" and body.method.dpo and body.method.dpo.hyperparameters:
+        dpo_hp: DpoHyperparameters = body.method.dpo.hyperparameters
+        hp_in = dpo_hp
+        beta = dpo_hp.beta if isinstance(dpo_hp.beta, int | float) else None
+    if (
+        body.method
+        and method_type == "supervised"
+        and body.method.supervised
+        and body.method.supervised.hyperparameters
+    ):
+        hp_in = body.method.supervised.hyperparameters
+    hyper = _hyperparameters(hp_in, base_lr)
+    seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+    hyper["seed"] = seed
+
+    # files must exist in the caller's namespace (checked before anything is created)
+    await get_file(k8s, tenant.namespace, body.training_file, param="training_file")
+    if body.validation_file:
+        await get_file(k8s, tenant.namespace, body.validation_file, param="validation_file")
+
+    name = new_job_name(tenant.namespace, key)
+    digest = request_digest("openai", body.model_dump(mode="json", exclude={"seed"} if body.seed is None else None))
+    annotations = {
+        mapping.ANN_MODEL: body.model,
+        mapping.ANN_TRAINING_FILE: body.training_file,
+        mapping.ANN_BASE_LR: repr(base_lr),
+    }
+    if body.validation_file:
+        annotations[mapping.ANN_VALIDATION_FILE] = body.validation_file
+    if body.suffix:
+        annotations[mapping.ANN_SUFFIX] = body.suffix
+    if body.metadata is not None:
+        annotations[mapping.ANN_METADATA] = json.dumps(body.metadata, sort_keys=True)
+    if key:
+        annotations[mapping.ANN_IDEMPOTENCY] = digest
+    method = MethodSpec.model_validate(
+        {"type": "sft" if method_type == "supervised" else "dpo", **({"beta": beta} if beta else {})}
+    )
+    ftj = build_job(
+        settings,
+        name=name,
+        namespace=tenant.namespace,
+        model=model,
+        dataset=dataset_from_configmap(settings, body.training_file, mapping.FILE_DATA_KEY, "jsonl"),
+        method=method,
+        hyperparameters=hyper,
+        community_id=tenant.namespace,
+        labels={mapping.LABEL_CREATED_BY: "api", mapping.LABEL_TRAINING_FILE: body.training_file},
+        annotations=annotations,
+    )
+    job, created = await create_idempotent(k8s, tenant.namespace, ftj, None, idempotent=key is not None, digest=digest)
+    if created:
+        state.metrics.jobs_created.labels("openai").inc()
+    return mapping.to_openai_job(job)
+
+
+@router.get("", summary="List fine-tuning jobs (newest first, cursor pagination)")
+async def list_jobs(
+    tenant: Tenant,
+    k8s: Kube,
+    after: str | None = None,
+    limit: Limit = 20,
+) -> dict[str, Any]:
+    jobs = [mapping.to_openai_job(j) for j in mapping.sort_jobs(await k8s.list_ftj(tenant.namespace))]
+    return mapping.paginate(jobs, after, limit, key=lambda j: str(j["id"]))
+
+
+@router.get("/{fine_tuning_job_id}", summary="Retrieve a fine-tuning job")
+async def retrieve_job(fine_tuning_job_id: str, tenant: Tenant, k8s: Kube) -> dict[str, Any]:
+    _check_job_id(fine_tuning_job_id)
+    return mapping.to_openai_job(await get_job(k8s, tenant.namespace, fine_tuning_job_id))
+
+
+def _state_error(job: dict[str, Any], verb: str) -> APIError:
+    return APIError(
+        409,
+        f"Cannot {verb} job {job['metadata']['name']}: it is {mapping.openai_status(job)}",
+        code="invalid_job_state",
+        param="fine_tuning_job_id",
+    )
+
+
+@router.post("/{fine_tuning_job_id}/cancel", summary="Cancel a job (annotation + suspend)", responses={409: {}})
+async def cancel_job(fine_tuning_job_id: str, tenant: Tenant, k8s: Kube) -> dict[str, Any]:
+    _check_job_id(fine_tuning_job_id)
+
+    def change(job: dict[str, Any]) -> dict[str, Any] | None:
+        if mapping.is_cancelled(job):
+            return None
+        if mapping.is_terminal(job):
+            raise _state_error(job, "cancel")
+        return {
+            "metadata": {"annotations": {mapping.ANN_CANCELLED: "true"}},
+            "spec": {"runPolicy": {"suspend": True}},
+        }
+
+    job = await update_job(k8s, tenant.namespace, fine_tuning_job_id, change, action="cancelled")
+    return mapping.to_openai_job(job)
+
+
+@router.post("/{fine_tuning_job_id}/pause", summary="Pause a job (spec.runPolicy.suspend=true)", responses={409: {}})
+async def pause_job(fine_tuning_job_id: str, tenant: Tenant, k8s: Kube) -> dict[str, Any]:
+    _check_job_id(fine_tuning_job_id)
+
+    def change(job: dict[str, Any]) -> dict[str, Any] | None:
+        if mapping.is_cancelled(job) or mapping.is_terminal(job):
+            raise _state_error(job, "pause")
+        if mapping.is_suspended(job):
+            return None
+        return {"spec": {"runPolicy": {"suspend": True}}}
+
+    job = await update_job(k8s, tenant.namespace, fine_tuning_job_id, change, action="paused")
+    return mapping.to_openai_job(job)
+
+
+@router.post("/{fine_tuning_job_id}/resume", summary="Resume a paused job", responses={409: {}})
+async def resume_job(fine_tuning_job_id: str, tenant: Tenant, k8s: Kube) -> dict[str, Any]:
+    _check_job_id(fine_tuning_job_id)
+
+    def change(job: dict[str, Any]) -> dict[str, Any] | None:
+        if mapping.is_cancelled(job) or mapping.is_terminal(job):
+            raise _state_error(job, "resume")
+        if not mapping.is_suspended(job):
+            return None
+        return {"spec": {"runPolicy": {"suspend": False}}}
+
+    job = await update_job(k8s, tenant.namespace, fine_tuning_job_id, change, action="resumed")
+    return mapping.to_openai_job(job)
+
+
+@router.get("/{fine_tuning_job_id}/events", summary="Job events (Kubernetes Events and status transitions)")
+async def list_events(
+    *, fine_tuning_job_id: str, tenant: Tenant, k8s: Kube, after: str | None = None, limit: Limit = 20
+) -> dict[str, Any]:
+    _check_job_id(fine_tuning_job_id)
+    job = await get_job(k8s, tenant.namespace, fine_tuning_job_id)
+    events = await k8s.list_events(tenant.namespace, "FineTuneJob", fine_tuning_job_id)
+    return mapping.paginate(mapping.to_events(job, events), after, limit, key=lambda e: str(e["id"]))
+
+
+@router.get("/{fine_tuning_job_id}/checkpoints", summary="Checkpoints the trainer saved")
+async def list_checkpoints(
+    *, fine_tuning_job_id: str, tenant: Tenant, k8s: Kube, after: str | None = None, limit: Limit = 10
+) -> dict[str, Any]:
+    _check_job_id(fine_tuning_job_id)
+    job = await get_job(k8s, tenant.namespace, fine_tuning_job_id)
+    return mapping.paginate(mapping.to_checkpoints(job), after, limit, key=lambda c: str(c["id"]))

@@ -1,0 +1,28 @@
+"""``/v1/finetunejobs``: the FineTuneJob resource itself (spec and status), for kubectl-minded users."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from ftapi import mapping
+from ftapi.deps import Kube, Tenant
+from ftapi.routers.common import get_job
+from ftapi.routers.jobs import _check_job_id
+
+router = APIRouter(prefix="/v1/finetunejobs", tags=["native"])
+
+
+@router.get("", summary="List FineTuneJobs in the caller's namespace")
+async def list_finetunejobs(tenant: Tenant, k8s: Kube) -> dict[str, Any]:
+    items = [mapping.native(j) for j in mapping.sort_jobs(await k8s.list_ftj(tenant.namespace))]
+    return {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJobList", "items": items}
+
+
+@router.get("/{name}", summary="Get a FineTuneJob's spec and status")
+async def get_finetunejob(name: str, tenant: Tenant, k8s: Kube) -> dict[str, Any]:
+    _check_job_id(name)
+    job = mapping.native(await get_job(k8s, tenant.namespace, name))
+    job["openai"] = {"id": name, "status": mapping.openai_status(job)}
+    return job

@@ -1,0 +1,105 @@
+"""``POST /trigger-finetune``: the original microservice's webhook, answered at once with 202."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
+from ftcrd.dataset import DatasetError, load_rows, rows_to_novalto
+from ftcrd.types import MethodSpec
+
+from ftapi import mapping
+from ftapi.deps import Config, Kube, State, Tenant
+from ftapi.errors import APIError
+from ftapi.routers.common import create_idempotent, idempotency_key
+from ftapi.schemas import SeedAccepted, SeedTrigger
+from ftapi.specbuild import build_job, dataset_from_configmap, new_job_name, request_digest, resolve_model, too_large
+
+router = APIRouter(tags=["webhook"])
+
+
+@router.post(
+    "/trigger-finetune",
+    status_code=202,
+    response_model=SeedAccepted,
+    summary="Start a DPO fine-tune from the seed payload (never blocks on training)",
+    responses={413: {"description": "Dataset too large for a ConfigMap"}, 422: {"description": "Invalid payload"}},
+)
+async def trigger_finetune(
+    *,
+    body: SeedTrigger,
+    response: Response,
+    tenant: Tenant,
+    k8s: Kube,
+    settings: Config,
+    state: State,
+    idempotency: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> SeedAccepted:
+    key = idempotency_key(idempotency)
+    rows = [{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected} for r in body.dataset]
+    data = rows_to_novalto(rows)
+    try:  # the trainer's own loader, on the exact bytes the trainer will read
+        load_rows(
+            data,
+            "novalto",
+            "gzip",
+            max_rows=settings.max_rows,
+            max_field_chars=settings.max_field_chars,
+            min_rows=settings.min_rows,
+        )
+    except DatasetError as exc:
+        param = "dataset"
+        if exc.row is not None:
+            param = f"dataset[{exc.row - 1}]" + (f".{exc.field}" if exc.field else "")
+        raise APIError(422, f"{param}: {exc.detail}", code="invalid_dataset", param=param) from None
+    if len(data) > settings.configmap_budget_bytes:
+        raise too_large(len(data), settings)
+
+    model = resolve_model(settings, settings.webhook_model)
+    name = new_job_name(tenant.namespace, key)
+    digest = request_digest("seed", {"communityId": body.communityId, "sha256": hashlib.sha256(data).hexdigest()})
+    labels = {mapping.LABEL_CREATED_BY: "api-webhook"}
+    annotations = {mapping.ANN_MODEL: settings.webhook_model}
+    if key:
+        annotations[mapping.ANN_IDEMPOTENCY] = digest
+    configmap_name = f"{name}-dataset"
+    ftj = build_job(
+        settings,
+        name=name,
+        namespace=tenant.namespace,
+        model=model,
+        dataset=dataset_from_configmap(settings, configmap_name, mapping.DATASET_KEY, "novalto"),
+        method=MethodSpec.model_validate({"type": settings.webhook_method, "beta": settings.webhook_beta}),
+        hyperparameters={},
+        community_id=body.communityId,
+        labels=labels,
+        annotations=annotations,
+    )
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": configmap_name,
+            "labels": {mapping.LABEL_JOB: name, mapping.LABEL_COMMUNITY: body.communityId},
+        },
+        "binaryData": {mapping.DATASET_KEY: base64.b64encode(data).decode()},
+    }
+    job, created = await create_idempotent(
+        k8s, tenant.namespace, ftj, configmap, idempotent=key is not None, digest=digest
+    )
+    if created:
+        state.metrics.jobs_created.labels("webhook").inc()
+    job_name = job["metadata"]["name"]
+    base = settings.public_url.rstrip("/")
+    status_url = f"{base}/v1/finetunejobs/{job_name}"
+    response.headers["Location"] = status_url
+    return SeedAccepted(
+        jobName=job_name,
+        namespace=tenant.namespace,
+        communityId=body.communityId,
+        rows=len(rows),
+        statusUrl=status_url,
+        openaiUrl=f"{base}/v1/fine_tuning/jobs/{job_name}",
+    )

@@ -1,0 +1,152 @@
+"""Build FineTuneJob objects with :mod:`ftcrd.types` (never hand-written dicts)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from typing import Any
+
+from ftcrd.dataset import DatasetError, load_rows
+from ftcrd.types import (
+    ConfigMapSource,
+    DatasetSpec,
+    EnvVar,
+    FineTuneJob,
+    FineTuneJobSpec,
+    HyperparametersSpec,
+    MethodSpec,
+    ModelSpec,
+    OutputSpec,
+    ResourcesSpec,
+    RunPolicySpec,
+    SecretKeyRef,
+)
+from pydantic import ValidationError
+
+from ftapi.errors import APIError, field_path
+from ftapi.settings import CatalogModel, Settings
+
+JOB_PREFIX = "ftjob-"
+FILE_PREFIX = "file-"
+
+
+def new_job_name(namespace: str, idempotency_key: str | None) -> str:
+    if idempotency_key:
+        digest = hashlib.sha256(f"{namespace}\0{idempotency_key}".encode()).hexdigest()
+        return JOB_PREFIX + digest[:12]
+    return JOB_PREFIX + secrets.token_hex(6)
+
+
+def new_file_id() -> str:
+    return FILE_PREFIX + secrets.token_hex(12)
+
+
+def request_digest(kind: str, payload: Any) -> str:
+    """Fingerprint of a create request, to tell a retry from a reused Idempotency-Key."""
+    text = json.dumps({"kind": kind, "payload": payload}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def resolve_model(settings: Settings, model: str) -> CatalogModel:
+    entry = settings.models.get(model)
+    if entry is None:
+        names = ", ".join(sorted(settings.models))
+        raise APIError(
+            400,
+            f"The model '{model}' does not exist or is not available for fine-tuning; available models: {names}",
+            code="model_not_found",
+            param="model",
+        )
+    return entry
+
+
+def _secret_ref(value: str | None) -> SecretKeyRef | None:
+    if not value:
+        return None
+    name, _, key = value.partition("/")
+    return SecretKeyRef(name=name, key=key or "service-account.json")
+
+
+def base_learning_rate(settings: Settings) -> float:
+    return float(HyperparametersSpec.model_validate(settings.hyperparameters).learning_rate)
+
+
+def build_job(
+    settings: Settings,
+    *,
+    name: str,
+    namespace: str,
+    model: CatalogModel,
+    dataset: DatasetSpec,
+    method: MethodSpec,
+    hyperparameters: dict[str, Any],
+    community_id: str | None,
+    labels: dict[str, str],
+    annotations: dict[str, str],
+) -> dict[str, Any]:
+    """The FineTuneJob as a wire dict; ``hyperparameters`` (camelCase) override the configured defaults."""
+    try:
+        hp = HyperparametersSpec.model_validate({**settings.hyperparameters, **hyperparameters})
+        # model_validate (not keyword construction) so mypy, without the pydantic plugin, sees the defaults
+        spec = FineTuneJobSpec.model_validate(
+            {
+                "community_id": community_id,
+                "model": ModelSpec.model_validate({"name": model.name, "preset": model.preset}),
+                "method": method,
+                "hyperparameters": hp,
+                "dataset": dataset,
+                "resources": ResourcesSpec.model_validate(settings.resources),
+                "output": OutputSpec.model_validate(
+                    {
+                        "bucket": settings.output_bucket,
+                        "prefix": settings.output_prefix,
+                        "credentials_secret": _secret_ref(settings.output_credentials_secret),
+                    }
+                ),
+                "image": settings.trainer_image,
+                "env": [EnvVar(name=k, value=v) for k, v in sorted(settings.trainer_env.items())] or None,
+                "run_policy": RunPolicySpec.model_validate(settings.run_policy),
+            }
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = field_path(err.get("loc", ()))
+        raise APIError(422, f"{where}: {err.get('msg')}", code="invalid_value", param=where) from None
+    job = FineTuneJob.model_validate(
+        {"metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations}, "spec": spec}
+    )
+    return job.wire()
+
+
+def dataset_from_configmap(settings: Settings, name: str, key: str, fmt: str) -> DatasetSpec:
+    extra = {} if settings.validation_fraction is None else {"validation_fraction": settings.validation_fraction}
+    return DatasetSpec.model_validate(
+        {"config_map": ConfigMapSource(name=name, key=key), "format": fmt, "compression": "gzip", **extra}
+    )
+
+
+def check_rows(settings: Settings, data: bytes, fmt: str) -> int:
+    """Validate with the trainer's own parser; returns the row count or raises DatasetError."""
+    rows = load_rows(
+        data,
+        fmt,  # type: ignore[arg-type]
+        max_rows=settings.max_rows,
+        max_field_chars=settings.max_field_chars,
+        min_rows=settings.min_rows,
+    )
+    return len(rows)
+
+
+def too_large(size: int, settings: Settings) -> APIError:
+    return APIError(
+        413,
+        f"The dataset is {size} bytes after gzip compression, more than the {settings.configmap_budget_bytes} bytes "
+        "a ConfigMap-backed dataset may hold. Put the file on a PersistentVolumeClaim and create the FineTuneJob "
+        "with spec.dataset.volume {claimName, path} instead (see docs/api.md, 'Large datasets').",
+        code="dataset_too_large",
+        param="file",
+    )
+
+
+__all__ = ["DatasetError", "build_job", "check_rows", "new_file_id", "new_job_name", "resolve_model"]
