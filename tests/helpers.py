@@ -128,3 +128,52 @@ def cluster_up() -> Path:
 
 def cluster_down() -> None:
     subprocess.run(["bash", str(CLUSTER_SH), "down"], capture_output=True, check=False, timeout=300)
+
+
+def py_container(script: str, name: str = "main", **extra: Any) -> dict[str, Any]:
+    """A container that runs a Python snippet (the process node ignores the image)."""
+    import textwrap
+
+    return {"name": name, "image": "python:3.11-slim", "command": ["python", "-c", textwrap.dedent(script)], **extra}
+
+
+def free_port_block(n: int = 2) -> int:
+    """A base port such that base..base+n-1 are free on 127.0.0.1 right now (pods share the host network)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n > 65535:
+            continue
+        try:
+            socks = []
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
+def pod_condition(pod: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next((c for c in pod.get("status", {}).get("conditions") or [] if c["type"] == ctype), {})
+
+
+def job_condition(job: dict[str, Any], ctype: str) -> bool:
+    return any(c["type"] == ctype and c["status"] == "True" for c in job.get("status", {}).get("conditions") or [])
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False

@@ -112,17 +112,17 @@ class Hosts:
                     log.debug("hosts file %s: %s", path, exc)
 
     def _render(self, pod: Obj, ns: str) -> str:
+        own = pod_hostname(pod)
+        sub = pod["spec"].get("subdomain")
+        names = [f"{own}.{sub}.{ns}.svc.cluster.local", own] if sub else [own]
+        # The pod's own line comes first: its IP is 127.0.0.1 here, so a reverse lookup of it (what
+        # socket.getfqdn() does) must find the pod's FQDN, as it would find it for a real pod IP.
         lines = [
             "# Kubernetes-managed hosts file (processnode): every pod shares the host network.",
+            "127.0.0.1\t" + " ".join(names),
             "127.0.0.1\tlocalhost",
             "::1\tlocalhost ip6-localhost ip6-loopback",
         ]
-        own = pod_hostname(pod)
-        sub = pod["spec"].get("subdomain")
-        names = [own]
-        if sub:
-            names = [f"{own}.{sub}.{ns}.svc.cluster.local", own]
-        lines.append("127.0.0.1\t" + " ".join(names))
         seen: set[str] = set()
         for other, _ in sorted(self.pods.values(), key=lambda e: e[0]["metadata"]["name"]):
             if other["metadata"]["namespace"] != ns:
