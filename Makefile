@@ -33,6 +33,10 @@ fmt: ## Format the code
 manifests: ## Render crds/finetunejob.yaml, docs/conditions.md and docs/crd-reference.md from crds/ftcrd
 	$(PY) -m ftcrd.generate
 
+.PHONY: openapi
+openapi: ## Write api/openapi.json (the API's OpenAPI document; a test fails when it is stale)
+	$(PY) -c "from ftapi.main import openapi_document; open('api/openapi.json', 'w').write(openapi_document())"
+
 .PHONY: test
 test: setup ## Run the whole suite (starts the local control plane itself)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
 
     # --- server
     host: str = "0.0.0.0"
-    port: int = 8000
+    port: int = 8080
     log_level: str = "info"
     public_url: str = Field(default="", description="Base URL put in poll links; empty: relative links.")
 
