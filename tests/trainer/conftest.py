@@ -17,7 +17,23 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-WORDS = "apple river stone cloud maple ember frost willow harbor meadow lantern copper velvet orbit canyon".split()
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "maple",
+    "ember",
+    "frost",
+    "willow",
+    "harbor",
+    "meadow",
+    "lantern",
+    "copper",
+    "velvet",
+    "orbit",
+    "canyon",
+]
 
 
 def synthetic_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
@@ -123,7 +139,9 @@ class Trainer:
         ]
 
     def python(self, name: str, dataset: Path, *extra: str, timeout: float = 300) -> Run:
-        return self._run(name, [str(BIN / "python"), "-m", "fttrainer.train", *self.args(name, dataset, list(extra))], timeout)
+        return self._run(
+            name, [str(BIN / "python"), "-m", "fttrainer.train", *self.args(name, dataset, list(extra))], timeout
+        )
 
     def torchrun(self, name: str, dataset: Path, *extra: str, nproc: int = 2, timeout: float = 300) -> Run:
         cmd = [str(BIN / "torchrun"), "--standalone", "--nnodes", "1", f"--nproc-per-node={nproc}"]
@@ -141,7 +159,9 @@ class Trainer:
             cmd = [str(BIN / "torchrun"), "--nnodes", "2", f"--node-rank={node}", "--nproc-per-node=1"]
             cmd += ["--master-addr", "127.0.0.1", f"--master-port={port}"]
             cmd += ["-m", "fttrainer.train", *self.args(name, dataset, list(extra))]
-            procs.append(subprocess.Popen(cmd, env=env, cwd=self.tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            procs.append(
+                subprocess.Popen(cmd, env=env, cwd=self.tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            )
         outs = [p.communicate(timeout=timeout) for p in procs]
         code = max(abs(p.returncode) for p in procs)
         return Run(code, outs[0][0] + outs[1][0], outs[0][1] + outs[1][1], time.monotonic() - t0, run_dir, termination)
@@ -149,7 +169,9 @@ class Trainer:
     def _run(self, name: str, cmd: list[str], timeout: float) -> Run:
         run_dir, termination = self._paths(name)
         t0 = time.monotonic()
-        p = subprocess.run(cmd, env=self.env(termination), cwd=self.tmp, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(
+            cmd, check=False, env=self.env(termination), cwd=self.tmp, capture_output=True, text=True, timeout=timeout
+        )
         return Run(p.returncode, p.stdout, p.stderr, time.monotonic() - t0, run_dir, termination)
 
 

@@ -80,6 +80,7 @@ def _state(
 def save(
     root: Path,
     loop: LoopState,
+    *,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,

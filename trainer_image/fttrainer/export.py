@@ -37,13 +37,16 @@ def export(
     dtype: torch.dtype = torch.float32,
 ) -> Path | None:
     """Returns ``export_dir`` on rank 0, ``None`` elsewhere."""
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    gathered = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not d.is_main:
         d.barrier()
         return None
     from transformers import AutoModelForCausalLM
 
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    state: dict[str, torch.Tensor] = {}
+    for name, value in gathered.items():
+        assert isinstance(value, torch.Tensor), name
+        state[name] = value.to(dtype) if value.is_floating_point() else value
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
     skeleton.load_state_dict(state, assign=True, strict=True)

@@ -84,8 +84,9 @@ class Result:
 def build_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
-    cls: type[torch.optim.Optimizer] = getattr(torch.optim, name)
-    return cls(params, lr=lr)
+    cls = getattr(torch.optim, name)
+    optimizer: torch.optim.Optimizer = cls(params, lr=lr)
+    return optimizer
 
 
 def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -235,7 +236,7 @@ class Trainer:
             (loss / accum).backward()
             totals = [t + s for t, s in zip(totals, sums, strict=True)]
         grad_norm = clip_grad_norm(self.params, self.cfg.max_grad_norm)
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -298,7 +299,12 @@ class Trainer:
             self._log(force=self.state.step == total)
             if self.state.step % self.cfg.checkpoint_every == 0 or self.state.step == total:
                 path = checkpoint.save(
-                    self.cfg.checkpoint_dir, self.state, self.policy, self.optimizer, self.scheduler, self.d
+                    self.cfg.checkpoint_dir,
+                    self.state,
+                    model=self.policy,
+                    optimizer=self.optimizer,
+                    scheduler=self.scheduler,
+                    d=self.d,
                 )
                 if self.d.is_main:
                     self.reporter.checkpoint(self.state.step, str(path), dict(self.metrics))
@@ -331,7 +337,6 @@ def precompute_reference_logps(
     gathered = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(gathered, mine)
     table = torch.empty(len(examples), 2, dtype=torch.float64)
-    for part in gathered:
-        part = part.cpu()
+    for part in (g.cpu() for g in gathered):
         table[part[:, 0].long()] = part[:, 1:]
     return table.float()

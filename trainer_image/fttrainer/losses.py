@@ -19,7 +19,7 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
-def preference_loss(
+def preference_loss(  # noqa: PLR0917 (the reference implementation's signature)
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
     reference_chosen_logps: torch.Tensor,
@@ -36,9 +36,7 @@ def preference_loss(
     if ipo:
         losses = (logits - 1 / (2 * beta)) ** 2
     else:
-        losses = (
-            -F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing
-        )
+        losses = -F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing
     chosen_rewards = beta * (policy_chosen_logps - reference_chosen_logps).detach()
     rejected_rewards = beta * (policy_rejected_logps - reference_rejected_logps).detach()
     return losses, chosen_rewards, rejected_rewards

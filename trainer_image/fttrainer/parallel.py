@@ -104,25 +104,19 @@ def apply_activation_checkpointing(model: nn.Module, block_name: str) -> None:
 
 
 def shard(model: nn.Module, block_name: str, d: Dist, *, mixed_precision: bool) -> nn.Module:
-    """``fully_shard`` each block, then the root (embeddings, final norm, head)."""
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
-    kwargs: dict[str, object] = {"mesh": d.mesh}
-    if mp is not None:
-        kwargs["mp_policy"] = mp
-    blocks = [m for m in model.modules() if type(m).__name__ in (block_name, "CheckpointWrapper")]
-    blocks = [m for m in blocks if type(m).__name__ == "CheckpointWrapper" or not _is_wrapped(model, m)]
+    """``fully_shard`` each block (or its checkpoint wrapper), then the root (embeddings, norm, head)."""
+    mp = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if mixed_precision
+        else MixedPrecisionPolicy()
+    )
+    wrapped = [m for m in model.modules() if type(m).__name__ == "CheckpointWrapper"]
+    blocks = wrapped or find_blocks(model, block_name)
     for block in blocks:
-        fully_shard(block, **kwargs)  # type: ignore[arg-type]
-    fully_shard(model, **kwargs)  # type: ignore[arg-type]
+        fully_shard(block, mesh=d.mesh, mp_policy=mp)
+    fully_shard(model, mesh=d.mesh, mp_policy=mp)
     log.info("FSDP2: sharded %d %s blocks + root over %d rank(s)", len(blocks), block_name, d.world_size)
     return model
-
-
-def _is_wrapped(root: nn.Module, module: nn.Module) -> bool:
-    return any(
-        type(m).__name__ == "CheckpointWrapper" and getattr(m, "_checkpoint_wrapped_module", None) is module
-        for m in root.modules()
-    )
 
 
 def freeze(model: nn.Module) -> nn.Module:

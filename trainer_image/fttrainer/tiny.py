@@ -90,7 +90,7 @@ def build(out_dir: Path, texts: list[str], spec: TinySpec) -> None:
     cpu_rng = torch.get_rng_state()
     torch.manual_seed(spec.seed)
     try:
-        model = LlamaForCausalLM(config).to(torch.float32)
+        model = LlamaForCausalLM(config)
     finally:
         torch.set_rng_state(cpu_rng)
     model.save_pretrained(out_dir)

@@ -188,9 +188,11 @@ def resolve_model_path(c: dict[str, Any], rows: list[Any], d: Any) -> str:
 
 def load_models(c: dict[str, Any], rows: list[Any], d: Any, needs_reference: bool) -> Models:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from fttrainer.parallel import apply_activation_checkpointing, find_blocks, freeze, shard
 
+    hf_logging.disable_progress_bar()
     m = c["model"]
     path = resolve_model_path(c, rows, d)
     on_gpu = d.device.type == "cuda"
@@ -273,7 +275,7 @@ def train(c: dict[str, Any], rows: list[Any]) -> int:
         tok = models.tokenizer
         examples = tokenize_rows(rows, tok, c["max_length"], c["max_prompt_length"])
         reference_logps = None
-        if loss.needs_reference and c["precompute_reference"]:
+        if models.reference is not None and c["precompute_reference"]:
             t0 = time.monotonic()
             reference_logps = precompute_reference_logps(
                 models.reference, examples, d, c["eval_batch_size"], tok.pad_token_id
@@ -340,7 +342,15 @@ def train(c: dict[str, Any], rows: list[Any]) -> int:
         code = EXIT_OK
         if d.is_main:
             assert export_dir is not None
-            code = _upload_and_report(c, export_dir, result.step, result.examples, metrics, schedule, reporter)
+            code = _upload_and_report(
+                c,
+                export_dir,
+                step=result.step,
+                examples=result.examples,
+                metrics=metrics,
+                schedule=schedule,
+                reporter=reporter,
+            )
         code = _broadcast_int(code, d)
         return code
     except BaseException as exc:
@@ -355,6 +365,7 @@ def train(c: dict[str, Any], rows: list[Any]) -> int:
 def _upload_and_report(
     c: dict[str, Any],
     export_dir: Path,
+    *,
     step: int,
     examples: int,
     metrics: dict[str, float],
