@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from fttrainer.losses import IGNORE_INDEX, batch_logps, preference_loss, sft_loss
 
 
