@@ -483,12 +483,16 @@ class Condition(CamelModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str = ""
-    message: str = ""
-    last_transition_time: str | None = None
-    observed_generation: int | None = None
+    type: Annotated[
+        str, Field(description="Condition type: Created, Scheduled, Running, Suspended, Succeeded or Failed.")
+    ]
+    status: Annotated[Literal["True", "False", "Unknown"], Field(description="True, False or Unknown.")]
+    reason: Annotated[str, Field(default="", description="CamelCase reason, listed in docs/conditions.md.")]
+    message: Annotated[str, Field(default="", description="Human-readable detail.")]
+    last_transition_time: Annotated[str | None, Field(default=None, description="When status last changed (RFC 3339).")]
+    observed_generation: Annotated[
+        int | None, Field(default=None, description="metadata.generation the condition was set for.")
+    ]
 
 
 class Progress(CamelModel):
@@ -496,18 +500,18 @@ class Progress(CamelModel):
 
     model_config = ConfigDict(extra="allow")
 
-    step: int | None = None
-    total_steps: int | None = None
-    epoch: float | None = None
-    percent: float | None = None
-    eta_seconds: int | None = None
-    examples: int | None = None
+    step: Annotated[int | None, Field(default=None, description="Optimizer steps done.")]
+    total_steps: Annotated[int | None, Field(default=None, description="Optimizer steps planned.")]
+    epoch: Annotated[float | None, Field(default=None, description="Fractional epoch.")]
+    percent: Annotated[float | None, Field(default=None, description="step / totalSteps in percent (0-100).")]
+    eta_seconds: Annotated[int | None, Field(default=None, description="Estimated seconds until training ends.")]
+    examples: Annotated[int | None, Field(default=None, description="Training examples consumed.")]
     summary: Annotated[str | None, Field(default=None, description="Human form, e.g. '30% (120/400)'.")]
     stage: Annotated[
         Literal["loading", "training", "evaluating", "exporting", "uploading"] | None,
         Field(default=None, description="What the trainer is doing; 'uploading' shows as phase Uploading."),
     ]
-    updated_at: str | None = None
+    updated_at: Annotated[str | None, Field(default=None, description="When the trainer last reported (RFC 3339).")]
 
 
 class Metrics(CamelModel):
@@ -515,18 +519,32 @@ class Metrics(CamelModel):
 
     model_config = ConfigDict(extra="allow")
 
-    loss: float | None = None
-    reward_accuracy: float | None = None
-    reward_margin: float | None = None
-    rewards_chosen: float | None = None
-    rewards_rejected: float | None = None
-    logps_chosen: float | None = None
-    logps_rejected: float | None = None
-    grad_norm: float | None = None
-    learning_rate: float | None = None
-    eval_loss: float | None = None
-    eval_reward_accuracy: float | None = None
-    tokens: int | None = None
+    loss: Annotated[float | None, Field(default=None, description="Training loss.")]
+    reward_accuracy: Annotated[
+        float | None, Field(default=None, description="Share of pairs whose chosen reward exceeds the rejected one.")
+    ]
+    reward_margin: Annotated[
+        float | None, Field(default=None, description="Mean chosen minus rejected implicit reward.")
+    ]
+    rewards_chosen: Annotated[
+        float | None, Field(default=None, description="Mean implicit reward of chosen responses.")
+    ]
+    rewards_rejected: Annotated[
+        float | None, Field(default=None, description="Mean implicit reward of rejected responses.")
+    ]
+    logps_chosen: Annotated[
+        float | None, Field(default=None, description="Mean policy log-probability of chosen responses.")
+    ]
+    logps_rejected: Annotated[
+        float | None, Field(default=None, description="Mean policy log-probability of rejected responses.")
+    ]
+    grad_norm: Annotated[float | None, Field(default=None, description="Gradient norm before clipping.")]
+    learning_rate: Annotated[float | None, Field(default=None, description="Current learning rate.")]
+    eval_loss: Annotated[float | None, Field(default=None, description="Loss on the held-out split.")]
+    eval_reward_accuracy: Annotated[
+        float | None, Field(default=None, description="Reward accuracy on the held-out split.")
+    ]
+    tokens: Annotated[int | None, Field(default=None, description="Tokens processed so far.")]
 
 
 class Artifact(CamelModel):
@@ -534,11 +552,13 @@ class Artifact(CamelModel):
 
     model_config = ConfigDict(extra="allow")
 
-    uri: str
-    size_bytes: int | None = None
+    uri: Annotated[str, Field(description="gs:// URI of the uploaded model folder.")]
+    size_bytes: Annotated[int | None, Field(default=None, description="Total size of the uploaded files.")]
     sha256: Annotated[str | None, Field(default=None, description="sha256 of the upload manifest.")]
-    manifest_uri: str | None = None
-    files: int | None = None
+    manifest_uri: Annotated[
+        str | None, Field(default=None, description="gs:// URI of the manifest listing every file with its sha256.")
+    ]
+    files: Annotated[int | None, Field(default=None, description="Number of files uploaded.")]
 
 
 class CheckpointRecord(CamelModel):
@@ -546,10 +566,10 @@ class CheckpointRecord(CamelModel):
 
     model_config = ConfigDict(extra="allow")
 
-    step: int
-    path: str | None = None
-    created_at: str | None = None
-    metrics: Metrics | None = None
+    step: Annotated[int, Field(description="Optimizer step of the checkpoint.")]
+    path: Annotated[str | None, Field(default=None, description="Where the checkpoint lives inside the trainer pod.")]
+    created_at: Annotated[str | None, Field(default=None, description="When it was saved (RFC 3339).")]
+    metrics: Annotated[Metrics | None, Field(default=None, description="Metrics at that step.")]
 
 
 class FineTuneJobStatus(CamelModel):
