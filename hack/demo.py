@@ -214,7 +214,7 @@ def base_model_like(trained_dir: Path, seed: int) -> Any:
 
 
 class Demo:
-    STEPS = 9
+    STEPS = 8
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -494,7 +494,7 @@ class Demo:
 
     # 9
     def cleanup(self) -> None:
-        self.step("Clean up")
+        say(f"\n==> Clean up  (+{time.monotonic() - self.t0:.0f}s)")
         if self.args.keep:
             say(
                 f"    --keep: left running. API {getattr(self, 'api', '?')}, export KUBECONFIG={self.kubeconfig}; "
@@ -517,10 +517,12 @@ class Demo:
                 f"    deleted FineTuneJob {self.job_ns}/{self.job} (its Job, pods, Service, RBAC and dataset go with it)"
             )
         if self.k and self.deployed and not self.started_cluster:
-            # Someone else's cluster: remove what we deployed, keep the CRD (their FineTuneJobs) and the namespace.
+            # A cluster we did not start (a test session, a developer's): stop our operator and API pods but keep
+            # the CRD, namespace and RBAC, which the same repo's fixtures share.
+            workloads = [d for d in self.docs if d["kind"] in ("Deployment", "Service")]
             try:
-                deployctl.delete(self.docs, self.k, keep_crds=True, keep_namespaces=True, log=lambda m: None)
-                say("    removed the local overlay's operator, API and RBAC (kept the CRD and the namespace)")
+                deployctl.delete(workloads, self.k, log=lambda m: None)
+                say("    removed the operator and API Deployments (kept the CRD, namespace and RBAC: not our cluster)")
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 say(f"    warning: {exc}")
         if self.emulator:
