@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import BIN, ROOT, Trainer
 from ftcrd import types
-from hydra import compose, initialize_config_dir
-
 from fttrainer.train import CONFIG_DIR, InvalidInput, validate_config
+from hydra import compose, initialize_config_dir
 
 REFERENCE = ["model=zephyr", "datasets=[novalto]", "loss=dpo", "loss.beta=0.1", "exp_name=community_123"]
 
@@ -108,7 +107,9 @@ def test_presets_match_the_crd():
 def test_command_line_parses(trainer: Trainer):
     """``--cfg job`` runs Hydra's real command-line parser and prints the composed config."""
     cmd = [str(BIN / "python"), "-m", "fttrainer.train", *REFERENCE, "--cfg", "job"]
-    p = subprocess.run(cmd, env=trainer.env(trainer.tmp / "t"), cwd=trainer.tmp, capture_output=True, text=True, check=False)
+    p = subprocess.run(
+        cmd, env=trainer.env(trainer.tmp / "t"), cwd=trainer.tmp, capture_output=True, text=True, check=False
+    )
     assert p.returncode == 0, p.stderr
     assert "block_name: MistralDecoderLayer" in p.stdout and "exp_name: community_123" in p.stdout
     assert ROOT.exists()

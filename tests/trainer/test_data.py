@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from ftcrd.dataset import Message, PreferenceRow
-
 from fttrainer import tiny
 from fttrainer.data import Schedule, collate, render_prompt, shard_for_eval, split_indices, tokenize_row
 from fttrainer.losses import IGNORE_INDEX
