@@ -155,6 +155,9 @@ class _Converter:
                 raise UnsupportedSchema(f"{path}: a union of several types is not structural: {members}")
             inner = members[0]
             merged = {**node, **{k: v for k, v in inner.items() if k not in node or k == "$ref"}}
+            rules = [*inner.get("x-kubernetes-validations", []), *node.get("x-kubernetes-validations", [])]
+            if rules:
+                merged["x-kubernetes-validations"] = rules
             if "$ref" in inner:
                 merged["$ref"] = inner["$ref"]
             return self.convert(merged, path)

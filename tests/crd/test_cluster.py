@@ -226,7 +226,11 @@ INVALID: list[tuple[str, list[tuple[str, Any]], str]] = [
     ("reserved-env", [("spec.env", [{"name": "MASTER_ADDR", "value": "x"}])], "spec.env may not set the reserved"),
     ("missing-model", [("spec.model", _DELETE)], "spec.model: Required value"),
     ("missing-bucket", [("spec.output", {"prefix": "x"})], "spec.output.bucket: Required value"),
-    ("bad-quantity", [("spec.resources.memory", "lots")], "spec.resources.memory in body should match"),
+    (
+        "bad-quantity",
+        [("spec.resources.memory", "lots")],
+        'spec.resources.memory: Invalid value: "lots": must be a Kubernetes quantity such as 8, 500m or 64Gi',
+    ),
     ("unknown-preset", [("spec.model.preset", "gpt5")], 'Unsupported value: "gpt5"'),
     ("typo-field", [("spec.methd", {"type": "dpo"})], 'unknown field "spec.methd"'),
     (
