@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 from helpers import Cluster, cluster_down, cluster_status, cluster_up, state_dir, unique_name, wait_for
 
+# Reusable fixtures of other areas: ``operator`` (the operator subprocess with the repo RBAC).
+pytest_plugins = ["fixtures_operator"]
+
 
 def _users(state: Path) -> list[Path]:
     live = []

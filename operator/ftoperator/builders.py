@@ -8,6 +8,7 @@ yields the same objects and an operator restart adopts rather than duplicates.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 MANAGED_BY = "finetune-operator"
 CONTAINER = "trainer"
 ANNOTATION_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+ANNOTATION_ENTRYPOINT = "finetune.dev/trainer-entrypoint"
 
 # Exit codes of the trainer (docs/contract.md "Trainer -> operator").
 EXIT_INVALID_INPUT = 2
@@ -277,12 +279,16 @@ def pod_template(ftj: FineTuneJob, settings: Settings) -> dict[str, Any]:
     name = ftj.metadata["name"]
     volumes, mounts = _volumes(ftj)
     command = trainer_command(spec, name, settings)
+    entrypoint = list(settings.trainer_entrypoint)
+    override = (ftj.metadata.get("annotations") or {}).get(ANNOTATION_ENTRYPOINT)
+    if override and settings.allow_entrypoint_annotation:
+        entrypoint = shlex.split(override)
     uid = settings.trainer_uid
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": command[:1],
+        "command": entrypoint,
         "args": command[1:],
         "env": _env(ftj),
         "resources": _resources(spec),

@@ -266,7 +266,7 @@ async def configure(
     # Peering: the highest-priority alive replica acts; the others pause their watches.
     settings.peering.name = s.peering_name
     settings.peering.priority = s.priority
-    settings.peering.lifetime = 60
+    settings.peering.lifetime = s.peering_lifetime
     settings.peering.mandatory = False
     settings.peering.stealth = False
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 from collections.abc import Mapping
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
@@ -56,6 +57,11 @@ class Settings:
     suspended so no GPU stays reserved)."""
     master_port: int = 29500
     """torchrun rendezvous port of multi-node jobs (single-node jobs use --standalone)."""
+    trainer_entrypoint: tuple[str, ...] = ("torchrun",)
+    """The trainer container's command; the torchrun options and Hydra overrides are its args."""
+    allow_entrypoint_annotation: bool = False
+    """Development/benchmarks only: honour the ``finetune.dev/trainer-entrypoint`` annotation of a FineTuneJob
+    (a shell-quoted command replacing ``torchrun``, e.g. a stub trainer whose pods exit at once)."""
     trainer_uid: int = 1000
     """runAsUser/runAsGroup/fsGroup of trainer pods (the trainer image's non-root user)."""
     metrics_port: int = 9090
@@ -67,6 +73,8 @@ class Settings:
     """ClusterKopfPeering object used for HA; without that object kopf runs standalone (one replica)."""
     priority: int = 0
     """Peering priority of this replica (replicas must differ; the highest acts)."""
+    peering_lifetime: int = 60
+    """Seconds a replica's peering heartbeat stays valid; a killed leader is replaced after at most this."""
     standalone: bool = False
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch; empty = all namespaces (cluster-wide)."""
@@ -75,7 +83,7 @@ class Settings:
     handler_retries: int = 8
     handler_timeout: float = 120.0
     handler_backoff: float = 5.0
-    watch_server_timeout: float = 300.0
+    watch_server_timeout: int = 300
     watch_client_timeout: float = 330.0
     watch_inactivity_timeout: float = 70.0
     event_level: str = "INFO"
@@ -94,19 +102,22 @@ class Settings:
             image_pull_policy=env.get("FTO_IMAGE_PULL_POLICY", "").strip() or d.image_pull_policy,
             image_pull_grace_seconds=_float(env, "FTO_IMAGE_PULL_GRACE_SECONDS", d.image_pull_grace_seconds),
             master_port=_int(env, "FTO_MASTER_PORT", d.master_port),
+            trainer_entrypoint=tuple(shlex.split(env.get("FTO_TRAINER_ENTRYPOINT", ""))) or d.trainer_entrypoint,
+            allow_entrypoint_annotation=_bool(env, "FTO_ALLOW_ENTRYPOINT_ANNOTATION", d.allow_entrypoint_annotation),
             trainer_uid=_int(env, "FTO_TRAINER_UID", d.trainer_uid),
             metrics_port=_int(env, "FTO_METRICS_PORT", d.metrics_port),
             liveness_endpoint=env.get("FTO_LIVENESS_ENDPOINT", d.liveness_endpoint).strip(),
             ttl_sweep_seconds=_float(env, "FTO_TTL_SWEEP_SECONDS", d.ttl_sweep_seconds),
             peering_name=env.get("FTO_PEERING_NAME", "").strip() or d.peering_name,
             priority=_int(env, "FTO_PRIORITY", d.priority),
+            peering_lifetime=_int(env, "FTO_PEERING_LIFETIME", d.peering_lifetime),
             standalone=_bool(env, "FTO_STANDALONE", d.standalone),
             namespaces=namespaces,
             api_connections=_int(env, "FTO_API_CONNECTIONS", d.api_connections),
             handler_retries=_int(env, "FTO_HANDLER_RETRIES", d.handler_retries),
             handler_timeout=_float(env, "FTO_HANDLER_TIMEOUT", d.handler_timeout),
             handler_backoff=_float(env, "FTO_HANDLER_BACKOFF", d.handler_backoff),
-            watch_server_timeout=_float(env, "FTO_WATCH_SERVER_TIMEOUT", d.watch_server_timeout),
+            watch_server_timeout=_int(env, "FTO_WATCH_SERVER_TIMEOUT", d.watch_server_timeout),
             watch_client_timeout=_float(env, "FTO_WATCH_CLIENT_TIMEOUT", d.watch_client_timeout),
             watch_inactivity_timeout=_float(env, "FTO_WATCH_INACTIVITY_TIMEOUT", d.watch_inactivity_timeout),
             event_level=env.get("FTO_EVENT_LEVEL", "").strip().upper() or d.event_level,

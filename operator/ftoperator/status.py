@@ -230,6 +230,11 @@ def _phase_from_pods(
             return "Pending", "WaitingForPods", _short(msg)
     if active:
         return "Pending", "WaitingForPods", f"{len(active)} trainer pod(s) starting"
+    if any(_get(p, "status", "phase") == "Succeeded" for p in pods):
+        # The trainer exited 0; the Job controller has not marked the Job complete yet.
+        if _get(ftj_status, "phase") == "Uploading":
+            return "Uploading", "Uploading", "the trainer exited; waiting for the Job to complete"
+        return "Running", "Training", "the trainer exited; waiting for the Job to complete"
     if failed:
         _, detail = _failure_detail(failed[-1])
         return "Pending", "WaitingForPods", _short(f"attempt {len(failed)} failed ({detail}); retrying")

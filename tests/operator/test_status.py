@@ -336,3 +336,11 @@ def test_no_job_yet_keeps_the_child_create_failure():
     patch = st.derive_status(ftj(status), None, [], NOW, SETTINGS)
     assert (patch["phase"], patch["reason"]) == ("Pending", "ChildCreateFailed")
     assert conditions(patch)["Created"]["lastTransitionTime"] == T0
+
+
+def test_trainer_exited_before_the_job_completes_is_no_regression():
+    p = pod("Succeeded", state=terminated(0, SUCCESS_MESSAGE))
+    patch = st.derive_status(ftj({"phase": "Running"}), job(), [p], NOW, SETTINGS)
+    assert patch["phase"] == "Running"
+    patch = st.derive_status(ftj({"phase": "Uploading"}), job(), [p], NOW, SETTINGS)
+    assert patch["phase"] == "Uploading"
