@@ -469,12 +469,15 @@ class FineTuneJobSpec(CamelModel):
             max_length=64,
             description="Extra environment variables for the trainer; rank-wiring variables are reserved.",
             json_schema_extra={
+                # keyed by name: the apiserver refuses the same variable twice
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
                 "x-kubernetes-validations": [
                     cel(
                         "self.all(e, !(e.name in " + str(list(RESERVED_ENV)) + "))",
                         "spec.env may not set the reserved rank-wiring variables " + ", ".join(RESERVED_ENV),
                     )
-                ]
+                ],
             },
         ),
     ]

@@ -224,6 +224,11 @@ INVALID: list[tuple[str, list[tuple[str, Any]], str]] = [
         "maxPromptLength must be smaller than maxLength",
     ),
     ("reserved-env", [("spec.env", [{"name": "MASTER_ADDR", "value": "x"}])], "spec.env may not set the reserved"),
+    (
+        "duplicate-env",
+        [("spec.env", [{"name": "FOO", "value": "1"}, {"name": "FOO", "value": "2"}])],
+        'spec.env[1]: Duplicate value: {"name":"FOO"}',
+    ),
     ("missing-model", [("spec.model", _DELETE)], "spec.model: Required value"),
     ("missing-bucket", [("spec.output", {"prefix": "x"})], "spec.output.bucket: Required value"),
     (
