@@ -13,6 +13,8 @@ from ftcrd.types import GROUP, PLURAL, VERSION
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from ftapi.errors import from_kubernetes
+
 log = logging.getLogger("ftapi.k8s")
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -143,13 +145,20 @@ async def create_owned(
     ]
     try:
         await k8s.create_configmap(namespace, configmap)
-    except BaseException:
+    except BaseException as exc:
         try:
             await k8s.delete_ftj(namespace, meta["name"])
-        except ApiException as exc:
-            if exc.status != 404:
+        except ApiException as cleanup:
+            if cleanup.status != 404:
                 log.error(
-                    "could not remove FineTuneJob %s/%s after a failed create: %s", namespace, meta["name"], exc.status
+                    "could not remove FineTuneJob %s/%s after a failed create: %s",
+                    namespace,
+                    meta["name"],
+                    cleanup.status,
                 )
+        if isinstance(exc, ApiException):
+            err = from_kubernetes(exc)
+            err.message = f"Could not store the dataset ConfigMap, so no job was created: {err.message}"
+            raise err from None
         raise
     return created

@@ -147,7 +147,7 @@ def test_configmap_budget(client, fake):
 def test_configmap_failure_leaves_no_job(client, fake):
     fake.fail_configmap_create = True
     r = client.post("/trigger-finetune", headers=A, json={"communityId": "c", "dataset": ROWS})
-    assert r.status_code == 422 and "Kubernetes rejected" in r.json()["error"]["message"]
+    assert r.status_code == 422 and "no job was created" in r.json()["error"]["message"]
     assert not fake.ftjs and not fake.configmaps
 
 
