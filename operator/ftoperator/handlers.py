@@ -390,12 +390,8 @@ async def _workload(  # noqa: PLR0917
         await _fail(raw, "InvalidSpec", f"invalid spec: {msg}", logger)
         raise kopf.PermanentError(f"invalid spec: {msg}") from exc
     try:
-        uid = ftj.metadata["uid"]
-        job = next(
-            (j for j in indexes["job_index"].get((namespace, name), ()) if _owner_uid(j, "FineTuneJob") == uid), None
-        )
-        if job is None:
-            job = _slim_job(await ensure_children(ftj, logger))
+        # Always the whole set: a previous run may have died between two creations (409 → adopt).
+        job = _slim_job(await ensure_children(ftj, logger))
     except kopf.PermanentError as exc:
         metrics.ERRORS.labels(handler).inc()
         await _fail(raw, "ChildCreateFailed", str(exc), logger)

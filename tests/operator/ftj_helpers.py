@@ -50,7 +50,7 @@ def get_ftj(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | Non
     return json.loads(proc.stdout) if proc.returncode == 0 else None
 
 
-def wait_phase(
+def wait_phase(  # noqa: PLR0917
     cluster: Cluster,
     namespace: str,
     name: str,
