@@ -16,7 +16,8 @@ def main() -> None:
     kopf.configure(
         verbose=settings.verbose,
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
-        log_refkey="object",
+        log_prefix=settings.log_format != "json",  # plain lines start with [namespace/name]
+        log_refkey="object",  # JSON lines carry {"object": {apiVersion, kind, name, uid, namespace}}
     )
     import ftoperator.handlers  # noqa: F401  (registers the handlers)
 
