@@ -11,7 +11,7 @@
 # Environment: FTO_STATE_DIR (default /tmp/finetune-operator-cluster), FTO_APISERVER_PORT (16443).
 # Other loopback ports are derived from the apiserver port so two clusters (different state dirs
 # and apiserver ports) can run side by side: etcd client = port-4064, etcd peer = port-4063,
-# controller-manager = port+1, scheduler = port+2.
+# controller-manager = port+1, scheduler = port+2, process node's log endpoint = port+3.
 # Process node options: FTO_NODE_CPU (16), FTO_NODE_MEMORY (64Gi), FTO_NODE_PODS (110), FTO_NODE_GPUS (2).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -22,6 +22,7 @@ ETCD_PORT=$((PORT - 4064))
 ETCD_PEER_PORT=$((PORT - 4063))
 KCM_PORT=$((PORT + 1))
 SCHED_PORT=$((PORT + 2))
+KUBELET_PORT=$((PORT + 3))
 PKI="$STATE/pki"
 LOGS="$STATE/logs"
 RUN="$STATE/run"
@@ -73,7 +74,8 @@ wait_for() { # seconds description command...
 
 start() { # name command... : runs detached in its own session, logs to $LOGS/<name>.log
   local name=$1; shift
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  # 9>&-: daemons must not inherit the lock's file descriptor (they would hold it forever).
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
   echo $! >"$RUN/$name.pid"
 }
 
@@ -107,7 +109,12 @@ subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kuberne
   # The process node authenticates as a real kubelet would: the Node authorizer and the
   # NodeRestriction admission plugin limit it to its own node and the pods bound to it.
   gen_cert node "/O=system:nodes/CN=system:node:process-node" "$client"
-  # The apiserver's client certificate towards the "kubelet" (kubectl logs/exec proxying).
+  # The process node's serving certificate (kubectl logs goes apiserver -> node) and the
+  # apiserver's client certificate towards it.
+  gen_cert node-serving "/CN=process-node" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:process-node,DNS:localhost"
   gen_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
   openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
   openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -163,6 +170,7 @@ start_apiserver() {
     --client-ca-file "$PKI/ca.crt" \
     --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
     --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority "$PKI/ca.crt" \
     --kubelet-preferred-address-types InternalIP,Hostname \
     --authorization-mode Node,RBAC --anonymous-auth=true \
     --enable-admission-plugins "$admission" \
@@ -204,7 +212,9 @@ start_processnode() {
     --kubeconfig "$STATE/node.kubeconfig" --state-dir "$STATE" --node-name process-node \
     --apiserver-port "$PORT" --venv "$venv" --project-root "$root" \
     --cpu "${FTO_NODE_CPU:-16}" --memory "${FTO_NODE_MEMORY:-64Gi}" --pods "${FTO_NODE_PODS:-110}" \
-    --gpus "${FTO_NODE_GPUS:-2}"
+    --gpus "${FTO_NODE_GPUS:-2}" \
+    --kubelet-port "$KUBELET_PORT" --serving-cert "$PKI/node-serving.crt" --serving-key "$PKI/node-serving.key" \
+    --client-ca "$PKI/ca.crt"
 }
 
 cmd_up() {
@@ -284,7 +294,7 @@ cmd_status() {
 }
 
 # One `up`/`down` at a time per state directory (pytest sessions may start concurrently).
-lock() { exec 9>"${STATE%/}.lock"; flock -w 600 9 || die "could not lock ${STATE%/}.lock"; }
+lock() { exec 9>"${STATE%/}.cluster-sh.lock"; flock -w 300 9 || die "could not lock ${STATE%/}.cluster-sh.lock"; }
 
 case "${1:-}" in
   up) lock; cmd_up ;;
