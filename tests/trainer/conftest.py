@@ -166,6 +166,9 @@ class Trainer:
         code = max(abs(p.returncode) for p in procs)
         return Run(code, outs[0][0] + outs[1][0], outs[0][1] + outs[1][1], time.monotonic() - t0, run_dir, termination)
 
+    def run_command(self, name: str, cmd: list[str], timeout: float = 300) -> Run:
+        return self._run(name, cmd, timeout)
+
     def _run(self, name: str, cmd: list[str], timeout: float) -> Run:
         run_dir, termination = self._paths(name)
         t0 = time.monotonic()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import Trainer, synthetic_rows
+from conftest import BIN, Trainer, synthetic_rows
 
 GOOD = synthetic_rows(4)
 
@@ -93,3 +93,13 @@ def test_malformed_dataset_under_torchrun(trainer: Trainer):
     msg = run.termination_message()
     assert msg == {"status": "failed", "reason": "InvalidDataset", "message": msg["message"]}
     assert "row 2: field 'chosen': must be a non-empty string" in msg["message"]
+
+
+def test_launcher_propagates_exit_code_2(trainer: Trainer):
+    """``python -m fttrainer.launch`` is torchrun that exits with the workers' code (torchrun exits 1)."""
+    path = trainer.dataset(raw=rows_with(0, prompt=...), name="bad.json")
+    cmd = [str(BIN / "python"), "-m", "fttrainer.launch", "--standalone", "--nnodes=1", "--nproc-per-node=2"]
+    cmd += ["-m", "fttrainer.train", *trainer.args("launch", path, [])]
+    run = trainer.run_command("launch", cmd)
+    assert run.returncode == 2, run.output[-3000:]
+    assert run.termination_message()["reason"] == "InvalidDataset"

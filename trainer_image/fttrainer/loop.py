@@ -223,7 +223,10 @@ class Trainer:
                 _, sums = self._micro_batch(indices, train=False, counted=counted)
                 totals = [t + s for t, s in zip(totals, sums, strict=True)]
         self.policy.train()
-        return self._summarise(all_reduce_sum(totals, self.d), prefix="eval")
+        metrics = self._summarise(all_reduce_sum(totals, self.d), prefix="eval")
+        if self.loss.name == "sft":
+            del metrics["evalRewardAccuracy"]
+        return metrics
 
     # ------------------------------------------------------------------ training
 
@@ -246,6 +249,8 @@ class Trainer:
         self.state.examples += int(summed[0])
         self.state.tokens += int(summed[8])
         metrics = self._summarise(summed)
+        if self.loss.name == "sft":  # no reference, no rejected forward: preference metrics are meaningless
+            metrics = {"loss": metrics["loss"], "logpsChosen": metrics["logpsChosen"]}
         metrics.update(gradNorm=grad_norm, learningRate=lr, tokens=float(self.state.tokens))
         return metrics
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -62,7 +64,9 @@ def init_distributed(timeout_s: int = 1800) -> Dist:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend, timeout=timeout)
+            dist.init_process_group(backend, timeout=timeout, device_id=torch.device("cuda", local_rank))
+        else:
+            dist.init_process_group(backend, timeout=timeout)
     else:
         rank, world, local_rank = 0, 1, 0
         if use_cuda:
@@ -116,6 +120,49 @@ def shard(model: nn.Module, block_name: str, d: Dist, *, mixed_precision: bool) 
         fully_shard(block, mesh=d.mesh, mp_policy=mp)
     fully_shard(model, mesh=d.mesh, mp_policy=mp)
     log.info("FSDP2: sharded %d %s blocks + root over %d rank(s)", len(blocks), block_name, d.world_size)
+    return model
+
+
+def build_sharded(
+    load_full: Callable[[], nn.Module],
+    build_empty: Callable[[], nn.Module],
+    block_name: str,
+    d: Dist,
+    *,
+    mixed_precision: bool,
+    activation_checkpointing: bool = False,
+    frozen: bool = False,
+) -> nn.Module:
+    """Load the weights on rank 0 only, shard everywhere, broadcast the shards.
+
+    Rank 0 reads the checkpoint into CPU memory; every other rank builds the same architecture on the
+    meta device (no memory, no disk reads), so a node with 8 GPUs holds one CPU copy of the model,
+    not 8. After ``fully_shard`` the others materialise empty shards on their device and
+    ``set_model_state_dict(broadcast_from_rank0=True)`` fills every rank's shards from rank 0's full
+    state dict. Buffers that are not in the state dict (rotary-embedding tables) are broadcast too.
+    """
+    if d.is_main:
+        model = load_full()
+        full_state = model.state_dict()
+    else:
+        with torch.device("meta"):
+            model = build_empty()
+        full_state = {}
+    if frozen:
+        freeze(model)
+    if activation_checkpointing:
+        apply_activation_checkpointing(model, block_name)
+    shard(model, block_name, d, mixed_precision=mixed_precision)
+    if d.world_size == 1:
+        return model
+    if not d.is_main:
+        model.to_empty(device=d.device)
+    set_model_state_dict(
+        model, full_state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True)
+    )
+    for buf in model.buffers():
+        dist.broadcast(buf, src=0)
+    del full_state
     return model
 
 

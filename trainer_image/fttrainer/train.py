@@ -190,7 +190,7 @@ def load_models(c: dict[str, Any], rows: list[Any], d: Any, needs_reference: boo
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from fttrainer.parallel import apply_activation_checkpointing, find_blocks, freeze, shard
+    from fttrainer.parallel import build_sharded, find_blocks
 
     hf_logging.disable_progress_bar()
     m = c["model"]
@@ -202,22 +202,29 @@ def load_models(c: dict[str, Any], rows: list[Any], d: Any, needs_reference: boo
         tokenizer.pad_token = tokenizer.eos_token
     hf_config = AutoConfig.from_pretrained(path, revision=revision)
 
+    def loader(dtype_name: str) -> tuple[Any, Any]:
+        dtype = _dtype(dtype_name, on_gpu)
+
+        def load_full() -> Any:
+            model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype)
+            if m.get("archive"):
+                _load_archive(model, Path(m["archive"]))
+            find_blocks(model, m["block_name"])  # fail early, naming the layer classes, if the preset is wrong
+            return model
+
+        return load_full, lambda: AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+
     t0 = time.monotonic()
-    policy = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=_dtype(m["policy_dtype"], on_gpu))
-    if m.get("archive"):
-        _load_archive(policy, Path(m["archive"]))
-    find_blocks(policy, m["block_name"])  # fail early with the class names if the preset is wrong
-    if c["activation_checkpointing"]:
-        apply_activation_checkpointing(policy, m["block_name"])
-    shard(policy, m["block_name"], d, mixed_precision=on_gpu and m["fsdp_policy_mp"] == "bfloat16")
+    policy = build_sharded(
+        *loader(m["policy_dtype"]),
+        m["block_name"],
+        d,
+        mixed_precision=on_gpu and m["fsdp_policy_mp"] == "bfloat16",
+        activation_checkpointing=bool(c["activation_checkpointing"]),
+    )
     reference = None
     if needs_reference:
-        reference = AutoModelForCausalLM.from_pretrained(
-            path, revision=revision, dtype=_dtype(m["reference_dtype"], on_gpu)
-        )
-        if m.get("archive"):
-            _load_archive(reference, Path(m["archive"]))
-        shard(freeze(reference), m["block_name"], d, mixed_precision=False)
+        reference = build_sharded(*loader(m["reference_dtype"]), m["block_name"], d, mixed_precision=False, frozen=True)
     log.info("models loaded from %s in %.1fs (reference: %s)", path, time.monotonic() - t0, needs_reference)
     return Models(tokenizer=tokenizer, policy=policy, reference=reference, hf_config=hf_config)
 
