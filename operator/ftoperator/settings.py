@@ -57,8 +57,10 @@ class Settings:
     suspended so no GPU stays reserved)."""
     master_port: int = 29500
     """torchrun rendezvous port of multi-node jobs (single-node jobs use --standalone)."""
-    trainer_entrypoint: tuple[str, ...] = ("torchrun",)
-    """The trainer container's command; the torchrun options and Hydra overrides are its args."""
+    trainer_entrypoint: tuple[str, ...] = ("python", "-m", "fttrainer.launch")
+    """The trainer container's command; the torchrun options and Hydra overrides are its args.
+    ``fttrainer.launch`` is torchrun that exits with the workers' exit code (torchrun itself exits 1 on any
+    worker failure, which would hide exit code 2 from the Job's podFailurePolicy)."""
     allow_entrypoint_annotation: bool = False
     """Development/benchmarks only: honour the ``finetune.dev/trainer-entrypoint`` annotation of a FineTuneJob
     (a shell-quoted command replacing ``torchrun``, e.g. a stub trainer whose pods exit at once)."""

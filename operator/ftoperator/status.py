@@ -311,6 +311,8 @@ def _failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> tuple
             f"; last attempt: {pod_message}" if pod_message else ""
         )
     if job_reason == "BackoffLimitExceeded":
+        if pod_reason in ("InvalidDataset", "InvalidSpec"):
+            return pod_reason, pod_message  # the trainer said so, even if its exit code got lost on the way
         if pod_reason == "OOMKilled":
             return "OOMKilled", pod_message + "; raise resources.memory or lower batch sizes"
         limit = _get(job, "spec", "backoffLimit")

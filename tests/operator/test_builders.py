@@ -150,7 +150,7 @@ def test_job_shape_and_failure_policy():
     c = container(job)
     assert c["image"] == "img:1"
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
-    assert c["command"] == ["torchrun"]
+    assert c["command"] == ["python", "-m", "fttrainer.launch"]  # torchrun keeping the workers' exit code
 
 
 def test_pod_security_and_mounts():

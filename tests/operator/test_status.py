@@ -344,3 +344,10 @@ def test_trainer_exited_before_the_job_completes_is_no_regression():
     assert patch["phase"] == "Running"
     patch = st.derive_status(ftj({"phase": "Uploading"}), job(), [p], NOW, SETTINGS)
     assert patch["phase"] == "Uploading"
+
+
+def test_trainer_reported_invalid_input_wins_over_backoff_limit():
+    msg = json.dumps({"status": "failed", "reason": "InvalidDataset", "message": "row 1: field 'chosen'"})
+    pods = [pod("Failed", state=terminated(1, msg))]
+    patch = st.derive_status(ftj(), job(("Failed", "BackoffLimitExceeded", "")), pods, NOW, SETTINGS)
+    assert (patch["phase"], patch["reason"]) == ("Failed", "InvalidDataset")
