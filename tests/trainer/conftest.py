@@ -100,6 +100,7 @@ class Trainer:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.tiny_cache = tmp / "tiny-cache"
+        self.extra_env: dict[str, str] = {}
 
     def dataset(self, rows: list | None = None, name: str = "pairs.json", raw: str | bytes | None = None) -> Path:
         path = self.tmp / name
@@ -121,6 +122,7 @@ class Trainer:
             FTT_TINY_CACHE=str(self.tiny_cache),
             PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         )
+        env.update(self.extra_env)
         return env
 
     def _paths(self, name: str) -> tuple[Path, Path]:
