@@ -21,7 +21,7 @@ TINY = yaml.safe_load((ROOT / "crds" / "samples" / "tiny-cpu.yaml").read_text())
 
 
 @pytest.fixture(scope="module")
-def e2e_api(cluster, running_operator, gcs, tmp_path_factory):  # noqa: F811
+def e2e_api(cluster, operator, gcs, tmp_path_factory):  # noqa: F811
     env = {
         "FTAPI_HYPERPARAMETERS": json.dumps({**TINY["hyperparameters"], "epochs": 1}),
         "FTAPI_RESOURCES": json.dumps(TINY["resources"]),
