@@ -249,21 +249,29 @@ cmd_up() {
   echo "export KUBECONFIG=$KUBECONFIG_PATH"
 }
 
-stop_component() {
-  local name=$1 pid i
-  pid=$(pid_of "$name")
-  [[ -z "$pid" ]] && { rm -f "$RUN/$name.pid"; return 0; }
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$RUN/$name.pid"
+stop_components() { # name...: SIGTERM the process groups together, SIGKILL what is left after 10 s
+  local name pid pids=() i
+  for name in "$@"; do
+    pid=$(pid_of "$name")
+    rm -f "$RUN/$name.pid"
+    [[ -n "$pid" ]] || continue
+    pids+=("$pid")
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  done
+  for i in $(seq 1 100); do
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && break; pid=; done
+    [[ -z "${pid:-}" ]] && return 0
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; done
 }
 
 cmd_down() {
   [[ -d "$STATE" ]] || { log "nothing to stop ($STATE does not exist)"; return 0; }
   local c
   # The process node first: on SIGTERM it stops its pods' processes and unmounts their volumes.
-  for c in processnode kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_component "$c"; done
+  stop_components processnode
+  stop_components kube-scheduler kube-controller-manager kube-apiserver etcd
   # Pods' process groups that outlived the node (it was SIGKILLed): kill them by their pid files.
   local f
   for f in "$STATE"/pods/*/*.pid; do
@@ -273,7 +281,7 @@ cmd_down() {
   # Any mount left below the state dir (tmpfs emptyDirs are mounted in the pods' namespaces only,
   # but be safe) must go before rm -rf.
   if command -v findmnt >/dev/null; then
-    findmnt -rn -o TARGET | grep -F "$STATE/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    { findmnt -rn -o TARGET | grep -F "$STATE/" || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   fi
   rm -rf "$STATE"
   log "cluster stopped, $STATE removed"

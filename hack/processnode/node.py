@@ -479,11 +479,11 @@ class ProcessNode:
         self.stop_event.set()
         with self.workers_lock:
             workers = list(self.workers.values())
-        threads = [threading.Thread(target=w.stop, daemon=True) for w in workers]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(10)
+        for w in workers:
+            w.stop()
+        deadline = time.monotonic() + 10
+        for w in workers:
+            w.join(max(0.1, deadline - time.monotonic()))
 
 
 def _arch() -> str:

@@ -100,6 +100,7 @@ class PodWorker(threading.Thread):
         self.wake = threading.Event()
         self.deleting = threading.Event()
         self.gone = False  # the API object no longer exists
+        self.node_stopping = False  # the process node shuts down: stop processes, keep the API object
         self.lock = threading.Lock()
         self.volumes = VolumeManager(
             node.kube, self.dir, node.host_ip, node.allocatable, lambda t, r, m: self.node.event(self.pod, t, r, m)
@@ -172,6 +173,9 @@ class PodWorker(threading.Thread):
                 self._set_condition("Initialized", True)
                 self._run_containers()
         self._kill_all(self._grace())
+        if self.node_stopping:
+            self.volumes.teardown()
+            return
         self._finalize_phase()
         self._report()
         self.volumes.teardown()
@@ -483,28 +487,28 @@ class PodWorker(threading.Thread):
         grace = meta.get("deletionGracePeriodSeconds")
         if grace is None:
             grace = spec.get("terminationGracePeriodSeconds", 30)
-        return float(min(max(int(grace), 0), self.node.max_grace))
+        cap = 5.0 if self.node_stopping else self.node.max_grace
+        return float(min(max(int(grace), 0), cap))
 
     def _kill_all(self, grace: float) -> None:
-        running = [c for c in self.init_containers + self.containers if c.proc is not None]
+        running = [(c, c.proc) for c in self.init_containers + self.containers if c.proc is not None]
         if not running:
             return
-        for c in running:
+        for c, proc in running:
             c.killed_by_node = True
-            assert c.proc is not None
-            self.node.event(self.pod, "Normal", "Killing", f"Stopping container {c.name}")
+            if not self.node_stopping:
+                self.node.event(self.pod, "Normal", "Killing", f"Stopping container {c.name}")
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(c.proc.pid, signal.SIGTERM)
+                os.killpg(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(c.proc is not None and c.proc.poll() is None for c in running):
+        while time.monotonic() < deadline and any(proc.poll() is None for _, proc in running):
             time.sleep(0.05)
-        for c in running:
-            assert c.proc is not None
+        for _, proc in running:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(c.proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                c.proc.wait(5)
-        for c in running:
+                proc.wait(5)
+        for c, _ in running:
             c.done = True
             self._reap_final(c)
 
@@ -529,6 +533,8 @@ class PodWorker(threading.Thread):
     def _finish(self) -> None:
         """The pod is being deleted and everything stopped: remove it from the API (grace 0)."""
         self.volumes.teardown()
+        if self.node_stopping:
+            return
         for c in self.init_containers + self.containers:
             with contextlib.suppress(OSError):
                 os.unlink(self._files(c)["spec"])
@@ -658,9 +664,11 @@ class PodWorker(threading.Thread):
                 time.sleep(0.5 * (attempt + 1))
 
     def stop(self) -> None:
-        """Process-node shutdown: stop the containers (grace capped at 5 s), unmount, keep the API object."""
-        self._kill_all(min(5.0, self._grace()))
-        self.volumes.teardown()
+        """Process-node shutdown: the worker stops the containers (grace capped at 5 s) and unmounts
+        the volumes, but leaves the API object alone (a restarted node resumes from its status)."""
+        self.node_stopping = True
+        self.deleting.set()
+        self.wake.set()
 
 
 def _read(path: str, limit: int) -> str:
