@@ -17,16 +17,21 @@ Examples: ``python bench/trainer.py --quick`` (CPU, ~17M params, seq 256, a few 
 
 from __future__ import annotations
 
+import os
+import sys
+
+# Run as a script, this folder would be sys.path[0] and bench/operator.py would shadow the stdlib `operator`.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
 import argparse
 import contextlib
 import copy
 import json
-import os
 import random
 import resource
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -363,12 +368,14 @@ def child_env() -> dict[str, str]:
 
 
 def run_side(side: str, args: argparse.Namespace, passthrough: list[str]) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, *passthrough]
+    cmd = [sys.executable, "-m", "bench.trainer", "--side", side, *passthrough]
     if side == "ours" and args.launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", *cmd[1:]]
     print(f">> {side}: {' '.join(cmd)}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, check=False, env=child_env(), capture_output=True, text=True, timeout=args.side_timeout)
+    proc = subprocess.run(
+        cmd, check=False, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=args.side_timeout
+    )
     if proc.returncode != 0:
         tail = (proc.stderr or "")[-3000:]
         print(f">> {side} failed ({proc.returncode}):\n{tail}", file=sys.stderr, flush=True)
