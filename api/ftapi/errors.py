@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -142,8 +143,23 @@ async def _api_error_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
+TOO_LARGE_FLAG = "ftapi.body_too_large"  # set in the ASGI scope by ftapi.middleware.Guard
+
+
+def body_too_large(limit: int) -> APIError:
+    return APIError(
+        413,
+        f"Request body exceeds the limit of {limit} bytes. Datasets larger than that belong on a "
+        "PersistentVolumeClaim (spec.dataset.volume); see docs/api.md, 'Large datasets'.",
+        code="request_too_large",
+    )
+
+
 async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    limit = request.scope.get(TOO_LARGE_FLAG)
+    if limit:  # the body reader hit the size limit mid-stream; FastAPI reports that as a parse error
+        return error_response(body_too_large(int(limit)))
     status = exc.status_code
     if status == 404:
         message = f"Unknown path {request.url.path}"
@@ -190,8 +206,15 @@ async def _kubernetes_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(from_kubernetes(exc))
 
 
+async def _unreachable_handler(request: Request, exc: Exception) -> JSONResponse:
+    log.error("apiserver unreachable: %s", type(exc).__name__)
+    return error_response(APIError(503, "Kubernetes API unreachable; retry later", code="service_unavailable"))
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(APIError, _api_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
     app.add_exception_handler(ApiException, _kubernetes_handler)
+    app.add_exception_handler(aiohttp.ClientError, _unreachable_handler)
+    app.add_exception_handler(TimeoutError, _unreachable_handler)

@@ -12,12 +12,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ftapi.deps import Metrics
-from ftapi.errors import error_body
+from ftapi.errors import TOO_LARGE_FLAG, body_too_large, error_body
 
 access_log = logging.getLogger("ftapi.access")
 log = logging.getLogger("ftapi")
-
-TOO_LARGE_FLAG = "ftapi.body_too_large"
 
 
 class BodyTooLarge(Exception):
@@ -45,13 +43,8 @@ class Guard:
         self.metrics = metrics
 
     def too_large(self) -> dict[str, Any]:
-        return error_body(
-            f"Request body exceeds the limit of {self.max_body_bytes} bytes. Datasets larger than that belong on a "
-            "PersistentVolumeClaim (spec.dataset.volume); see docs/api.md, 'Large datasets'.",
-            "invalid_request_error",
-            None,
-            "request_too_large",
-        )
+        err = body_too_large(self.max_body_bytes)
+        return error_body(err.message, err.type, err.param, err.code)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,7 +62,7 @@ class Guard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    scope[TOO_LARGE_FLAG] = True
+                    scope[TOO_LARGE_FLAG] = self.max_body_bytes
                     raise BodyTooLarge()
             return message
 

@@ -13,6 +13,12 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def _no_integrations(value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    if value:
+        raise ValueError("integrations (e.g. wandb) are not supported; progress is in the job's events")
+    return value
+
+
 NonBlank = Annotated[StrictStr, AfterValidator(_not_blank)]
 Auto = Literal["auto"]
 
@@ -119,4 +125,6 @@ class JobCreate(BaseModel):
     ] = None
     seed: Annotated[int | None, Field(default=None, ge=0, le=2**31 - 1)] = None
     metadata: Annotated[dict[MetadataKey, MetadataValue] | None, Field(default=None, max_length=16)] = None
-    integrations: Annotated[list[dict[str, Any]] | None, Field(default=None, max_length=0)] = None
+    integrations: Annotated[
+        list[dict[str, Any]] | None, AfterValidator(_no_integrations), Field(default=None, description="Unsupported.")
+    ] = None

@@ -372,3 +372,52 @@ def test_secrets_not_logged(client, caplog):
     text = caplog.text
     assert KEY_A not in text and "wrong-secret-key" not in text
     assert '"tenant": "key-team-a"' in text
+
+
+def test_list_filters_on_metadata(client, fake):
+    fid = upload(client, jsonl(ROWS)).json()["id"]
+    a = create_job(client, fid, metadata={"team": "x"}).json()["id"]
+    create_job(client, fid, metadata={"team": "y"})
+    page = client.get("/v1/fine_tuning/jobs", params={"metadata[team]": "x"}, headers=A).json()
+    assert [j["id"] for j in page["data"]] == [a]
+
+
+def test_integrations_refused(client, fake):
+    fid = upload(client, jsonl(ROWS)).json()["id"]
+    r = create_job(client, fid, integrations=[{"type": "wandb", "wandb": {"project": "p"}}])
+    assert r.status_code == 422 and "integrations" in r.json()["error"]["message"]
+    assert "not supported" in r.json()["error"]["message"]
+
+
+def test_chunked_body_over_limit(client, fake):
+    def gen():
+        yield b'{"communityId": "c", "dataset": ['
+        for _ in range(400):
+            yield json.dumps({"prompt": "p" * 1000, "chosen": "c", "rejected": "r"}).encode() + b","
+        yield b"]}"
+
+    r = client.post("/trigger-finetune", headers={**A, "Content-Type": "application/json"}, content=gen())
+    assert r.status_code == 413, r.text
+    assert not fake.ftjs
+
+
+def test_unexpected_errors_are_503_not_500(client, fake, monkeypatch):
+    async def boom(*_a, **_k):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(fake, "list_ftj", boom)
+    r = client.get("/v1/fine_tuning/jobs", headers=A)
+    assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+
+
+def test_apiserver_down(client, fake, monkeypatch):
+    import aiohttp
+
+    async def down(*_a, **_k):
+        raise aiohttp.ClientConnectionError("refused")
+
+    monkeypatch.setattr(fake, "server_version", down)
+    monkeypatch.setattr(fake, "get_ftj", down)
+    assert client.get("/readyz").status_code == 503
+    r = client.get("/v1/fine_tuning/jobs/ftjob-000000000000", headers=A)
+    assert r.status_code == 503 and "unreachable" in r.json()["error"]["message"]

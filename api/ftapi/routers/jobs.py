@@ -7,7 +7,7 @@ import re
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from ftcrd.types import MethodSpec
 
 from ftapi import mapping
@@ -139,12 +139,22 @@ async def create_job(
 
 @router.get("", summary="List fine-tuning jobs (newest first, cursor pagination)")
 async def list_jobs(
+    *,
+    request: Request,
     tenant: Tenant,
     k8s: Kube,
     after: str | None = None,
     limit: Limit = 20,
 ) -> dict[str, Any]:
+    """``metadata[key]=value`` query parameters filter on the job's metadata, as OpenAI's API does."""
+    wanted = {
+        k[len("metadata[") : -1]: v
+        for k, v in request.query_params.items()
+        if k.startswith("metadata[") and k.endswith("]")
+    }
     jobs = [mapping.to_openai_job(j) for j in mapping.sort_jobs(await k8s.list_ftj(tenant.namespace))]
+    if wanted:
+        jobs = [j for j in jobs if all((j["metadata"] or {}).get(k) == v for k, v in wanted.items())]
     return mapping.paginate(jobs, after, limit, key=lambda j: str(j["id"]))
 
 
