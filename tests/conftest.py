@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from helpers import Cluster, cluster_down, cluster_status, cluster_up, state_dir, unique_name, wait_for
 
-# Reusable fixtures of other areas: ``operator`` (the operator subprocess with the repo RBAC).
-pytest_plugins = ["fixtures_operator"]
+# Reusable fixtures of other areas: ``operator`` (the operator subprocess with the repo RBAC), ``gcs`` (a GCS
+# emulator, tests/fixtures_gcs.py).
+pytest_plugins = ["fixtures_operator", "fixtures_gcs"]
 
 
 def _users(state: Path) -> list[Path]:

@@ -9,7 +9,7 @@ field notes. fake-gcs-server would need a Go build; not needed while this one wo
 
 Usage::
 
-    pytest_plugins = ["tests.fixtures_gcs"]   # in tests/conftest.py (or import the fixture)
+    # registered in tests/conftest.py: pytest_plugins = [..., "fixtures_gcs"]
 
     def test_x(gcs, monkeypatch):
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.host)

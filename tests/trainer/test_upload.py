@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures_gcs import GcsEmulator, free_port
 from fttrainer import upload
 from fttrainer.upload import UploadError, object_prefix, upload_export
-
-from tests.fixtures_gcs import GcsEmulator, free_port, gcs  # noqa: F401  (fixture)
 
 
 def make_export(root: Path, big: int = 600 * 1024) -> dict[str, bytes]:
@@ -32,7 +31,7 @@ def make_export(root: Path, big: int = 600 * 1024) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def emulator_env(gcs, monkeypatch):  # noqa: F811
+def emulator_env(gcs, monkeypatch):
     for k, v in gcs.env().items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
