@@ -29,7 +29,7 @@ from ftcrd.types import GROUP, PLURAL, TERMINAL_PHASES, VERSION
 
 from ftoperator import builders, metrics
 from ftoperator import status as st
-from ftoperator.kube import ApiError, Kube
+from ftoperator.kube import ApiError, Kube, connection_info
 from ftoperator.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -270,7 +270,7 @@ async def configure(
     settings.peering.mandatory = False
     settings.peering.stealth = False
 
-    RECONCILER.kube = await Kube.connect(s)
+    RECONCILER.kube = await Kube.connect(settings, s)
     metrics.serve(s.metrics_port)
     RECONCILER.ttl_task = asyncio.create_task(ttl_sweeper())
     logger.info(
@@ -291,10 +291,12 @@ async def close(**_: Any) -> None:
 
 
 @kopf.on.login(id="login", retries=3)
-async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """kubernetes_asyncio's configuration (in-cluster ServiceAccount, else $KUBECONFIG), the same the
-    operator's own API client uses; never the sync client or pykube even when installed."""
-    return await kopf.login_via_async_client(**kwargs)
+def login(
+    *, settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+) -> kopf.ConnectionInfo:
+    """The in-cluster ServiceAccount, else $KUBECONFIG: the same credentials the operator's own client uses
+    (kube.connection_info); never a client library's login, even when one is installed."""
+    return connection_info(settings, logger)
 
 
 @kopf.on.probe(id="tracked")

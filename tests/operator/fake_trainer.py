@@ -3,7 +3,7 @@
 Used by bench/operator.py (200 jobs whose pods exit at once) and by operator cluster tests that exercise
 lifecycle paths (restart, deletion, suspend) where the real trainer would only cost CPU. The operator runs
 it only when started with FTO_ALLOW_ENTRYPOINT_ANNOTATION=true and the FineTuneJob carries the annotation
-``finetune.dev/trainer-entrypoint: python /path/to/bench/fake_trainer.py``; it receives the same args as
+``finetune.dev/trainer-entrypoint: python /path/to/tests/operator/fake_trainer.py``; it receives the same args as
 torchrun would.
 
 Behaviour from the environment (spec.env): FAKE_TRAINER_SLEEP seconds (default 0), FAKE_TRAINER_EXIT code

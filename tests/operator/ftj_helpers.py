@@ -15,7 +15,7 @@ from helpers import ROOT, Cluster
 
 SAMPLE = ROOT / "crds" / "samples" / "tiny-cpu.yaml"
 DATASET = ROOT / "crds" / "samples" / "tiny-dataset.yaml"
-FAKE_TRAINER = ROOT / "bench" / "fake_trainer.py"
+FAKE_TRAINER = ROOT / "tests" / "operator" / "fake_trainer.py"
 ENTRYPOINT_ANNOTATION = "finetune.dev/trainer-entrypoint"
 
 

@@ -1,0 +1,354 @@
+"""Operator benchmark: N FineTuneJobs submitted at once, operator vs. a direct-API floor.
+
+    python bench/operator.py [--jobs 200] [--concurrency 32] [--no-docs]
+
+Uses the local control plane (hack/cluster.sh; FTO_STATE_DIR / FTO_APISERVER_PORT select it, started if
+not running) with the process node. Pods run tests/operator/fake_trainer.py (exit at once with a verified-upload
+termination message), so the figures are the control path, not training.
+
+Two runs in fresh namespaces, measured the same way (client-side clocks, one watch on Jobs and one on
+Pods per run):
+
+* floor: no operator. For each job the script creates the FineTuneJob and then, itself, the same child
+  objects the operator would (ServiceAccount, Role, RoleBinding, Service, Job, rendered by
+  ftoperator.builders) through the API, all jobs concurrently over one connection pool.
+* operator: ``python -m ftoperator`` (the tests' fixture: its own RBAC-bound token) and the script only
+  creates the FineTuneJobs.
+
+Reported per run: FineTuneJob created → Job created (p50/p99), → first pod Running (p50/p99), Jobs
+created per second (N / time from the first FineTuneJob to the last Job), and for the operator the time
+until every FineTuneJob reached Succeeded and its peak RSS (VmHWM). The last stdout line is one JSON object;
+the table goes into docs/benchmarks.md between the operator markers (other sections are left alone).
+"""
+
+from __future__ import annotations
+
+import sys
+
+# This file is named operator.py (as asked) and Python puts its folder first on sys.path: drop it before
+# anything imports the standard library's ``operator``.
+sys.path[:] = [p for p in sys.path if p.rstrip("/").rsplit("/", 1)[-1] != "bench"]
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in ("crds", "operator", "api", "trainer_image", "hack", "tests"):
+    sys.path.insert(0, str(ROOT / p))
+
+from fixtures_operator import OperatorProcess, install_crd_and_rbac  # noqa: E402
+from ftoperator import builders  # noqa: E402
+from ftoperator.settings import Settings  # noqa: E402
+from helpers import Cluster, cluster_status, cluster_up, state_dir  # noqa: E402
+from kubernetes_asyncio import client, config, watch  # noqa: E402
+
+DOCS = ROOT / "docs" / "benchmarks.md"
+START, END = "<!-- operator-bench:start -->", "<!-- operator-bench:end -->"
+FAKE = f"{sys.executable} {ROOT / 'tests' / 'operator' / 'fake_trainer.py'}"
+
+
+def ftj_body(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "annotations": {builders.ANNOTATION_ENTRYPOINT: FAKE}},
+        "spec": {
+            "communityId": "bench",
+            "model": {"name": "tiny", "preset": "tiny"},
+            "dataset": {"configMap": {"name": "bench-dataset", "key": "dataset.json"}},
+            "resources": {"nodes": 1, "gpusPerNode": 0, "processesPerNode": 1, "shmSize": "64Mi"},
+            "output": {"bucket": "bench"},
+            "runPolicy": {"backoffLimit": 0},
+        },
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, round(q / 100 * (len(s) - 1))))
+    return s[k]
+
+
+class Recorder:
+    """Watches Jobs and Pods of one namespace; first time each job's Job was seen, its first pod Running."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.api, self.ns = api, namespace
+        self.job_seen: dict[str, float] = {}
+        self.pod_running: dict[str, float] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def _watch(self, kind: str) -> None:
+        core, batch = client.CoreV1Api(self.api), client.BatchV1Api(self.api)
+        fn = batch.list_namespaced_job if kind == "jobs" else core.list_namespaced_pod
+        while True:
+            w = watch.Watch()
+            try:
+                async for ev in w.stream(fn, self.ns, label_selector=builders.LABEL_JOB, timeout_seconds=600):
+                    obj = ev["object"]
+                    now = time.monotonic()
+                    label = (obj.metadata.labels or {}).get(builders.LABEL_JOB)
+                    if not label:
+                        continue
+                    if kind == "jobs":
+                        self.job_seen.setdefault(label, now)
+                    elif obj.status and obj.status.phase in ("Running", "Succeeded", "Failed"):
+                        self.pod_running.setdefault(label, now)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                print(f"watch {kind}: {exc}", file=sys.stderr)
+                await asyncio.sleep(0.2)
+            finally:
+                w.stop()
+
+    async def start(self) -> None:
+        self.tasks = [asyncio.create_task(self._watch("jobs")), asyncio.create_task(self._watch("pods"))]
+        await asyncio.sleep(1.0)  # watches established before the first submission
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+
+async def wait_until(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.2)
+
+
+async def make_namespace(api: client.ApiClient, prefix: str) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(api)
+    await core.create_namespace({"metadata": {"name": name}})
+    for _ in range(100):
+        sas = await core.list_namespaced_service_account(name)
+        if any(sa.metadata.name == "default" for sa in sas.items):
+            break
+        await asyncio.sleep(0.1)
+    await core.create_namespaced_config_map(
+        name, {"metadata": {"name": "bench-dataset"}, "data": {"dataset.json": "[]"}}
+    )
+    return name
+
+
+async def create_ftj(api: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
+    co = client.CustomObjectsApi(api)
+    return await co.create_namespaced_custom_object("finetune.dev", "v1alpha1", ns, "finetunejobs", ftj_body(name))
+
+
+async def create_children_directly(api: client.ApiClient, ftj: dict[str, Any], settings: Settings) -> None:
+    model = builders.parse(ftj)
+    core, rbac, batch = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api), client.BatchV1Api(api)
+    ns = ftj["metadata"]["namespace"]
+    sa, role, binding = builders.render_trainer_rbac(model)
+    await asyncio.gather(
+        core.create_namespaced_service_account(ns, sa),
+        rbac.create_namespaced_role(ns, role),
+        rbac.create_namespaced_role_binding(ns, binding),
+        core.create_namespaced_service(ns, builders.render_service(model, settings)),
+    )
+    await batch.create_namespaced_job(ns, builders.render_job(model, settings))
+
+
+async def run(api: client.ApiClient, n: int, mode: str, settings: Settings, op: OperatorProcess | None) -> dict[str, Any]:
+    ns = await make_namespace(api, f"bench-{mode}")
+    rec = Recorder(api, ns)
+    await rec.start()
+    created: dict[str, float] = {}
+    names = [f"j{i:04d}" for i in range(n)]
+
+    async def submit(name: str) -> None:
+        ftj = await create_ftj(api, ns, name)
+        created[name] = time.monotonic()
+        if mode == "floor":
+            await create_children_directly(api, ftj, settings)
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(submit(name) for name in names))
+    submitted = time.monotonic() - t0
+    await wait_until(lambda: len(rec.job_seen) >= n, 600, f"{mode}: all Jobs")
+    all_jobs = max(rec.job_seen.values()) - t0
+    await wait_until(lambda: len(rec.pod_running) >= n, 900, f"{mode}: all pods running")
+    out: dict[str, Any] = {"namespace": ns, "jobs": n, "submit_s": round(submitted, 3)}
+    to_job = [rec.job_seen[k] - created[k] for k in names]
+    to_pod = [rec.pod_running[k] - created[k] for k in names]
+    out.update(
+        create_to_job_p50_s=round(statistics.median(to_job), 3),
+        create_to_job_p99_s=round(pct(to_job, 99), 3),
+        create_to_pod_running_p50_s=round(statistics.median(to_pod), 3),
+        create_to_pod_running_p99_s=round(pct(to_pod, 99), 3),
+        jobs_per_s=round(n / all_jobs, 1),
+    )
+    if mode == "operator":
+        co = client.CustomObjectsApi(api)
+
+        async def finished() -> int:
+            items = (await co.list_namespaced_custom_object("finetune.dev", "v1alpha1", ns, "finetunejobs"))["items"]
+            return sum(1 for i in items if (i.get("status") or {}).get("phase") in ("Succeeded", "Failed"))
+
+        deadline = time.monotonic() + 900
+        while (done := await finished()) < n and time.monotonic() < deadline:
+            await asyncio.sleep(1)
+        out["all_finished_s"] = round(time.monotonic() - t0, 1)
+        out["finished"] = done
+        out["finished_per_s"] = round(done / (time.monotonic() - t0), 2)
+        assert op is not None and op.proc is not None
+        status = Path(f"/proc/{op.proc.pid}/status").read_text()
+        hwm = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+        out["operator_peak_rss_mb"] = round(int(hwm.split()[1]) / 1024, 1)
+        metrics = op.metrics()
+        out["operator_errors"] = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("finetune_operator_errors_total{")
+        )
+    await rec.stop()
+    return out
+
+
+def table(floor: dict[str, Any], oper: dict[str, Any], result: dict[str, Any]) -> str:
+    rows = [
+        ("FineTuneJob → Job p50 (s)", "create_to_job_p50_s"),
+        ("FineTuneJob → Job p99 (s)", "create_to_job_p99_s"),
+        ("FineTuneJob → pod Running p50 (s)", "create_to_pod_running_p50_s"),
+        ("FineTuneJob → pod Running p99 (s)", "create_to_pod_running_p99_s"),
+        ("Jobs created per second", "jobs_per_s"),
+    ]
+    lines = ["| metric | floor (direct API) | operator | operator / floor |", "|---|---|---|---|"]
+    for label, key in rows:
+        f, o = floor[key], oper[key]
+        ratio = (o / f) if f else float("nan")
+        lines.append(f"| {label} | {f} | {o} | {ratio:.2f}× |")
+    lines.append(f"| all {oper['jobs']} FineTuneJobs Succeeded after (s) | – | {oper['all_finished_s']} | |")
+    lines.append(f"| operator peak RSS (MB) | – | {oper['operator_peak_rss_mb']} | |")
+    lines.append(f"| operator reconcile errors | – | {int(oper['operator_errors'])} | |")
+    targets = result["targets"]
+    lines.append("")
+    lines.append(
+        "Targets: p99 FineTuneJob → Job < 1 s: "
+        + ("met" if targets["p99_create_to_job_under_1s"] else "**missed**")
+        + "; overhead within 2× of the floor (p99 → Job): "
+        + ("met" if targets["overhead_within_2x"] else "**missed**")
+        + "; RSS < 150 MB: "
+        + ("met" if targets["rss_under_150mb"] else "**missed**")
+        + "."
+    )
+    return "\n".join(lines)
+
+
+def write_docs(text: str, args: argparse.Namespace) -> None:
+    section = "\n".join(
+        [
+            START,
+            "## Operator",
+            "",
+            f"`python bench/operator.py --jobs {args.jobs}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+            f"{os.cpu_count()} CPUs shared with the control plane and the process node). {args.jobs} FineTuneJobs "
+            "submitted at once whose pods exit immediately (tests/operator/fake_trainer.py); the floor creates the same "
+            "child objects directly through the API with the same client, concurrency and clocks.",
+            "",
+            text,
+            END,
+        ]
+    )
+    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    if START in current and END in current:
+        before, rest = current.split(START, 1)
+        after = rest.split(END, 1)[1]
+        current = before + section + after
+    else:
+        current = current.rstrip("\n") + "\n\n" + section + "\n"
+    DOCS.write_text(current)
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    if cluster_status():
+        kubeconfig = state_dir() / "admin.kubeconfig"
+    else:
+        kubeconfig = cluster_up()
+    cluster = Cluster(kubeconfig=kubeconfig, state_dir=state_dir(), env={**os.environ, "KUBECONFIG": str(kubeconfig)})
+    install_crd_and_rbac(cluster)
+    cfg = client.Configuration()
+    await config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+    cfg.connection_pool_maxsize = args.concurrency
+    settings = Settings(allow_entrypoint_annotation=True, trainer_image="bench:fake")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
+    op = OperatorProcess(
+        cluster,
+        workdir,
+        env={"FTO_API_CONNECTIONS": str(args.concurrency), "FTO_LOG_FORMAT": "json", "FTO_EVENT_LEVEL": "WARNING"},
+    )
+    namespaces: list[str] = []
+    async with client.ApiClient(cfg) as api:
+        try:
+            floor = await run(api, args.jobs, "floor", settings, None)
+            namespaces.append(floor["namespace"])
+            print("floor:", json.dumps(floor), file=sys.stderr)
+            op.start()
+            oper = await run(api, args.jobs, "operator", settings, op)
+            namespaces.append(oper["namespace"])
+            print("operator:", json.dumps(oper), file=sys.stderr)
+        finally:
+            op.stop()
+            if not args.keep:
+                core = client.CoreV1Api(api)
+                for ns in namespaces:
+                    with contextlib.suppress(Exception):
+                        await core.delete_namespace(ns)
+    ratio_p99 = oper["create_to_job_p99_s"] / floor["create_to_job_p99_s"]
+    result = {
+        "jobs": args.jobs,
+        "floor": {k: v for k, v in floor.items() if k != "namespace"},
+        "operator": {k: v for k, v in oper.items() if k != "namespace"},
+        "ratios": {
+            "create_to_job_p50": round(oper["create_to_job_p50_s"] / floor["create_to_job_p50_s"], 2),
+            "create_to_job_p99": round(ratio_p99, 2),
+            "create_to_pod_running_p99": round(
+                oper["create_to_pod_running_p99_s"] / floor["create_to_pod_running_p99_s"], 2
+            ),
+            "jobs_per_s": round(oper["jobs_per_s"] / floor["jobs_per_s"], 2),
+        },
+        "targets": {
+            "p99_create_to_job_under_1s": oper["create_to_job_p99_s"] < 1.0,
+            "overhead_within_2x": ratio_p99 <= 2.0,
+            "rss_under_150mb": oper["operator_peak_rss_mb"] < 150,
+        },
+        "operator_log": str(op.log_path),
+    }
+    text = table(floor, oper, result)
+    print(text, file=sys.stderr)
+    if not args.no_docs:
+        write_docs(text, args)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jobs", type=int, default=200)
+    ap.add_argument("--concurrency", type=int, default=32, help="HTTP connections of the client and the operator")
+    ap.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
+    ap.add_argument("--keep", action="store_true", help="keep the benchmark namespaces")
+    args = ap.parse_args()
+    result = asyncio.run(amain(args))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
