@@ -80,9 +80,13 @@ start() { # name command... : runs detached in its own session, logs to $LOGS/<n
 }
 
 # --- PKI ---------------------------------------------------------------------------------------
+# ECDSA P-256 keys: as good as RSA-2048 for a local cluster and ~100x faster to generate on a
+# loaded 2-core machine (the service-account tokens are then ES256 JWTs).
+genkey() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+
 gen_cert() { # name subject [ext-file-section-content]
   local name=$1 subj=$2 ext=${3:-}
-  openssl genrsa -out "$PKI/$name.key" 2048 2>/dev/null
+  genkey "$PKI/$name.key"
   openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
   printf '%s\n' "$ext" >"$PKI/$name.ext"
   openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
@@ -94,7 +98,7 @@ gen_pki() {
   [[ -f "$PKI/.done" ]] && return 0
   mkdir -p "$PKI"
   log "generating PKI in $PKI"
-  openssl genrsa -out "$PKI/ca.key" 2048 2>/dev/null
+  genkey "$PKI/ca.key"
   openssl req -x509 -new -nodes -key "$PKI/ca.key" -subj "/CN=finetune-operator-local-ca" -days 3650 \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
     -out "$PKI/ca.crt" 2>/dev/null
@@ -116,8 +120,8 @@ keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
 subjectAltName=IP:127.0.0.1,DNS:process-node,DNS:localhost"
   gen_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
-  openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
-  openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+  genkey "$PKI/sa.key"
+  openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
   chmod 600 "$PKI"/*.key
   touch "$PKI/.done"
 }
@@ -233,14 +237,17 @@ cmd_up() {
   write_kubeconfig "$STATE/node.kubeconfig" system:node:process-node "$PKI/node.crt" "$PKI/node.key"
   start_etcd
   wait_for 60 etcd bash -c "curl -fsS --max-time 2 http://127.0.0.1:$ETCD_PORT/health | grep -q true"
+  log "etcd ready after $((SECONDS - t0))s"
   start_apiserver
   wait_for 120 kube-apiserver apiserver_ready
+  log "kube-apiserver ready after $((SECONDS - t0))s"
   start_controller_manager
   start_scheduler
   start_processnode
   wait_for 60 kube-controller-manager https_ok "https://127.0.0.1:$KCM_PORT/healthz"
   wait_for 60 kube-scheduler https_ok "https://127.0.0.1:$SCHED_PORT/healthz"
   wait_for 60 "Node/process-node Ready" node_ready
+  log "controller-manager, scheduler and Node/process-node ready after $((SECONDS - t0))s"
   # The root-CA publisher and the service-account controller run asynchronously; wait for the
   # default namespace to be usable by pods (its ServiceAccount and kube-root-ca.crt exist).
   wait_for 60 "default ServiceAccount" "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" get serviceaccount default -o name
@@ -271,7 +278,13 @@ cmd_down() {
   local c
   # The process node first: on SIGTERM it stops its pods' processes and unmounts their volumes.
   stop_components processnode
-  stop_components kube-scheduler kube-controller-manager kube-apiserver etcd
+  # The rest holds nothing worth a graceful shutdown: its state is deleted next.
+  local pid
+  for c in kube-scheduler kube-controller-manager kube-apiserver etcd; do
+    pid=$(pid_of "$c")
+    [[ -n "$pid" ]] && { kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; }
+    rm -f "$RUN/$c.pid"
+  done
   # Pods' process groups that outlived the node (it was SIGKILLed): kill them by their pid files.
   local f
   for f in "$STATE"/pods/*/*.pid; do

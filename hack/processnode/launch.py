@@ -66,8 +66,15 @@ def bind(source: str, target: str, read_only: bool) -> None:
 def setup(spec: dict[str, Any]) -> None:
     # Parents before children: /var/run/secrets before /var/run/secrets/kubernetes.io/serviceaccount.
     mounts = sorted(spec["mounts"], key=lambda m: os.path.normpath(m["target"]).count("/"))
-    for m in mounts:
-        bind(m["source"], m["target"], bool(m.get("readOnly")))
+    # Open every source before mounting anything: a volume mounted over a parent of a later source (an emptyDir
+    # at /tmp while the pod's directory lives under /tmp/...) would otherwise hide it. /proc/self/fd/N of an
+    # O_PATH descriptor still reaches the source when its path is shadowed (the descriptors are close-on-exec).
+    fds = [os.open(m["source"], os.O_PATH) for m in mounts]
+    for m, fd in zip(mounts, fds, strict=True):
+        try:
+            bind(f"/proc/self/fd/{fd}", m["target"], bool(m.get("readOnly")))
+        except OSError as exc:
+            raise OSError(exc.errno, f"mount {m['source']} -> {m['target']}: {os.strerror(exc.errno or 0)}") from None
     hostname = spec.get("hostname")
     if hostname:
         with contextlib.suppress(OSError):  # no UTS namespace: keep the machine's hostname

@@ -197,20 +197,24 @@ class PodWorker(threading.Thread):
             c.last_state = prev.get("lastState") or {}
             c.container_id = prev.get("containerID", "")
             state = prev.get("state") or {}
-            if "terminated" in state:
-                c.state = state
-                c.done = not self._should_restart(c, int(state["terminated"]["exitCode"]))
-            elif "running" in state:
-                c.state = {
-                    "terminated": {
-                        "exitCode": 137,
-                        "reason": "ContainerStatusUnknown",
-                        "message": "The process node restarted while the container was running",
-                        "startedAt": state["running"].get("startedAt"),
-                        "finishedAt": now_rfc3339(),
-                    }
+            term = state.get("terminated")
+            if "running" in state:
+                term = {
+                    "exitCode": 137,
+                    "reason": "ContainerStatusUnknown",
+                    "message": "The process node restarted while the container was running",
+                    "startedAt": state["running"].get("startedAt"),
+                    "finishedAt": now_rfc3339(),
                 }
-                c.done = not self._should_restart(c, 137)
+            if term is None:
+                continue
+            if self._should_restart(c, int(term["exitCode"])):
+                c.last_state = {"terminated": term}
+                c.restart_count += 1
+                c.state = {"waiting": {"reason": "ContainerCreating"}}
+            else:
+                c.state = {"terminated": term}
+                c.done = True
 
     # --- volumes ---------------------------------------------------------------------------------
     def _setup_volumes(self) -> bool:
