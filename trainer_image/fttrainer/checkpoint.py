@@ -70,6 +70,14 @@ def latest(root: Path) -> tuple[int, Path] | None:
     return found[-1] if found else None
 
 
+def _rng_state() -> dict[str, torch.Tensor]:
+    """RNG streams (dropout); every rank draws the same numbers, so rank 0's copy serves all."""
+    rng = {"rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda_rng"] = torch.cuda.get_rng_state()
+    return rng
+
+
 def _state(
     model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
 ) -> dict[str, Any]:
@@ -95,7 +103,7 @@ def save(
         tmp.mkdir(parents=True, exist_ok=True)
     d.barrier()
     state = _state(model, optimizer, scheduler)
-    state["loop"] = {**loop.to_dict(), "rng": torch.get_rng_state()}
+    state["loop"] = {**loop.to_dict(), **_rng_state()}
     dcp.save(state, checkpoint_id=str(tmp))
     d.barrier()
     if d.is_local_main and tmp.exists():
@@ -123,10 +131,12 @@ def load(
 ) -> LoopState:
     """Load a complete checkpoint into the (already sharded) model, optimizer and scheduler."""
     state = _state(model, optimizer, scheduler)
-    state["loop"] = {"step": 0, "examples": 0, "tokens": 0, "rng": torch.get_rng_state()}
+    state["loop"] = {**LoopState().to_dict(), **_rng_state()}
     dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     scheduler.load_state_dict(state["scheduler"])
     loop = state["loop"]
     torch.set_rng_state(loop["rng"])
+    if "cuda_rng" in loop:
+        torch.cuda.set_rng_state(loop["cuda_rng"])
     return LoopState(step=int(loop["step"]), examples=int(loop["examples"]), tokens=int(loop["tokens"]))

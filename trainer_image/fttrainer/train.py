@@ -431,6 +431,8 @@ def _broadcast_int(value: int, d: Any) -> int:
 
 
 def run(cfg: DictConfig) -> int:
+    if _rank() != 0:  # one log stream per job: rank 0's (others still log warnings and errors)
+        logging.getLogger("fttrainer").setLevel(logging.WARNING)
     try:
         c = validate_config(cfg)
         rows = read_dataset(c)
