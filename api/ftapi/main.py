@@ -16,6 +16,7 @@ from ftapi.deps import AppState
 from ftapi.k8s import K8s
 from ftapi.middleware import Guard
 from ftapi.routers import files, health, jobs, native, webhook
+from ftapi.schemas import ERROR_RESPONSES
 from ftapi.settings import Settings
 
 VERSION = "0.1.0"
@@ -75,10 +76,8 @@ def create_app(settings: Settings | None = None, *, k8s: K8s | None = None) -> F
     errors.install(app)
     app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, metrics=state.metrics)
     app.include_router(health.router)
-    app.include_router(webhook.router)
-    app.include_router(files.router)
-    app.include_router(jobs.router)
-    app.include_router(native.router)
+    for router in (webhook.router, files.router, jobs.router, native.router):
+        app.include_router(router, responses=ERROR_RESPONSES)
     return app
 
 

@@ -128,3 +128,33 @@ class JobCreate(BaseModel):
     integrations: Annotated[
         list[dict[str, Any]] | None, AfterValidator(_no_integrations), Field(default=None, description="Unsupported.")
     ] = None
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error: OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in (
+        (400, "Invalid request (bad file, unknown model or file)"),
+        (401, "Missing or invalid API key"),
+        (404, "Not found (or another tenant's)"),
+        (409, "Conflict (job state, file in use, reused Idempotency-Key)"),
+        (413, "Request or dataset too large"),
+        (422, "Schema error naming the field"),
+        (503, "Kubernetes API unavailable"),
+    )
+}

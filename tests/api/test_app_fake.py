@@ -421,3 +421,12 @@ def test_apiserver_down(client, fake, monkeypatch):
     assert client.get("/readyz").status_code == 503
     r = client.get("/v1/fine_tuning/jobs/ftjob-000000000000", headers=A)
     assert r.status_code == 503 and "unreachable" in r.json()["error"]["message"]
+
+
+def test_keys_are_reloaded(fake):
+    settings = Settings(kubeconfig="unused", keys_refresh_seconds=0)
+    with TestClient(create_app(settings, k8s=fake)) as c:  # type: ignore[arg-type]
+        assert c.get("/v1/files", headers=A).status_code == 200
+        fake.keys = {KEY_B: "team-b"}  # key A revoked, rotation without restart
+        assert c.get("/v1/files", headers=A).status_code == 401
+        assert c.get("/v1/files", headers=B).status_code == 200
