@@ -430,3 +430,84 @@ def test_keys_are_reloaded(fake):
         fake.keys = {KEY_B: "team-b"}  # key A revoked, rotation without restart
         assert c.get("/v1/files", headers=A).status_code == 401
         assert c.get("/v1/files", headers=B).status_code == 200
+
+
+def test_file_limits(client, fake):
+    r = upload(client, jsonl([ROWS[0]] * 1001))
+    assert r.status_code == 400 and "has more than 1000 rows" in r.json()["error"]["message"]
+    import secrets
+
+    rows = [{"prompt": secrets.token_hex(2000), "chosen": secrets.token_hex(1000), "rejected": "r"} for _ in range(20)]
+    r = upload(client, jsonl(rows))
+    assert r.status_code == 413 and "spec.dataset.volume" in r.json()["error"]["message"]
+    assert not fake.configmaps
+
+
+WEIRD = [
+    None,
+    0,
+    -1,
+    10**30,
+    1.5,
+    True,
+    "",
+    " ",
+    "\x00",
+    "é" * 70,
+    [],
+    {},
+    [None],
+    {"a": {"b": [1]}},
+    "file-" + "0" * 24,
+]
+
+
+@pytest.mark.parametrize("path", ["/trigger-finetune", "/v1/fine_tuning/jobs"])
+def test_no_input_yields_500(client, fake, path):
+    import itertools
+    import random
+
+    rnd = random.Random(7)
+    fields = {
+        "/trigger-finetune": ["communityId", "dataset"],
+        "/v1/fine_tuning/jobs": [
+            "model",
+            "training_file",
+            "validation_file",
+            "method",
+            "hyperparameters",
+            "suffix",
+            "seed",
+            "metadata",
+            "integrations",
+        ],
+    }[path]
+    bodies: list = [*WEIRD, "not an object"]
+    for _ in range(150):
+        body = {f: rnd.choice(WEIRD) for f in rnd.sample(fields, rnd.randint(1, len(fields)))}
+        if path == "/trigger-finetune" and rnd.random() < 0.5:
+            body["dataset"] = [{k: rnd.choice(WEIRD) for k in ("prompt", "chosen", "rejected")} for _ in range(2)]
+        if path != "/trigger-finetune" and rnd.random() < 0.5:
+            body["method"] = {
+                "type": rnd.choice(["dpo", "supervised", "reinforcement", 3]),
+                "dpo": {
+                    "hyperparameters": {
+                        k: rnd.choice([*WEIRD, "auto"])
+                        for k in ("beta", "n_epochs", "batch_size", "learning_rate_multiplier")
+                    }
+                },
+            }
+        bodies.append(body)
+    for body, idem in zip(bodies, itertools.cycle([None, "k", "\u2603"]), strict=False):
+        headers = dict(A)
+        if idem is not None:
+            headers["Idempotency-Key"] = idem
+        try:
+            r = client.post(path, headers=headers, json=body)
+        except UnicodeEncodeError:
+            continue  # httpx refuses non-latin-1 header values before sending
+        assert r.status_code < 500, (body, r.text)
+        assert "error" in r.json() or r.status_code in (200, 202)
+    for cm in fake.configmaps.values():  # whatever was accepted is complete: no orphan dataset ConfigMaps
+        owners = cm["metadata"].get("ownerReferences") or []
+        assert all((cm["metadata"]["namespace"], o["name"]) in fake.ftjs for o in owners)
