@@ -32,11 +32,18 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler processno
 log() { echo ">> $*" >&2; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
+alive() { # pid: running and not a zombie (orphans wait for PID 1 to reap them)
+  local state
+  kill -0 "$1" 2>/dev/null || return 1
+  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+  [[ -n "$state" && "$state" != Z ]]
+}
+
 pid_of() { # prints the pid of a running component, or nothing
   local f="$RUN/$1.pid" pid
   [[ -f "$f" ]] || return 0
   pid=$(<"$f")
-  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
+  if [[ -n "$pid" ]] && alive "$pid"; then echo "$pid"; fi
 }
 
 https_ok() { # url [cert key]: 0 when GET returns "ok"
@@ -266,7 +273,7 @@ stop_components() { # name...: SIGTERM the process groups together, SIGKILL what
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
   done
   for i in $(seq 1 100); do
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && break; pid=; done
+    for pid in "${pids[@]}"; do alive "$pid" && break; pid=; done
     [[ -z "${pid:-}" ]] && return 0
     sleep 0.1
   done

@@ -431,3 +431,32 @@ def test_hosts_file_is_refreshed_in_place_when_pods_appear(cluster: Cluster, nam
         "early to resolve later.late",
     )
     assert cluster.pod_log(namespace, "early").split() == ["127.0.0.1", "True"]
+
+
+def test_active_deadline_fails_the_job_and_stops_its_pod(cluster: Cluster, namespace: str, tmp_path):
+    pid_file = tmp_path / "pid"
+    script = f"""
+    import os, time
+    open({str(pid_file)!r}, "w").write(str(os.getpid()))
+    time.sleep(600)
+    """
+    container = py_container(script, volumeMounts=[{"name": "tmp", "mountPath": str(tmp_path)}])
+    spec = job(
+        "deadline",
+        [container],
+        activeDeadlineSeconds=4,
+        pod={"volumes": [{"name": "tmp", "hostPath": {"path": str(tmp_path), "type": "Directory"}}]},
+    )
+    cluster.apply(spec, namespace)
+    wait_for(pid_file.exists, 60, 0.2, "the pod to start")
+    pid = int(pid_file.read_text())
+    assert pid_alive(pid)
+
+    def failed() -> dict[str, Any] | None:
+        j = cluster.get_json("job", "deadline", namespace=namespace)
+        return next((c for c in j["status"].get("conditions") or [] if c["type"] == "Failed"), None)
+
+    cond = wait_for(failed, 60, 0.5, "the Job controller to fail the job")
+    assert cond["reason"] == "DeadlineExceeded"
+    wait_for(lambda: not pid_alive(pid), 40, 0.2, "the deadline to kill the pod's process")
+    wait_for(lambda: not job_pods(cluster, namespace, "deadline"), 40, 0.5, "the pod to be removed")

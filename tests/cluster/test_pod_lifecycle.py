@@ -241,3 +241,39 @@ def test_deployment_rolls_out_and_always_restarts_exited_containers(cluster: Clu
         0.5,
         "old pods to be deleted by the rollout",
     )
+
+
+def test_kubectl_logs_goes_through_the_apiserver_to_the_node(cluster: Cluster, namespace: str):
+    script = """
+    import pathlib, sys, time
+    first = not pathlib.Path("/state/ran").exists()
+    pathlib.Path("/state/ran").touch()
+    for i in range(5):
+        print(("first" if first else "second"), "line", i, flush=True)
+    if first:
+        sys.exit(1)
+    time.sleep(1.5)
+    print("bye", flush=True)
+    """
+    spec = pod(
+        "talker",
+        [py_container(script, volumeMounts=[{"name": "state", "mountPath": "/state"}])],
+        restartPolicy="OnFailure",
+        volumes=[{"name": "state", "emptyDir": {}}],
+    )
+    cluster.apply(spec, namespace)
+    wait_for(
+        lambda: "second line 4" in cluster.kubectl("logs", "talker", "-n", namespace, check=False).stdout,
+        60,
+        0.3,
+        "the second instance's output through kubectl logs",
+    )
+    followed = cluster.kubectl("logs", "-f", "talker", "-n", namespace, timeout=60).stdout
+    assert followed.splitlines() == [f"second line {i}" for i in range(5)] + ["bye"]
+    assert cluster.kubectl("logs", "talker", "-n", namespace, "--tail=2").stdout.splitlines() == [
+        "second line 4",
+        "bye",
+    ]
+    previous = cluster.kubectl("logs", "talker", "-n", namespace, "--previous").stdout
+    assert previous.splitlines() == [f"first line {i}" for i in range(5)]
+    assert cluster.kubectl("logs", "talker", "-n", namespace, "--limit-bytes=6").stdout == "second"
