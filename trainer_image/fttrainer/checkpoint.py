@@ -31,7 +31,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from fttrainer.parallel import Dist
+from fttrainer.parallel import Dist, all_reduce_min
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     found = []
     for p in root.iterdir():
         m = _STEP_DIR.match(p.name)
-        if m and (p / COMPLETE).exists():
+        if m and (p / COMPLETE).exists() and (p / ".metadata").exists():
             found.append((int(m.group(1)), p))
     return sorted(found)
 
@@ -68,6 +68,23 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
 def latest(root: Path) -> tuple[int, Path] | None:
     found = complete_checkpoints(root)
     return found[-1] if found else None
+
+
+def agreed_latest(root: Path, d: Dist) -> tuple[int, Path] | None:
+    """The newest checkpoint every rank can read, or None (collective).
+
+    With ``checkpoint_dir`` on shared storage all ranks see the same directories. Without it (an
+    emptyDir per pod) a node may see a checkpoint another lacks; then nobody resumes rather than
+    some ranks loading while others start over (which would hang in the first collective).
+    """
+    found = dict(complete_checkpoints(root))
+    step = all_reduce_min(max(found, default=-1), d)
+    if step < 0:
+        return None
+    if all_reduce_min(int(step in found), d) == 0:
+        log.warning("checkpoint step-%d is not visible to every rank: starting from scratch", step)
+        return None
+    return step, found[step]
 
 
 def _rng_state() -> dict[str, torch.Tensor]:

@@ -161,7 +161,7 @@ class Trainer:
         k = n if counted is None else counted
         batch = collate([self.examples[i] for i in indices], self.pad_token_id)
         if self.loss.name == "sft":
-            chosen_only = {k: (v[:n] if k != "index" else v) for k, v in batch.items()}
+            chosen_only = {key: (v[:n] if key != "index" else v) for key, v in batch.items()}
             with torch.set_grad_enabled(train):
                 policy_chosen = sequence_logps(self.policy, chosen_only, self.d.device)
             losses = sft_loss(policy_chosen)
@@ -255,7 +255,7 @@ class Trainer:
         return metrics
 
     def resume(self) -> int | None:
-        found = checkpoint.latest(self.cfg.checkpoint_dir)
+        found = checkpoint.agreed_latest(self.cfg.checkpoint_dir, self.d)
         if found is None:
             return None
         step, path = found

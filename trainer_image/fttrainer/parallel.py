@@ -172,6 +172,12 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+def all_reduce_min(value: int, d: Dist) -> int:
+    t = torch.tensor([value], dtype=torch.long, device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
 def all_reduce_sum(values: list[float], d: Dist) -> list[float]:
     """Sum a few floats over all ranks (one collective)."""
     t = torch.tensor(values, dtype=torch.float64, device=d.device)
