@@ -35,7 +35,7 @@ print(yaml.safe_dump(entries, sort_keys=False), end="")
 PY
 )
 k -n "$api_ns" create secret generic finetune-api-keys --from-literal=keys.yaml="$updated" \
-  --dry-run=client -o yaml | k apply -f - >/dev/null
+  --dry-run=client -o yaml | k apply --server-side --force-conflicts --field-manager=api-key -f - >/dev/null
 k create namespace "$tenant_ns" --dry-run=client -o yaml | k apply -f - >/dev/null
 k -n "$tenant_ns" create rolebinding finetune-api-tenant --clusterrole=finetune-api-tenant \
   --serviceaccount="$api_ns:finetune-api" --dry-run=client -o yaml | k apply -f - >/dev/null
