@@ -57,10 +57,11 @@ https_ok() { # url [cert key]: 0 when GET returns "ok"
 
 apiserver_ready() { https_ok "https://127.0.0.1:$PORT/readyz" "$PKI/admin.crt" "$PKI/admin.key"; }
 
-node_ready() {
-  [[ -n "$(pid_of processnode)" ]] || return 1
-  "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" get node process-node \
-    -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -qx True
+node_ready() { # this process node registered (its ready file holds its pid), Ready and untainted
+  local pid; pid=$(pid_of processnode)
+  [[ -n "$pid" && "$(cat "$RUN/processnode.ready" 2>/dev/null)" == "$pid" ]] || return 1
+  [[ "$("$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" get node process-node \
+    -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}/{.spec.taints}' 2>/dev/null)" == "True/" ]]
 }
 
 healthy() {
@@ -225,7 +226,7 @@ start_processnode() {
     --cpu "${FTO_NODE_CPU:-16}" --memory "${FTO_NODE_MEMORY:-64Gi}" --pods "${FTO_NODE_PODS:-110}" \
     --gpus "${FTO_NODE_GPUS:-2}" \
     --kubelet-port "$KUBELET_PORT" --serving-cert "$PKI/node-serving.crt" --serving-key "$PKI/node-serving.key" \
-    --client-ca "$PKI/ca.crt"
+    --client-ca "$PKI/ca.crt" --ready-file "$RUN/processnode.ready"
 }
 
 cmd_up() {

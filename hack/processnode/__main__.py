@@ -63,6 +63,7 @@ def parse_args(argv: list[str]) -> NodeConfig:
     p.add_argument("--serving-cert", default="")
     p.add_argument("--serving-key", default="")
     p.add_argument("--client-ca", default="", help="CA that signs the apiserver's kubelet client certificate")
+    p.add_argument("--ready-file", default="", help="write the pid here once registered and watching pods")
     p.add_argument("--no-private-mounts", action="store_true", help="stay in the caller's mount namespace")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
@@ -87,6 +88,7 @@ def parse_args(argv: list[str]) -> NodeConfig:
         serving_key=a.serving_key,
         client_ca=a.client_ca,
         labels=dict(kv.split("=", 1) for kv in a.label),
+        ready_file=a.ready_file,
     )
     logging.basicConfig(
         level=logging.DEBUG if a.verbose else logging.INFO,

@@ -62,6 +62,7 @@ class NodeConfig:
     serving_key: str = ""
     client_ca: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    ready_file: str = ""  # written with our pid once the Node is registered and the pod watch runs
 
 
 class Hosts:
@@ -472,6 +473,9 @@ class ProcessNode:
             "pods",
         )
         log.info("processnode %s running (state %s)", self.name, self.cfg.state_dir)
+        if self.cfg.ready_file:
+            with open(self.cfg.ready_file, "w") as f:
+                f.write(str(os.getpid()))
         self.stop_event.wait()
 
     def shutdown(self) -> None:

@@ -460,3 +460,24 @@ def test_active_deadline_fails_the_job_and_stops_its_pod(cluster: Cluster, names
     assert cond["reason"] == "DeadlineExceeded"
     wait_for(lambda: not pid_alive(pid), 40, 0.2, "the deadline to kill the pod's process")
     wait_for(lambda: not job_pods(cluster, namespace, "deadline"), 40, 0.5, "the pod to be removed")
+
+
+def test_pod_failure_policy_fails_the_job_on_an_exit_code(cluster: Cluster, namespace: str):
+    """The operator's contract: exit code 2 (invalid input) fails the Job at once, without retries."""
+    spec = job(
+        "invalid-input",
+        [py_container("import sys; print('row 3: bad'); sys.exit(2)")],
+        backoffLimit=3,
+        podFailurePolicy={"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}}]},
+    )
+    cluster.apply(spec, namespace)
+
+    def failed() -> dict[str, Any] | None:
+        j = cluster.get_json("job", "invalid-input", namespace=namespace)
+        return next((c for c in j["status"].get("conditions") or [] if c["type"] == "Failed"), None)
+
+    cond = wait_for(failed, 60, 0.5, "the Job to fail through its podFailurePolicy")
+    assert cond["reason"] == "PodFailurePolicy"
+    assert "exit code 2" in cond["message"]
+    j = cluster.get_json("job", "invalid-input", namespace=namespace)
+    assert j["status"].get("failed") == 1  # not retried although backoffLimit is 3
