@@ -153,7 +153,10 @@ def _credentials() -> Any:
 
     key = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
     if key and Path(key).is_file():
-        return credentials.Certificate(key)
+        try:
+            return credentials.Certificate(key)  # a Firebase service-account key (the operator's Secret)
+        except ValueError:
+            pass  # another ADC file type (external account, user credentials): the default chain reads it
     return credentials.ApplicationDefault()
 
 
