@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Run, Trainer, synthetic_rows
+from conftest import BIN, Run, Trainer, synthetic_rows
 from safetensors.torch import load_file
 
 STEPS = 16  # 160 rows, 20% held out, batch 8, one epoch
@@ -139,3 +139,34 @@ def test_precompute_reference_and_activation_checkpointing_match(baseline: Run, 
     assert "reference log-probs precomputed for 160 examples" in run.output
     print(f"precompute + activation checkpointing: {run.seconds:.1f}s")
     assert_same_weights(run, baseline, atol=1e-5)
+
+
+def test_sigterm_checkpoints_and_resumes(session: Trainer, dataset: Path):
+    """A preempted pod: torchrun gets SIGTERM mid-run; the workers checkpoint the current step and exit,
+    and the same command resumes from that step."""
+    import signal
+    import subprocess
+    import time
+
+    args = session.args("sigterm", dataset, ["n_examples=2400", "checkpoint_every=1000", "minimum_log_interval_secs=0"])
+    cmd = [str(BIN / "torchrun"), "--standalone"]
+    cmd += ["--nproc-per-node=2", "-m", "fttrainer.train", *args]
+    env = session.env(session.tmp / "sigterm.termination")
+    log_path = session.tmp / "sigterm.log"
+    with log_path.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=session.tmp, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while "step 20/300" not in log_path.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        proc.send_signal(signal.SIGTERM)  # what the kubelet sends to the container's PID 1
+        proc.wait(timeout=120)
+    text = log_path.read_text()
+    assert "SIGTERM: checkpointed step" in text, text[-3000:]
+    step = int(text.split("SIGTERM: checkpointed step ")[1].split(",")[0])
+    assert 20 <= step < 300
+    assert (session.tmp / "sigterm" / "checkpoints" / f"step-{step}" / "COMPLETE").exists()
+
+    resumed = ok(session.torchrun("sigterm", dataset, "n_examples=2400", "checkpoint_every=1000"))
+    assert f"resumed from step {step}" in resumed.output
+    assert resumed.termination_message()["steps"] == 300

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -141,6 +142,8 @@ class Trainer:
         self.state = LoopState()
         self.metrics: dict[str, float] = {}
         self._last_log = 0.0
+        self._sigterm = False  # set by the handler on this rank
+        self.preempted = False  # set on every rank once any rank got SIGTERM
 
     # ------------------------------------------------------------------ one micro-batch
 
@@ -244,10 +247,12 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-        summed = all_reduce_sum(totals, self.d)
+        # the SIGTERM flag rides on the metrics all-reduce: no extra collective per step
+        summed = all_reduce_sum([*totals, float(self._sigterm)], self.d)
         self.state.step += 1
         self.state.examples += int(summed[0])
         self.state.tokens += int(summed[8])
+        self.preempted = summed[9] > 0
         metrics = self._summarise(summed)
         if self.loss.name == "sft":  # no reference, no rejected forward: preference metrics are meaningless
             metrics = {"loss": metrics["loss"], "logpsChosen": metrics["logpsChosen"]}
@@ -289,7 +294,22 @@ class Trainer:
         self._log(force=True)
         return self.state.examples
 
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self._sigterm = True
+
     def run(self, on_exit: Callable[[int], None] = os._exit) -> Result:
+        """Train to ``total_steps``; on SIGTERM (preemption) checkpoint at the end of the step and exit 143.
+
+        torchrun forwards SIGTERM to the workers and gives them 30 s before SIGKILL; the flag is
+        combined across ranks in the step's metrics all-reduce, so all ranks stop at the same step.
+        """
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            return self._run(on_exit)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _run(self, on_exit: Callable[[int], None]) -> Result:
         resumed = self.resume()
         self.policy.train()
         total = self.schedule.total_steps
@@ -302,7 +322,7 @@ class Trainer:
                 last_eval = self._eval()
             self._report("training")
             self._log(force=self.state.step == total)
-            if self.state.step % self.cfg.checkpoint_every == 0 or self.state.step == total:
+            if self.state.step % self.cfg.checkpoint_every == 0 or self.state.step == total or self.preempted:
                 path = checkpoint.save(
                     self.cfg.checkpoint_dir,
                     self.state,
@@ -317,6 +337,12 @@ class Trainer:
                     log.warning("exit_after_step=%d: exiting hard after the checkpoint", self.state.step)
                     dist.barrier()
                     on_exit(75)
+                if self.preempted:
+                    log.warning(
+                        "SIGTERM: checkpointed step %d, exiting for the restarted pod to resume", self.state.step
+                    )
+                    dist.barrier()
+                    on_exit(143)
         self._eval()
         return Result(self.state.step, self.state.examples, dict(self.metrics), resumed)
 
