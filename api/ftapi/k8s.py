@@ -13,7 +13,7 @@ from ftcrd.types import GROUP, PLURAL, VERSION
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ftapi.errors import from_kubernetes
+from ftapi.errors import APIError, from_kubernetes
 
 log = logging.getLogger("ftapi.k8s")
 
@@ -52,9 +52,19 @@ class K8s:
 
     # --- FineTuneJobs
     async def create_ftj(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        out = await self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, body, _request_timeout=self.timeout
-        )
+        try:
+            out = await self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, body, _request_timeout=self.timeout
+            )
+        except ApiException as exc:
+            if exc.status == 404:  # no such resource type (or namespace): not the caller's fault
+                log.error("creating a FineTuneJob in %s: 404 (%s)", namespace, exc.reason)
+                raise APIError(
+                    503,
+                    "FineTuneJobs cannot be created here (is the CRD installed and the namespace present?)",
+                    code="service_unavailable",
+                ) from None
+            raise
         return dict(out)
 
     async def get_ftj(self, namespace: str, name: str) -> dict[str, Any]:
@@ -67,7 +77,14 @@ class K8s:
         kwargs: dict[str, Any] = {"_request_timeout": self.timeout}
         if label_selector:
             kwargs["label_selector"] = label_selector
-        out = await self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **kwargs)
+        try:
+            out = await self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **kwargs)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise APIError(
+                    503, "FineTuneJobs cannot be listed (is the CRD installed?)", code="service_unavailable"
+                ) from None
+            raise
         return list(out.get("items", []))
 
     async def patch_ftj(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
