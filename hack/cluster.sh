@@ -16,7 +16,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
-STATE="${FTO_STATE_DIR:-/tmp/finetune-operator-cluster}"
+STATE="$(realpath -m "${FTO_STATE_DIR:-/tmp/finetune-operator-cluster}")"
 PORT="${FTO_APISERVER_PORT:-16443}"
 ETCD_PORT=$((PORT - 4064))
 ETCD_PEER_PORT=$((PORT - 4063))
@@ -293,11 +293,17 @@ cmd_down() {
     [[ -n "$pid" ]] && { kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; }
     rm -f "$RUN/$c.pid"
   done
-  # Pods' process groups that outlived the node (it was SIGKILLed): kill them by their pid files.
+  # Pods' processes that outlived the node (it was SIGKILLed): by their pid files, then every
+  # process whose environment carries this state dir (the process node marks its containers).
   local f
   for f in "$STATE"/pods/*/*.pid; do
     [[ -f "$f" ]] || continue
     kill -KILL -- "-$(<"$f")" 2>/dev/null || true
+  done
+  for f in /proc/[0-9]*/environ; do
+    if tr '\0' '\n' 2>/dev/null <"$f" | grep -qxF "PROCESSNODE_STATE_DIR=$STATE"; then
+      f=${f#/proc/}; kill -KILL "${f%/environ}" 2>/dev/null || true
+    fi
   done
   # Any mount left below the state dir (tmpfs emptyDirs are mounted in the pods' namespaces only,
   # but be safe) must go before rm -rf.

@@ -29,6 +29,38 @@ MAX_TERMINATION_MESSAGE = 4096
 FALLBACK_LOG_LINES = 80
 FALLBACK_LOG_BYTES = 2048
 TERMINAL = ("Succeeded", "Failed")
+# Every process of a container inherits these (programs such as torchrun start their workers in new
+# sessions, out of the container's process group): the final SIGKILL sweeps /proc for them.
+CONTAINER_MARKER = "PROCESSNODE_CONTAINER_ID"
+STATE_MARKER = "PROCESSNODE_STATE_DIR"
+
+
+def marked_pids(name: str, value: str) -> list[int]:
+    """Pids of processes whose environment has ``name=value``."""
+    needle = f"{name}={value}".encode()
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def kill_container(pgid: int, container_id: str, sig: int) -> None:
+    """Signal the container's process group and, with SIGKILL, every process that carries its marker."""
+    if pgid > 1:  # never 0: that would be the process node's own group
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+    container_id = container_id.removeprefix("processnode://")
+    if sig == signal.SIGKILL and container_id:
+        for pid in marked_pids(CONTAINER_MARKER, container_id):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
 
 def pod_key(pod: Obj) -> str:
@@ -379,9 +411,8 @@ class PodWorker(threading.Thread):
             return False
         proc, c.proc = c.proc, None
         code = proc.returncode
-        # The container is over when its main process is: take its whole process group with it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        # The container is over when its main process is: take all its processes with it.
+        kill_container(proc.pid, c.container_id, signal.SIGKILL)
         files = self._files(c)
         with contextlib.suppress(OSError):
             os.unlink(files["pid"])
@@ -432,6 +463,8 @@ class PodWorker(threading.Thread):
         node = self.node
         base = dict(node.base_env)
         base["HOSTNAME"] = self._hostname()
+        base[CONTAINER_MARKER] = c.container_id.removeprefix("processnode://")
+        base[STATE_MARKER] = self.node.cfg.state_dir
         env = container_env(
             pod,
             spec,
@@ -507,9 +540,8 @@ class PodWorker(threading.Thread):
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(proc.poll() is None for _, proc in running):
             time.sleep(0.05)
-        for _, proc in running:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        for c, proc in running:
+            kill_container(proc.pid, c.container_id, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
         for c, _ in running:
@@ -528,6 +560,8 @@ class PodWorker(threading.Thread):
         if pid.isdigit():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(int(pid), signal.SIGKILL)
+        if c.container_id:
+            kill_container(0, c.container_id, signal.SIGKILL)
 
     def _wait_deleted(self) -> None:
         while not self.deleting.is_set():

@@ -236,11 +236,16 @@ DELETE_SCRIPT = """
 import os, pathlib, signal, subprocess, sys, time
 data = pathlib.Path("/data")
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+# Like torchrun's workers: its own session (out of the process group), deaf to SIGTERM.
+escaped = subprocess.Popen(
+    [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"],
+    start_new_session=True,
+)
 def on_term(signum, frame):
     (data / "sigterm").write_text(str(os.getpid()))
     sys.exit(0)
 signal.signal(signal.SIGTERM, on_term)
-(data / "pids").write_text(f"{os.getpid()} {child.pid}")
+(data / "pids").write_text(f"{os.getpid()} {child.pid} {escaped.pid}")
 while True:
     time.sleep(1)
 """
@@ -291,8 +296,8 @@ def test_deleting_a_job_deletes_its_pods_and_kills_their_processes(cluster: Clus
         cluster.apply(spec, namespace)
         pids_file = host_dir / "pids"
         wait_for(pids_file.exists, 60, 0.3, "the pod to write its pids to the hostPath PV")
-        pid, child = (int(p) for p in pids_file.read_text().split())
-        assert pid_alive(pid) and pid_alive(child)
+        pid, child, escaped = (int(p) for p in pids_file.read_text().split())
+        assert pid_alive(pid) and pid_alive(child) and pid_alive(escaped)
         pod = job_pods(cluster, namespace, "sleeper")[0]
         assert pod["status"]["phase"] == "Running"
         assert pod_condition(pod, "Ready")["status"] == "True"
@@ -300,8 +305,8 @@ def test_deleting_a_job_deletes_its_pods_and_kills_their_processes(cluster: Clus
 
         cluster.kubectl("delete", "job", "sleeper", "-n", namespace, "--cascade=background", "--wait=false")
         wait_for(lambda: not job_pods(cluster, namespace, "sleeper"), 60, 0.5, "the GC to delete the job's pods")
-        wait_for(lambda: not pid_alive(pid) and not pid_alive(child), 10, 0.2, "the pod's processes to exit")
-        # SIGTERM first (graceful), and the whole process group went (the child did not trap it).
+        wait_for(lambda: not any(pid_alive(p) for p in (pid, child, escaped)), 10, 0.2, "the pod's processes to exit")
+        # SIGTERM first (graceful), then the whole process group and the escaped session went too.
         assert (host_dir / "sigterm").read_text() == str(pid)
     finally:
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
