@@ -40,6 +40,8 @@ class Kube:
     def __init__(self, kubeconfig: str) -> None:
         cfg = client.Configuration()
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        # One worker thread per pod plus the watches share the pool: keep connections for all of them.
+        cfg.connection_pool_maxsize = 64
         self.host = cfg.host.rstrip("/")
         self._api = client.ApiClient(cfg)
         self._pool: urllib3.PoolManager = self._api.rest_client.pool_manager

@@ -97,11 +97,14 @@ class Hosts:
     def refresh(self, namespace: str | None) -> None:
         """Rewrite the hosts files of ``namespace``'s pods (all pods when None)."""
         with self.lock:
+            shared: dict[str, list[str]] = {}
             for pod, path in self.pods.values():
                 ns = pod["metadata"]["namespace"]
                 if namespace is not None and ns != namespace:
                     continue
-                content = self._render(pod, ns)
+                if ns not in shared:
+                    shared[ns] = self._namespace_lines(ns)
+                content = self._render(pod, ns, shared[ns])
                 try:
                     with open(path, "r+") as f:
                         if f.read() == content:
@@ -112,7 +115,27 @@ class Hosts:
                 except OSError as exc:
                     log.debug("hosts file %s: %s", path, exc)
 
-    def _render(self, pod: Obj, ns: str) -> str:
+    def _namespace_lines(self, ns: str) -> list[str]:
+        """Entries common to every pod of ``ns``: its pods' subdomain names and all Services."""
+        lines: list[str] = []
+        seen: set[str] = set()
+        for other, _ in sorted(self.pods.values(), key=lambda e: e[0]["metadata"]["name"]):
+            osub = other["spec"].get("subdomain")
+            if other["metadata"]["namespace"] != ns or not osub:
+                continue
+            h = pod_hostname(other)
+            entry = f"{h}.{osub} {h}.{osub}.{ns}.svc {h}.{osub}.{ns}.svc.cluster.local"
+            if entry not in seen:
+                seen.add(entry)
+                lines.append("127.0.0.1\t" + entry)
+        for sns, name in sorted(self.services):
+            names = [name] if sns == ns else []
+            names += [f"{name}.{sns}", f"{name}.{sns}.svc", f"{name}.{sns}.svc.cluster.local"]
+            lines.append("127.0.0.1\t" + " ".join(names))
+        return lines
+
+    @staticmethod
+    def _render(pod: Obj, ns: str, shared: list[str]) -> str:
         own = pod_hostname(pod)
         sub = pod["spec"].get("subdomain")
         names = [f"{own}.{sub}.{ns}.svc.cluster.local", own] if sub else [own]
@@ -123,25 +146,8 @@ class Hosts:
             "127.0.0.1\t" + " ".join(names),
             "127.0.0.1\tlocalhost",
             "::1\tlocalhost ip6-localhost ip6-loopback",
+            *shared,
         ]
-        seen: set[str] = set()
-        for other, _ in sorted(self.pods.values(), key=lambda e: e[0]["metadata"]["name"]):
-            if other["metadata"]["namespace"] != ns:
-                continue
-            osub = other["spec"].get("subdomain")
-            if not osub:
-                continue
-            h = pod_hostname(other)
-            entry = f"{h}.{osub} {h}.{osub}.{ns}.svc {h}.{osub}.{ns}.svc.cluster.local"
-            if entry not in seen:
-                seen.add(entry)
-                lines.append("127.0.0.1\t" + entry)
-        for sns, name in sorted(self.services):
-            short = [name] if sns == ns else []
-            lines.append(
-                "127.0.0.1\t"
-                + " ".join([*short, f"{name}.{sns}", f"{name}.{sns}.svc", f"{name}.{sns}.svc.cluster.local"])
-            )
         for alias in pod["spec"].get("hostAliases") or []:
             lines.append(f"{alias['ip']}\t" + " ".join(alias.get("hostnames") or []))
         return "\n".join(lines) + "\n"
@@ -389,6 +395,7 @@ class ProcessNode:
             worker = self.workers.get(uid)
             if etype == "DELETED":
                 if worker:
+                    worker.update(pod)  # its last deletionGracePeriodSeconds (0 for --force)
                     worker.removed()
                 return
             if worker is not None:

@@ -377,7 +377,8 @@ class PodWorker(threading.Thread):
             c.next_start = time.monotonic() + 2
             self.node.event(self.pod, "Warning", "Failed", f"Error: {exc}")
             return
-        with open(files["spec"], "w") as f:
+        # It holds the resolved environment (Secret values): owner-only.
+        with open(os.open(files["spec"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             json.dump(spec, f)
         logf = open(files["log"], "ab")  # noqa: SIM115 - handed to the child
         try:
