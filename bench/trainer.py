@@ -161,6 +161,7 @@ def summary(side: str, clock: Clock, args: argparse.Namespace, params: int, extr
         "step_s": round(step_s, 4),
         "step_s_mean": round(mean_s, 4),
         "step_cpu_s": round(statistics.median(clock.cpu[args.warmup :]), 4),
+        "examples_per_cpu_s": round(args.batch / statistics.median(clock.cpu[args.warmup :]), 3),
         "examples_per_s": round(args.batch / mean_s, 3),
         "tokens_per_s": round(tokens / mean_s, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -387,7 +388,8 @@ def run_side(side: str, args: argparse.Namespace, passthrough: list[str]) -> dic
 
 
 def table(results: dict[str, dict]) -> str:
-    cols = ["examples_per_s", "tokens_per_s", "step_s", "step_cpu_s", "peak_rss_mib", "peak_gpu_mib", "mfu"]
+    cols = ["examples_per_s", "tokens_per_s", "step_s", "step_cpu_s", "examples_per_cpu_s", "peak_rss_mib"]
+    cols += ["peak_gpu_mib", "mfu"]
     present = [c for c in cols if any(c in r for r in results.values())]
     lines = ["| side | " + " | ".join(present) + " |", "|---" * (len(present) + 1) + "|"]
     for side, r in results.items():
