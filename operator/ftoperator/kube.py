@@ -8,6 +8,7 @@ the sync client) costs ~70 MB of RSS and a second of CPU at start for nothing th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,8 +31,15 @@ def connection_info(
 ) -> kopf.ConnectionInfo:
     """In-cluster ServiceAccount (token re-read on every call: kubelet rotates it), else $KUBECONFIG."""
     info: kopf.ConnectionInfo | None = None
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG") and os.path.exists(SA_TOKEN):
+    host = os.environ.get("KUBERNETES_SERVICE_HOST", "")
+    if host and not os.environ.get("KUBECONFIG") and os.path.exists(SA_TOKEN):
         info = kopf.login_with_service_account(settings=settings, logger=logger)
+        if info is not None:
+            # kopf assumes https://kubernetes.default.svc (port 443); use the address the kubelet injects, as
+            # client-go's rest.InClusterConfig does (the process node's apiserver is not on 443).
+            port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+            address = f"[{host}]" if ":" in host else host
+            info = dataclasses.replace(info, server=f"https://{address}:{port}")
     if info is None:
         info = kopf.login_with_kubeconfig(settings=settings, logger=logger)
     if info is None:
