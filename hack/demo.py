@@ -48,6 +48,7 @@ DEFAULTS_CONFIGMAP = "finetune-defaults"
 BUCKET = "finetune-demo"
 COMMUNITY = "demo"
 TERMINAL = {"Succeeded", "Failed"}
+GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
 
 
 class DemoError(RuntimeError):
@@ -227,6 +228,7 @@ class Demo:
         self.deployed = False
         self.job: str | None = None
         self.job_ns = NAMESPACE
+        self.watch_rv: str | None = None
         self.phase = "Unknown"
         self.artifact = "none"
         self.t0 = time.monotonic()
@@ -330,6 +332,9 @@ class Demo:
             f"    curl -X POST {self.api}/trigger-finetune -H 'Authorization: Bearer $KEY' \\\n"
             f'         -d \'{{"communityId": "{COMMUNITY}", "dataset": [{len(rows)} preference pairs]}}\''
         )
+        self.watch_rv = self.custom_objects().list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)[
+            "metadata"
+        ]["resourceVersion"]
         code, resp = http("POST", f"{self.api}/trigger-finetune", body, token=self.key)
         say(f"    -> {code} {json.dumps(resp)}")
         if code not in (200, 201, 202) or not isinstance(resp, dict) or "jobName" not in resp:
@@ -351,44 +356,81 @@ class Demo:
 
     # 5
     def watch(self) -> None:
-        self.step(f"Watch the FineTuneJob (kubectl -n {self.job_ns} get ftj {self.job})")
+        """Every update of the FineTuneJob, from a watch that starts *before* the webhook (resourceVersion taken in
+        webhook()), so no phase is missed however fast the process node starts pods."""
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+
+        self.step(f"Watch the FineTuneJob (what `kubectl -n {self.job_ns} get ftj -w` shows)")
         assert self.job
-        header = self.k_("-n", self.job_ns, "get", "ftj", self.job).stdout.splitlines()[0]
-        say("    " + header)
-        last_row = None
+        say(f"    {'NAME':<20} {'PHASE':<10} {'STAGE':<10} {'PROGRESS':<14} {'LOSS':<8} REASON")
+        last_row: tuple[Any, ...] | None = None
         last_phase = None
+        st: dict[str, Any] = {}
         deadline = time.monotonic() + self.args.timeout
-        while True:
-            obj = json.loads(self.k_("-n", self.job_ns, "get", "ftj", self.job, "-o", "json").stdout)
-            st = obj.get("status") or {}
-            self.status = st
-            phase = st.get("phase") or "Pending"
-            prog = st.get("progress") or {}
-            met = st.get("metrics") or {}
-            if met.get("loss") is not None and prog.get("step") is not None:
-                self.loss[int(prog["step"])] = float(met["loss"])
-            for cp in st.get("checkpoints") or []:
-                if (cp.get("metrics") or {}).get("loss") is not None:
-                    self.loss.setdefault(int(cp["step"]), float(cp["metrics"]["loss"]))
-            row = self.k_("-n", self.job_ns, "get", "ftj", self.job, "--no-headers", check=False).stdout.rstrip()
-            if phase != last_phase:
-                self.phase_times.append((phase, time.monotonic() - self.t0))
-                say(f"    {row}" + (f"    <- phase {phase}" + (f" ({st.get('reason')})" if st.get("reason") else "")))
-                last_phase = phase
-            elif row != last_row and row:
-                say(f"    {row}")
-            last_row = row
-            self.phase = phase
-            if phase in TERMINAL:
-                break
-            if time.monotonic() > deadline:
-                raise DemoError(f"the job did not finish in {self.args.timeout}s (phase {phase})\n{self.diagnose()}")
-            time.sleep(self.args.poll)
+        rv = self.watch_rv
+        co = self.custom_objects()
+        while self.phase not in TERMINAL:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DemoError(
+                    f"the job did not finish in {self.args.timeout}s (phase {self.phase})\n{self.diagnose()}"
+                )
+            w = watch.Watch()
+            try:
+                for ev in w.stream(
+                    co.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    self.job_ns,
+                    PLURAL,
+                    field_selector=f"metadata.name={self.job}",
+                    resource_version=rv,
+                    timeout_seconds=max(1, int(min(60, remaining))),
+                ):
+                    obj = ev["object"]
+                    rv = obj["metadata"]["resourceVersion"]
+                    if ev["type"] == "DELETED":
+                        raise DemoError(f"FineTuneJob {self.job} was deleted")
+                    st = obj.get("status") or {}
+                    self.status = st
+                    phase = st.get("phase") or "(no status)"
+                    prog = st.get("progress") or {}
+                    met = st.get("metrics") or {}
+                    if met.get("loss") is not None and prog.get("step") is not None:
+                        self.loss[int(prog["step"])] = float(met["loss"])
+                    for cp in st.get("checkpoints") or []:
+                        if (cp.get("metrics") or {}).get("loss") is not None:
+                            self.loss.setdefault(int(cp["step"]), float(cp["metrics"]["loss"]))
+                    loss = f"{met['loss']:.4f}" if isinstance(met.get("loss"), int | float) else ""
+                    row = (phase, prog.get("stage") or "", prog.get("summary") or "", loss, st.get("reason") or "")
+                    if row != last_row:
+                        mark = f"   <- phase {phase}" if phase != last_phase else ""
+                        say(f"    {self.job:<20} {row[0]:<10} {row[1]:<10} {row[2]:<14} {row[3]:<8} {row[4]}{mark}")
+                        if phase != last_phase:
+                            self.phase_times.append((phase, time.monotonic() - self.t0))
+                        last_row, last_phase = row, phase
+                    self.phase = phase
+                    if phase in TERMINAL or time.monotonic() > deadline:
+                        w.stop()
+                        break
+            except ApiException as exc:
+                if exc.status != 410:
+                    raise DemoError(f"watching FineTuneJob {self.job}: {exc.status} {exc.reason}") from None
+                rv = None  # history compacted: restart from the current state
+        say("")
+        for line in self.k_("-n", self.job_ns, "get", "ftj", self.job, "-o", "wide").stdout.rstrip().splitlines():
+            say("    " + line)
         if self.phase != "Succeeded":
             raise DemoError(f"the job ended {self.phase}: {st.get('reason')}: {st.get('message')}\n{self.diagnose()}")
         self.artifact = (st.get("artifact") or {}).get("uri") or "none"
         if self.artifact == "none":
             raise DemoError("the job succeeded without status.artifact.uri")
+
+    def custom_objects(self) -> Any:
+        from kubernetes import client, config
+
+        return client.CustomObjectsApi(config.new_client_from_config(config_file=self.kubeconfig))
 
     # 6
     def download(self) -> Path:
@@ -413,6 +455,9 @@ class Demo:
     def evaluate(self, model_dir: Path) -> None:
         self.step("Load it with transformers and compare the chosen-minus-rejected log-prob margin on held-out pairs")
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         pairs = json.loads((DATA / "heldout.json").read_text())
         tok = AutoTokenizer.from_pretrained(model_dir)
@@ -579,7 +624,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gcs-port", type=int, default=19023, help="loopback port of the GCS emulator (0: a free one)")
     p.add_argument("--timeout", type=float, default=1200, help="seconds the job may take")
     p.add_argument("--rollout-timeout", type=int, default=180)
-    p.add_argument("--poll", type=float, default=1.0)
     p.add_argument("--keep", action="store_true", help="leave the cluster, emulator and deployment running")
     return p.parse_args(argv)
 
