@@ -14,7 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Cluster, cluster_down, cluster_status, cluster_up, state_dir, unique_name, wait_for
+from helpers import (
+    Cluster,
+    apiserver_answers,
+    cluster_down,
+    cluster_status,
+    cluster_up,
+    state_dir,
+    unique_name,
+    wait_for,
+)
 
 # Reusable fixtures of other areas: ``operator`` (the operator subprocess with the repo RBAC), ``gcs`` (a GCS
 # emulator, tests/fixtures_gcs.py).
@@ -38,7 +47,10 @@ def cluster() -> Iterator[Cluster]:
     if cluster_status():
         kubeconfig, started = state / "admin.kubeconfig", False
     else:
-        kubeconfig, started = cluster_up(), True
+        # A control plane that answers but is incomplete (say the process node died) is repaired
+        # by `up` but stays someone else's: only a cluster started from nothing is torn down.
+        existed = apiserver_answers(state)
+        kubeconfig, started = cluster_up(), not existed
     marker = state / "users" / str(os.getpid())
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()

@@ -116,6 +116,15 @@ def cluster_status() -> bool:
     return subprocess.run(["bash", str(CLUSTER_SH), "status"], capture_output=True, check=False).returncode == 0
 
 
+def apiserver_answers(state: Path) -> bool:
+    """The apiserver of the cluster in ``state`` answers /readyz."""
+    kubeconfig = state / "admin.kubeconfig"
+    if not kubeconfig.exists():
+        return False
+    cmd = [KUBECTL, "--kubeconfig", str(kubeconfig), "get", "--raw", "/readyz", "--request-timeout=5s"]
+    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+
+
 def cluster_up() -> Path:
     """``hack/cluster.sh up``; returns the kubeconfig from its last line."""
     proc = subprocess.run(["bash", str(CLUSTER_SH), "up"], capture_output=True, text=True, check=False, timeout=900)

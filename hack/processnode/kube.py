@@ -157,7 +157,7 @@ class Kube:
                     return
                 log.warning("watch %s failed (%s); retrying in %.1fs", path, exc, backoff)
                 stop.wait(backoff)
-                backoff = min(backoff * 2, 10)
+                backoff = min(backoff * 2, 5)
 
 
 def now_rfc3339() -> str:
