@@ -72,6 +72,13 @@ def ftj_body(name: str) -> dict[str, Any]:
     }
 
 
+def rss_mb(op: OperatorProcess, field: str) -> float:
+    assert op.proc is not None
+    status = Path(f"/proc/{op.proc.pid}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith(f"{field}:"))
+    return round(int(line.split()[1]) / 1024, 1)
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -180,6 +187,7 @@ async def run(api: client.ApiClient, n: int, mode: str, settings: Settings, op: 
         if mode == "floor":
             await create_children_directly(api, ftj, settings)
 
+    rss_idle = rss_mb(op, "VmRSS") if op is not None else None
     t0 = time.monotonic()
     await asyncio.gather(*(submit(name) for name in names))
     submitted = time.monotonic() - t0
@@ -210,9 +218,8 @@ async def run(api: client.ApiClient, n: int, mode: str, settings: Settings, op: 
         out["finished"] = done
         out["finished_per_s"] = round(done / (time.monotonic() - t0), 2)
         assert op is not None and op.proc is not None
-        status = Path(f"/proc/{op.proc.pid}/status").read_text()
-        hwm = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
-        out["operator_peak_rss_mb"] = round(int(hwm.split()[1]) / 1024, 1)
+        out["operator_rss_before_mb"] = rss_idle
+        out["operator_peak_rss_mb"] = rss_mb(op, "VmHWM")
         metrics = op.metrics()
         out["operator_errors"] = sum(
             float(line.rsplit(" ", 1)[1])
@@ -237,6 +244,7 @@ def table(floor: dict[str, Any], oper: dict[str, Any], result: dict[str, Any]) -
         ratio = (o / f) if f else float("nan")
         lines.append(f"| {label} | {f} | {o} | {ratio:.2f}× |")
     lines.append(f"| all {oper['jobs']} FineTuneJobs Succeeded after (s) | – | {oper['all_finished_s']} | |")
+    lines.append(f"| operator RSS before the burst (MB) | – | {oper['operator_rss_before_mb']} | |")
     lines.append(f"| operator peak RSS (MB) | – | {oper['operator_peak_rss_mb']} | |")
     lines.append(f"| operator reconcile errors | – | {int(oper['operator_errors'])} | |")
     targets = result["targets"]
@@ -301,7 +309,18 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             floor = await run(api, args.jobs, "floor", settings, None)
             namespaces.append(floor["namespace"])
             print("floor:", json.dumps(floor), file=sys.stderr)
+            # the operator must not spend its start adopting the floor's jobs
+            core = client.CoreV1Api(api)
+            await core.delete_namespace(floor["namespace"])
+            namespaces.remove(floor["namespace"])
+            while True:
+                try:
+                    await core.read_namespace(floor["namespace"])
+                except client.ApiException:
+                    break
+                await asyncio.sleep(0.5)
             op.start()
+            await asyncio.sleep(3)  # past the start-up listing and resume handlers
             oper = await run(api, args.jobs, "operator", settings, op)
             namespaces.append(oper["namespace"])
             print("operator:", json.dumps(oper), file=sys.stderr)

@@ -14,9 +14,16 @@ import sys
 for _lib in ("kubernetes", "kubernetes_asyncio", "pykube"):
     sys.modules.setdefault(_lib, None)  # type: ignore[arg-type]
 
+import logging  # noqa: E402
+
 import kopf  # noqa: E402
 
 from ftoperator.settings import Settings  # noqa: E402
+
+
+def _drop_event_handler_success(record: logging.LogRecord) -> bool:
+    msg = record.msg if isinstance(record.msg, str) else ""
+    return not (msg.startswith("Handler '") and "-events' succeeded" in msg)
 
 
 def main() -> None:
@@ -27,6 +34,11 @@ def main() -> None:
         log_prefix=settings.log_format != "json",  # plain lines start with [namespace/name]
         log_refkey="object",  # JSON lines carry {"object": {apiVersion, kind, name, uid, namespace}}
     )
+    if not settings.verbose:
+        # One line per watch event ("Handler 'pod-events' succeeded.") is noise at scale; transitions,
+        # child creation and every failure are still logged.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_drop_event_handler_success)
     import ftoperator.handlers  # noqa: F401  (registers the handlers)
 
     kopf.run(

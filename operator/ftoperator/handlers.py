@@ -89,6 +89,15 @@ def _slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def ftj_logger(ftj: Mapping[str, Any]) -> logging.LoggerAdapter[logging.Logger]:
+    """Log lines about a FineTuneJob carry its reference (``[ns/name]`` prefix, ``object`` in JSON), whichever
+    watch event (pod, Job) led to them."""
+    md = ftj.get("metadata") or {}
+    ref = {k: md.get(k) for k in ("name", "uid", "namespace")}
+    ref.update(apiVersion=ftj.get("apiVersion"), kind=ftj.get("kind"))
+    return logging.LoggerAdapter(log, {"k8s_skip": True, "k8s_ref": ref})
+
+
 def _owner_uid(obj: Mapping[str, Any], kind: str) -> str | None:
     for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
         if ref.get("kind") == kind and ref.get("controller"):
@@ -115,6 +124,45 @@ class Reconciler:
         self.written: dict[str, dict[str, Any]] = {}  # uid -> operator-owned status last written
         self.ttl_due: dict[str, tuple[str, str, float]] = {}  # uid -> (namespace, name, due unix time)
         self.ttl_task: asyncio.Task[None] | None = None
+        self.pending: dict[Key, asyncio.Task[None]] = {}
+        # Status writes share the connection pool with child creation; under a burst of new jobs they must
+        # not starve it (time to Job is what users wait on), so at most a quarter of the pool goes to them.
+        self.status_slots = asyncio.Semaphore(max(2, SETTINGS.api_connections // 4))
+
+    def trigger(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        indexes: Mapping[str, kopf.Index[Key, Any]],
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        handler: str,
+    ) -> None:
+        """Sync soon (after ``status_debounce_seconds``), once for all triggers that arrive meanwhile: a
+        burst of pod/Job/FineTuneJob events becomes one status computation and at most one patch."""
+        key = (namespace, name)
+        if key in self.pending:
+            return
+        self.pending[key] = asyncio.get_running_loop().create_task(
+            self._later(key, indexes=indexes, logger=logger, handler=handler)
+        )
+
+    async def _later(
+        self,
+        key: Key,
+        *,
+        indexes: Mapping[str, kopf.Index[Key, Any]],
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        handler: str,
+    ) -> None:
+        try:
+            await asyncio.sleep(SETTINGS.status_debounce_seconds)
+        finally:
+            self.pending.pop(key, None)  # events from now on schedule the next sync
+        try:
+            await self.sync(key[0], key[1], indexes=indexes, logger=logger, handler=handler)
+        except Exception as exc:
+            logger.warning("status sync of %s/%s failed (next event retries): %s", key[0], key[1], exc)
 
     def lock(self, key: Key) -> asyncio.Lock:
         lock = self.locks.get(key)
@@ -144,7 +192,8 @@ class Reconciler:
         assert self.kube is not None
         md = ftj["metadata"]
         before = self.effective_status(ftj)
-        await self.kube.patch_ftj_status(md["namespace"], md["name"], delta)
+        async with self.status_slots:
+            await self.kube.patch_ftj_status(md["namespace"], md["name"], delta)
         metrics.STATUS_PATCHES.inc()
         mine = self.written.setdefault(str(md["uid"]), {})
         mine.update({k: v for k, v in delta.items() if k in st.OPERATOR_KEYS})
@@ -155,7 +204,7 @@ class Reconciler:
             message = str(delta.get("message", before.get("message")) or "")
             warning = phase == "Failed" or reason in ("Unschedulable", "ChildCreateFailed")
             text = f"{phase}: {message}" if message else str(phase)
-            logger.info("phase %s (%s): %s", phase, reason, message)
+            ftj_logger(ftj).info("phase %s (%s): %s", phase, reason, message)
             kopf.event(
                 kopf.Body(dict(ftj)),  # type: ignore[arg-type]
                 type="Warning" if warning else "Normal",
@@ -344,14 +393,22 @@ async def ensure_children(
 
     async def one(obj: dict[str, Any]) -> dict[str, Any]:
         md = obj["metadata"]
-        try:
-            created = await kube.create(obj)
-            metrics.CHILDREN_CREATED.labels(obj["kind"]).inc()
-            return created
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
-        existing = await kube.get(obj["apiVersion"], obj["kind"], md["namespace"], md["name"])
+        for _ in range(3):
+            try:
+                created = await kube.create(obj)
+                metrics.CHILDREN_CREATED.labels(obj["kind"]).inc()
+                return created
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+            try:
+                existing = await kube.get(obj["apiVersion"], obj["kind"], md["namespace"], md["name"])
+                break
+            except ApiError as exc:
+                if exc.status != 404:  # 409 then 404: it was being deleted; create again
+                    raise
+        else:
+            raise kopf.TemporaryError(f"{obj['kind']} {md['name']} keeps conflicting", delay=SETTINGS.handler_backoff)
         owner = _owner_uid(existing, "FineTuneJob")
         if owner != uid:
             if existing.get("metadata", {}).get("deletionTimestamp") or owner:
@@ -363,11 +420,16 @@ async def ensure_children(
         logger.info("adopted existing %s %s", obj["kind"], md["name"])
         return existing
 
-    children = builders.render_children(ftj, SETTINGS)
-    *first, job = children
-    # The pods need their ServiceAccount (admission) and the Service (DNS); create those first, in parallel.
-    await asyncio.gather(*(one(obj) for obj in first))
-    return await one(job)
+    rbac = builders.render_trainer_rbac(ftj)
+    service, job = builders.render_service(ftj, SETTINGS), builders.render_job(ftj, SETTINGS)
+    binding = [o for o in rbac if o["kind"] == "RoleBinding"]
+    # Two round trips. First what the pods need when the Job controller creates them: their ServiceAccount
+    # (admission rejects pods without it) and the Service (DNS), plus the Role. Then the Job, and the
+    # RoleBinding (the apiserver's escalation check resolves the Role it references, so not before it; the
+    # trainer only needs it once it reports progress).
+    await asyncio.gather(*(one(o) for o in rbac if o["kind"] != "RoleBinding"), one(service))
+    created_job, *_ = await asyncio.gather(one(job), *(one(o) for o in binding))
+    return created_job
 
 
 async def _workload(  # noqa: PLR0917
@@ -422,7 +484,11 @@ async def _workload(  # noqa: PLR0917
         raise kopf.TemporaryError(msg, delay=SETTINGS.handler_backoff * (retry + 1)) from exc
     finally:
         metrics.RECONCILE_SECONDS.labels(handler).observe(time.perf_counter() - started)
-    await RECONCILER.sync(namespace, name, ftj=raw, job=job, logger=logger, handler=handler, indexes=indexes)
+    if not status.get("phase"):
+        # The first status right away (Pending, JobCreated): users see the job accepted; later ones are debounced.
+        await RECONCILER.sync(namespace, name, ftj=raw, job=job, logger=logger, handler=handler, indexes=indexes)
+    else:
+        RECONCILER.trigger(namespace, name, indexes=indexes, logger=logger, handler=handler)
 
 
 async def _fail(
@@ -542,10 +608,9 @@ async def ftj_event(
     if type == "DELETED":
         RECONCILER.forget((namespace or "", name), uid)
         return
-    await RECONCILER.sync(
+    RECONCILER.trigger(
         namespace or "",
         name,
-        ftj=_slim(body),
         indexes=_indexes(kwargs),
         logger=logger,
         handler="ftj-events",
@@ -560,7 +625,7 @@ async def job_event(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     **kwargs: Any,
 ) -> None:
-    await RECONCILER.sync(
+    RECONCILER.trigger(
         namespace or "",
         labels[builders.LABEL_JOB],
         indexes=_indexes(kwargs),
@@ -577,7 +642,7 @@ async def pod_event(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     **kwargs: Any,
 ) -> None:
-    await RECONCILER.sync(
+    RECONCILER.trigger(
         namespace or "",
         labels[builders.LABEL_JOB],
         indexes=_indexes(kwargs),

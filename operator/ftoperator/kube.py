@@ -88,10 +88,12 @@ class Kube:
     def _open(self) -> None:
         info = connection_info(self.settings, log)
         self.server = info.server.rstrip("/")
+        # No total/pool-wait timeout: under a burst, requests queue for a pooled connection (that wait is
+        # not the server's fault); connecting and reading are bounded.
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.connections, ssl=info.as_ssl_context()),
             headers={**info.as_http_headers(), "User-Agent": "finetune-operator"},
-            timeout=aiohttp.ClientTimeout(total=60, connect=10),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
         )
 
     @classmethod

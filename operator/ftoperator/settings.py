@@ -81,6 +81,8 @@ class Settings:
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch; empty = all namespaces (cluster-wide)."""
     api_connections: int = 32
+    status_debounce_seconds: float = 0.3
+    """Status syncs wait this long after an event so a burst of events becomes one status patch."""
     """HTTP connection pool of the operator's own API client."""
     handler_retries: int = 8
     handler_timeout: float = 120.0
@@ -116,6 +118,7 @@ class Settings:
             standalone=_bool(env, "FTO_STANDALONE", d.standalone),
             namespaces=namespaces,
             api_connections=_int(env, "FTO_API_CONNECTIONS", d.api_connections),
+            status_debounce_seconds=_float(env, "FTO_STATUS_DEBOUNCE_SECONDS", d.status_debounce_seconds),
             handler_retries=_int(env, "FTO_HANDLER_RETRIES", d.handler_retries),
             handler_timeout=_float(env, "FTO_HANDLER_TIMEOUT", d.handler_timeout),
             handler_backoff=_float(env, "FTO_HANDLER_BACKOFF", d.handler_backoff),
