@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .envvars import container_env, expand
 from .kube import ApiError, now_rfc3339
+from .probes import Prober
 from .volumes import VolumeManager, VolumeNotReady
 
 if TYPE_CHECKING:
@@ -87,6 +88,11 @@ class Container:
     backoff: float = 0.0
     done: bool = False  # terminated and will not be restarted
     killed_by_node: bool = False
+    ready: bool = True  # readiness probe passed (or none)
+    started_ok: bool = True  # startup probe passed (or none)
+    unhealthy: str = ""  # why a liveness/startup probe wants the container restarted
+    env: dict[str, str] = field(default_factory=dict)
+    probers: list[Prober] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -106,8 +112,8 @@ class Container:
             "name": self.name,
             "image": image,
             "imageID": f"processnode://{image}",
-            "ready": self.running and not self.init,
-            "started": self.running,
+            "ready": self.running and self.ready and not self.init,
+            "started": self.running and self.started_ok,
             "restartCount": self.restart_count,
             "state": self.state,
             "lastState": self.last_state,
@@ -325,6 +331,8 @@ class PodWorker(threading.Thread):
                 if c.proc is None and time.monotonic() >= c.next_start:
                     self._start(c)
                     changed = True
+                if c.unhealthy and c.proc is not None:
+                    self._kill_unhealthy(c)
                 if self._reap(c):
                     changed = True
                     if not c.done:
@@ -335,9 +343,10 @@ class PodWorker(threading.Thread):
                                 f"container={c.name} pod={self.pod['metadata']['name']}",
                             }
                         }
-            if changed:
-                self._update_phase()
-                self._report()
+            if changed or self.wake.is_set():
+                self.wake.clear()
+            self._update_phase()
+            self._report()  # deduplicated: only changes (also readiness from probes) are sent
             if all(c.done for c in self.containers):
                 return
             waits = [c.next_start for c in self.containers if c.proc is None and not c.done]
@@ -398,9 +407,62 @@ class PodWorker(threading.Thread):
             f.write(str(proc.pid))
         c.proc = proc
         c.state = {"running": {"startedAt": now_rfc3339()}}
+        c.env = spec["env"]
+        c.ready = "readinessProbe" not in c.spec
+        c.started_ok = "startupProbe" not in c.spec
+        c.unhealthy = ""
+        if not c.init:
+            self._start_probes(c, proc.pid, startup=True)
         threading.Thread(target=self._waiter, args=(proc,), daemon=True, name=f"wait-{proc.pid}").start()
         self.node.event(self.pod, "Normal", "Started", f"Started container {c.name} (pid {proc.pid})")
         log.info("pod %s: started container %s pid %d", self.key, c.name, proc.pid)
+
+    def _start_probes(self, c: Container, pid: int, startup: bool) -> None:
+        cid = c.container_id
+
+        def on_result(kind: str, ok: bool, message: str) -> None:
+            if c.container_id != cid:
+                return  # a previous instance's prober
+            if kind == "startup" and ok:
+                c.started_ok = True
+                self._start_probes(c, pid, startup=False)
+            elif kind == "readiness":
+                c.ready = ok
+                if not ok:
+                    self.node.event(self.pod, "Warning", "Unhealthy", f"Readiness probe failed: {message}")
+            else:
+                what = "Startup" if kind == "startup" else "Liveness"
+                c.unhealthy = f"{what} probe failed: {message}"
+                self.node.event(self.pod, "Warning", "Unhealthy", c.unhealthy)
+            self.wake.set()
+
+        kinds = ["startup"] if startup and "startupProbe" in c.spec else ["readiness", "liveness"]
+        for kind in kinds:
+            probe = c.spec.get(f"{kind}Probe")
+            if probe:
+                prober = Prober(kind, probe, c.spec, pid=pid, env=c.env, on_result=on_result)
+                c.probers.append(prober)
+                prober.start()
+
+    def _kill_unhealthy(self, c: Container) -> None:
+        """A failed liveness/startup probe: stop the container; the restart policy decides what next."""
+        proc = c.proc
+        if proc is None:
+            return
+        self.node.event(
+            self.pod, "Normal", "Killing", f"Container {c.name} failed a probe ({c.unhealthy}), will be restarted"
+        )
+        c.unhealthy = ""
+        probe = c.spec.get("livenessProbe") or c.spec.get("startupProbe") or {}
+        grace = probe.get("terminationGracePeriodSeconds")
+        grace = self._grace() if grace is None else min(float(grace), self.node.max_grace)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+        kill_container(proc.pid, c.container_id, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
 
     def _waiter(self, proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
@@ -411,6 +473,9 @@ class PodWorker(threading.Thread):
         if c.proc is None or c.proc.poll() is None:
             return False
         proc, c.proc = c.proc, None
+        for prober in c.probers:
+            prober.stop()
+        c.probers = []
         code = proc.returncode
         # The container is over when its main process is: take all its processes with it.
         kill_container(proc.pid, c.container_id, signal.SIGKILL)
@@ -615,7 +680,7 @@ class PodWorker(threading.Thread):
         if cs and all(c.done for c in cs):
             self._finalize_phase()
             return
-        if cs and all(c.running for c in cs) and not self.deleting.is_set():
+        if cs and all(c.running and c.ready for c in cs) and not self.deleting.is_set():
             self._set_condition("ContainersReady", True)
             self._set_condition("Ready", True)
         else:

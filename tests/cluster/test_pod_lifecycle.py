@@ -277,3 +277,78 @@ def test_kubectl_logs_goes_through_the_apiserver_to_the_node(cluster: Cluster, n
     previous = cluster.kubectl("logs", "talker", "-n", namespace, "--previous").stdout
     assert previous.splitlines() == [f"first line {i}" for i in range(5)]
     assert cluster.kubectl("logs", "talker", "-n", namespace, "--limit-bytes=6").stdout == "second"
+
+
+PROBED_SERVER = """
+import http.server, os, pathlib, sys, time
+port = int(os.environ["PORT"])
+time.sleep(float(os.environ.get("DELAY", "0")))
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        healthy = not pathlib.Path("/state/sick").exists()
+        self.send_response(200 if healthy or self.path == "/ready" else 500)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+print("serving", port, flush=True)
+http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+def test_probes_gate_readiness_and_liveness_restarts(cluster: Cluster, namespace: str):
+    from helpers import free_port_block
+
+    port = free_port_block(1)
+    container = py_container(
+        PROBED_SERVER,
+        env=[{"name": "PORT", "value": str(port)}, {"name": "DELAY", "value": "3"}],
+        ports=[{"name": "http", "containerPort": port}],
+        readinessProbe={"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1},
+        livenessProbe={
+            "httpGet": {"path": "/healthz", "port": port},
+            "initialDelaySeconds": 4,
+            "periodSeconds": 1,
+            "failureThreshold": 2,
+        },
+        startupProbe={"exec": {"command": ["test", "-d", "/state"]}, "periodSeconds": 1},
+        volumeMounts=[{"name": "state", "mountPath": "/state"}],
+    )
+    spec = pod(
+        "probed",
+        [container],
+        restartPolicy="Always",
+        volumes=[{"name": "state", "emptyDir": {}}],
+        terminationGracePeriodSeconds=2,
+    )
+    cluster.apply(spec, namespace)
+    # Running but not ready while the server sleeps before listening: the readiness probe gates it.
+    p = wait_phase(cluster, namespace, "probed", ("Running",))
+    assert pod_condition(p, "Ready")["status"] == "False"
+    p = wait_for(
+        lambda: (
+            (q := cluster.get_json("pod", "probed", namespace=namespace))
+            and pod_condition(q, "Ready")["status"] == "True"
+            and q
+        ),
+        30,
+        0.3,
+        "readiness",
+    )
+    cs = p["status"]["containerStatuses"][0]
+    assert cs["ready"] is True and cs["started"] is True and cs["restartCount"] == 0
+    # Make /healthz fail: the liveness probe kills the container and Always restarts it.
+    emptydir = cluster.pod_dir(namespace, "probed") / "volumes" / "state"
+    (emptydir / "sick").write_text("1")
+
+    def restarted() -> dict | None:
+        q = cluster.get_json("pod", "probed", namespace=namespace)
+        return q if q["status"]["containerStatuses"][0]["restartCount"] >= 1 else None
+
+    p = wait_for(restarted, 60, 0.3, "the liveness probe to restart the container")
+    events = cluster.get_json("events", "--field-selector", "involvedObject.name=probed", namespace=namespace)
+    reasons = {e["reason"] for e in events["items"]}
+    assert "Unhealthy" in reasons and "Killing" in reasons
+    assert any("Liveness probe failed" in e.get("message", "") for e in events["items"])
