@@ -232,6 +232,7 @@ class Reconciler:
         handler: str,
         ftj: Mapping[str, Any] | None = None,
         job: Mapping[str, Any] | None = None,
+        pods: list[Mapping[str, Any]] | None = None,
     ) -> None:
         """Recompute one FineTuneJob's status from its Job and pods and write what changed."""
         key = (namespace, name)
@@ -254,7 +255,8 @@ class Reconciler:
                 if job is None and not status.get("phase"):
                     return  # not created yet: create-workload writes the first status
                 job_uid = (job or {}).get("metadata", {}).get("uid")
-                pods = [p for p in indexes["pod_index"].get(key, ()) if job_uid and _owner_uid(p, "Job") == job_uid]
+                if pods is None:
+                    pods = [p for p in indexes["pod_index"].get(key, ()) if job_uid and _owner_uid(p, "Job") == job_uid]
                 view = {**ftj, "status": status}
                 patch = st.derive_status(view, job, pods, dt.datetime.now(dt.UTC), SETTINGS)
                 delta = st.changed(status, patch)
@@ -486,9 +488,11 @@ async def _workload(  # noqa: PLR0917
         metrics.RECONCILE_SECONDS.labels(handler).observe(time.perf_counter() - started)
     if not status.get("phase"):
         # The first status right away (Pending, JobCreated): users see the job accepted; later ones are debounced.
-        await RECONCILER.sync(namespace, name, ftj=raw, job=job, logger=logger, handler=handler, indexes=indexes)
-    else:
-        RECONCILER.trigger(namespace, name, indexes=indexes, logger=logger, handler=handler)
+        # Pods are ignored here on purpose: this is the state the job was accepted in, whatever came since.
+        await RECONCILER.sync(
+            namespace, name, ftj=raw, job=job, pods=[], logger=logger, handler=handler, indexes=indexes
+        )
+    RECONCILER.trigger(namespace, name, indexes=indexes, logger=logger, handler=handler)
 
 
 async def _fail(
