@@ -324,27 +324,21 @@ class PodWorker(threading.Thread):
             if not c.done and "terminated" not in c.state:
                 c.state = {"waiting": {"reason": "ContainerCreating"}}
         while not self.deleting.is_set():
-            changed = False
             for c in self.containers:
                 if c.done:
                     continue
                 if c.proc is None and time.monotonic() >= c.next_start:
                     self._start(c)
-                    changed = True
                 if c.unhealthy and c.proc is not None:
                     self._kill_unhealthy(c)
-                if self._reap(c):
-                    changed = True
-                    if not c.done:
-                        c.state = {
-                            "waiting": {
-                                "reason": "CrashLoopBackOff",
-                                "message": f"back-off {int(c.backoff)}s restarting failed "
-                                f"container={c.name} pod={self.pod['metadata']['name']}",
-                            }
+                if self._reap(c) and not c.done:
+                    c.state = {
+                        "waiting": {
+                            "reason": "CrashLoopBackOff",
+                            "message": f"back-off {int(c.backoff)}s restarting failed "
+                            f"container={c.name} pod={self.pod['metadata']['name']}",
                         }
-            if changed or self.wake.is_set():
-                self.wake.clear()
+                    }
             self._update_phase()
             self._report()  # deduplicated: only changes (also readiness from probes) are sent
             if all(c.done for c in self.containers):
