@@ -71,10 +71,14 @@ healthy() {
     && node_ready
 }
 
-wait_for() { # seconds description command...
+wait_for() { # seconds description command...  (WATCH=<component>: fail fast if it exits)
   local secs=$1 what=$2; shift 2
   local deadline=$((SECONDS + secs))
   until "$@" >/dev/null 2>&1; do
+    if [[ -n "${WATCH:-}" && -z "$(pid_of "$WATCH")" ]]; then
+      tail -n 15 "$LOGS/$WATCH.log" >&2 || true
+      die "$WATCH exited while waiting for $what (log: $LOGS/$WATCH.log)"
+    fi
     if ((SECONDS >= deadline)); then die "timed out after ${secs}s waiting for $what (logs: $LOGS)"; fi
     sleep 0.3
   done
@@ -229,6 +233,21 @@ start_processnode() {
     --client-ca "$PKI/ca.crt" --ready-file "$RUN/processnode.ready"
 }
 
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+check_ports() { # components about to start must find their ports free (another cluster's etcd would answer!)
+  local c p
+  declare -A ports=([etcd]="$ETCD_PORT $ETCD_PEER_PORT" [kube-apiserver]="$PORT" \
+    [kube-controller-manager]="$KCM_PORT" [kube-scheduler]="$SCHED_PORT" [processnode]="$KUBELET_PORT")
+  for c in "${!ports[@]}"; do
+    [[ -n "$(pid_of "$c")" ]] && continue
+    for p in ${ports[$c]}; do
+      port_busy "$p" && die "port $p (for $c) is already in use: another cluster? Use a different FTO_APISERVER_PORT (ports are derived from it)"
+    done
+  done
+  return 0
+}
+
 cmd_up() {
   BIN="${FTO_K8S_BIN:-$(bash "$here/build-k8s.sh" | tail -n1)}"
   local venv; venv="$(bash "$here/venv.sh")"
@@ -240,21 +259,22 @@ cmd_up() {
     return 0
   fi
   local t0=$SECONDS
+  check_ports
   gen_pki
   write_kubeconfig "$KUBECONFIG_PATH" kubernetes-admin "$PKI/admin.crt" "$PKI/admin.key"
   write_kubeconfig "$STATE/node.kubeconfig" system:node:process-node "$PKI/node.crt" "$PKI/node.key"
   start_etcd
-  wait_for 60 etcd bash -c "curl -fsS --max-time 2 http://127.0.0.1:$ETCD_PORT/health | grep -q true"
+  WATCH=etcd wait_for 60 etcd bash -c "curl -fsS --max-time 2 http://127.0.0.1:$ETCD_PORT/health | grep -q true"
   log "etcd ready after $((SECONDS - t0))s"
   start_apiserver
-  wait_for 120 kube-apiserver apiserver_ready
+  WATCH=kube-apiserver wait_for 120 kube-apiserver apiserver_ready
   log "kube-apiserver ready after $((SECONDS - t0))s"
   start_controller_manager
   start_scheduler
   start_processnode
-  wait_for 60 kube-controller-manager https_ok "https://127.0.0.1:$KCM_PORT/healthz"
-  wait_for 60 kube-scheduler https_ok "https://127.0.0.1:$SCHED_PORT/healthz"
-  wait_for 60 "Node/process-node Ready" node_ready
+  WATCH=kube-controller-manager wait_for 60 kube-controller-manager https_ok "https://127.0.0.1:$KCM_PORT/healthz"
+  WATCH=kube-scheduler wait_for 60 kube-scheduler https_ok "https://127.0.0.1:$SCHED_PORT/healthz"
+  WATCH=processnode wait_for 60 "Node/process-node Ready" node_ready
   log "controller-manager, scheduler and Node/process-node ready after $((SECONDS - t0))s"
   # The root-CA publisher and the service-account controller run asynchronously; wait for the
   # default namespace to be usable by pods (its ServiceAccount and kube-root-ca.crt exist).
