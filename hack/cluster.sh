@@ -237,7 +237,7 @@ port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 check_ports() { # components about to start must find their ports free (another cluster's etcd would answer!)
   local c p
-  declare -A ports=([etcd]="$ETCD_PORT $ETCD_PEER_PORT" [kube-apiserver]="$PORT" \
+  declare -A ports=([etcd]="$ETCD_PORT $ETCD_PEER_PORT $((ETCD_PORT + 2))" [kube-apiserver]="$PORT" \
     [kube-controller-manager]="$KCM_PORT" [kube-scheduler]="$SCHED_PORT" [processnode]="$KUBELET_PORT")
   for c in "${!ports[@]}"; do
     [[ -n "$(pid_of "$c")" ]] && continue
