@@ -228,7 +228,7 @@ start_processnode() {
     --kubeconfig "$STATE/node.kubeconfig" --state-dir "$STATE" --node-name process-node \
     --apiserver-port "$PORT" --venv "$venv" --project-root "$root" \
     --cpu "${FTO_NODE_CPU:-16}" --memory "${FTO_NODE_MEMORY:-64Gi}" --pods "${FTO_NODE_PODS:-110}" \
-    --gpus "${FTO_NODE_GPUS:-2}" \
+    --gpus "${FTO_NODE_GPUS:-2}" --sync-period "${FTO_NODE_SYNC_PERIOD:-30}" \
     --kubelet-port "$KUBELET_PORT" --serving-cert "$PKI/node-serving.crt" --serving-key "$PKI/node-serving.key" \
     --client-ca "$PKI/ca.crt" --ready-file "$RUN/processnode.ready"
 }

@@ -63,6 +63,7 @@ def parse_args(argv: list[str]) -> NodeConfig:
     p.add_argument("--serving-cert", default="")
     p.add_argument("--serving-key", default="")
     p.add_argument("--client-ca", default="", help="CA that signs the apiserver's kubelet client certificate")
+    p.add_argument("--sync-period", type=float, default=30.0, help="seconds between volume refreshes")
     p.add_argument("--ready-file", default="", help="write the pid here once registered and watching pods")
     p.add_argument("--no-private-mounts", action="store_true", help="stay in the caller's mount namespace")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -89,6 +90,7 @@ def parse_args(argv: list[str]) -> NodeConfig:
         client_ca=a.client_ca,
         labels=dict(kv.split("=", 1) for kv in a.label),
         ready_file=a.ready_file,
+        sync_period=a.sync_period,
     )
     logging.basicConfig(
         level=logging.DEBUG if a.verbose else logging.INFO,

@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 LEASE_DURATION = 40
 LEASE_RENEW = 10
 STATUS_EVERY = 30
-REFRESH_EVERY = 30
 
 
 @dataclass
@@ -63,6 +62,7 @@ class NodeConfig:
     client_ca: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     ready_file: str = ""  # written with our pid once the Node is registered and the pod watch runs
+    sync_period: float = 30.0  # how often API-backed volumes are refreshed
 
 
 class Hosts:
@@ -446,7 +446,7 @@ class ProcessNode:
         self.kube.watch("/api/v1/services", handler, self.stop_event, relisted=relisted)
 
     def _refresh_loop(self) -> None:
-        while not self.stop_event.wait(REFRESH_EVERY):
+        while not self.stop_event.wait(self.cfg.sync_period):
             with self.workers_lock:
                 workers = list(self.workers.values())
             for w in workers:

@@ -352,3 +352,24 @@ def test_probes_gate_readiness_and_liveness_restarts(cluster: Cluster, namespace
     reasons = {e["reason"] for e in events["items"]}
     assert "Unhealthy" in reasons and "Killing" in reasons
     assert any("Liveness probe failed" in e.get("message", "") for e in events["items"])
+
+
+def test_configmap_volume_follows_edits(cluster: Cluster, namespace: str):
+    """Like the kubelet, the node refreshes API-backed volumes (every FTO_NODE_SYNC_PERIOD s, default 30)."""
+    cluster.kubectl("create", "configmap", "live", "--from-literal=value=one", "-n", namespace)
+    script = """
+    import pathlib, time
+    path = pathlib.Path("/live/value")
+    seen = [path.read_text()]
+    deadline = time.time() + 90
+    while seen[-1] != "two" and time.time() < deadline:
+        time.sleep(0.2)
+        seen.append(path.read_text())
+    pathlib.Path("/dev/termination-log").write_text(seen[0] + "->" + seen[-1])
+    """
+    container = py_container(script, volumeMounts=[{"name": "live", "mountPath": "/live"}])
+    cluster.apply(pod("watcher", [container], volumes=[{"name": "live", "configMap": {"name": "live"}}]), namespace)
+    wait_phase(cluster, namespace, "watcher", ("Running",))
+    cluster.kubectl("patch", "configmap", "live", "-n", namespace, "-p", '{"data": {"value": "two"}}')
+    p = wait_phase(cluster, namespace, "watcher", ("Succeeded", "Failed"), timeout=120)
+    assert p["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == "one->two"
