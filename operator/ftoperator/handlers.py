@@ -255,7 +255,12 @@ class Reconciler:
                 if job is None and not status.get("phase"):
                     return  # not created yet: create-workload writes the first status
                 job_uid = (job or {}).get("metadata", {}).get("uid")
-                if pods is None:
+                first = job is not None and not status.get("phase")
+                if first:
+                    # The first status is the state the job was accepted in (Pending, JobCreated), whatever
+                    # the pods did since: users see every job pass through Pending; the next sync catches up.
+                    pods = []
+                elif pods is None:
                     pods = [p for p in indexes["pod_index"].get(key, ()) if job_uid and _owner_uid(p, "Job") == job_uid]
                 view = {**ftj, "status": status}
                 patch = st.derive_status(view, job, pods, dt.datetime.now(dt.UTC), SETTINGS)
@@ -263,6 +268,8 @@ class Reconciler:
                 if not delta:
                     return
                 await self.write_status(ftj, delta, logger)
+                if first:
+                    self.trigger(namespace, name, indexes=indexes, logger=logger, handler=handler)
                 if job is not None and st.needs_suspend(patch, job):
                     assert self.kube is not None
                     logger.warning("suspending Job %s: %s", name, patch.get("reason"))
@@ -486,12 +493,7 @@ async def _workload(  # noqa: PLR0917
         raise kopf.TemporaryError(msg, delay=SETTINGS.handler_backoff * (retry + 1)) from exc
     finally:
         metrics.RECONCILE_SECONDS.labels(handler).observe(time.perf_counter() - started)
-    if not status.get("phase"):
-        # The first status right away (Pending, JobCreated): users see the job accepted; later ones are debounced.
-        # Pods are ignored here on purpose: this is the state the job was accepted in, whatever came since.
-        await RECONCILER.sync(
-            namespace, name, ftj=raw, job=job, pods=[], logger=logger, handler=handler, indexes=indexes
-        )
+    del job  # the debounced sync reads it from the index (the Job's ADDED event triggers one too)
     RECONCILER.trigger(namespace, name, indexes=indexes, logger=logger, handler=handler)
 
 
