@@ -168,3 +168,31 @@ def test_env_controls_retries(tmp_path, monkeypatch):
     make_export(tmp_path / "e", big=10)
     with pytest.raises(UploadError, match="failed after 1 attempts"):
         upload_export(tmp_path / "e", bucket="b", prefix="m", community_id=None, job="j", metrics={}, config={})
+
+
+def test_checksum_mismatch_is_retried_then_fails(emulator_env, tmp_path, monkeypatch):
+    """The server's checksum of each object is compared with the local file's; a mismatch is an error."""
+    emu = emulator_env
+    make_export(tmp_path / "e", big=1000)
+    real = upload.hash_file
+
+    def corrupt(path, name):
+        f = real(path, name)
+        if name == "config.json":  # as if the bytes that reached the server differed from the file
+            return upload.LocalFile(f.path, f.name, f.size, f.sha256, "AAAAAAAAAAAAAAAAAAAAAA==", "AAAAAA==")
+        return f
+
+    monkeypatch.setattr(upload, "hash_file", corrupt)
+    with pytest.raises(UploadError, match=r"config.json.*(crc32c|md5)"):
+        upload_export(
+            tmp_path / "e",
+            bucket=emu.bucket,
+            prefix="m",
+            community_id=None,
+            job="job-bad",
+            metrics={},
+            config={},
+            retries=1,
+            backoff=0.01,
+        )
+    assert "m/default/job-bad/manifest.json" not in emu.list("m/default/job-bad/")  # no manifest for a bad upload
