@@ -1,0 +1,157 @@
+"""fttrainer.report against the real local apiserver, with exactly the rights the operator grants a trainer:
+a ServiceAccount token (TokenRequest) whose Role allows only get/patch on ``finetunejobs/status`` of one
+job. Checks that what the Reporter sends survives the CRD's structural schema (nothing pruned) and that
+the token cannot touch another job (the failure is logged, never raised)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fttrainer.report import Reporter
+from helpers import ROOT
+
+pytestmark = pytest.mark.cluster
+
+CRD = ROOT / "crds" / "finetunejob.yaml"
+
+
+def job(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "tiny", "preset": "tiny"},
+            "dataset": {"configMap": {"name": f"{name}-dataset"}},
+            "resources": {"nodes": 1, "gpusPerNode": 0},
+            "output": {"bucket": "finetune-test"},
+            # No operator may start pods for it: only the status is exercised here.
+            "runPolicy": {"suspend": True},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def crd(cluster):
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.finetune.dev")
+    deadline = time.monotonic() + 60
+    while cluster.kubectl("get", "ftj", "-A", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "FineTuneJob never became servable"
+        time.sleep(1)
+
+
+def trainer_rbac(cluster, namespace: str, name: str) -> None:
+    sa = f"{name}-trainer"
+    cluster.apply(
+        [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}},
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": sa},
+                "rules": [
+                    {
+                        "apiGroups": ["finetune.dev"],
+                        "resources": ["finetunejobs/status"],
+                        "resourceNames": [name],
+                        "verbs": ["get", "patch"],
+                    }
+                ],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": sa},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
+            },
+        ],
+        namespace,
+    )
+
+
+def service_account_dir(cluster, namespace: str, sa: str, into: Path) -> Path:
+    """What a pod of that ServiceAccount finds in /var/run/secrets/kubernetes.io/serviceaccount."""
+    into.mkdir(parents=True, exist_ok=True)
+    token = cluster.kubectl("create", "token", sa, "-n", namespace, "--duration=10m").stdout.strip()
+    (into / "token").write_text(token)
+    ca = cluster.kubectl("get", "configmap", "kube-root-ca.crt", "-n", namespace, "-o", "json").stdout
+    (into / "ca.crt").write_text(json.loads(ca)["data"]["ca.crt"])
+    (into / "namespace").write_text(namespace)
+    return into
+
+
+def pod_env(cluster, monkeypatch, namespace: str, name: str, sa_dir: Path) -> None:
+    server = yaml.safe_load(cluster.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    host, port = server.removeprefix("https://").rsplit(":", 1)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", port)
+    monkeypatch.setenv("FTJ_NAME", name)
+    monkeypatch.setenv("FTJ_NAMESPACE", namespace)
+    monkeypatch.setenv("FTJ_SERVICEACCOUNT_DIR", str(sa_dir))
+    monkeypatch.setenv("FTJ_REPORT_INTERVAL", "0.2")
+
+
+def test_status_patch_with_the_trainer_role(cluster, crd, namespace, monkeypatch, tmp_path, caplog):  # noqa: PLR0917
+    name, other = "rep-job", "rep-other"
+    cluster.apply([job(name), job(other)], namespace)
+    trainer_rbac(cluster, namespace, name)
+    sa_dir = service_account_dir(cluster, namespace, f"{name}-trainer", tmp_path / "sa")
+    pod_env(cluster, monkeypatch, namespace, name, sa_dir)
+
+    rep = Reporter.from_env(rank=0)
+    assert rep.enabled
+    rep.progress(step=0, total_steps=0, epoch=0.0, examples=0, stage="loading", metrics={})
+    rep.progress(
+        step=12,
+        total_steps=40,
+        epoch=0.3,
+        examples=96,
+        stage="training",
+        metrics={"loss": 0.65, "rewardAccuracy": 0.75, "rewardMargin": 0.1, "gradNorm": 2.5, "tokens": 4096},
+    )
+    rep.checkpoint(12, "/checkpoints/step-12", {"loss": 0.65})
+    rep.close()
+    assert rep.failures == 0 and rep.sent >= 1
+
+    status = json.loads(cluster.kubectl("get", "ftj", name, "-n", namespace, "-o", "json").stdout)["status"]
+    p = status["progress"]
+    assert {k: p[k] for k in ("step", "totalSteps", "examples", "percent", "summary", "stage")} == {
+        "step": 12,
+        "totalSteps": 40,
+        "examples": 96,
+        "percent": 30.0,
+        "summary": "30% (12/40)",
+        "stage": "training",
+    }
+    assert p["epoch"] == 0.3 and p["updatedAt"].endswith("Z")
+    assert status["metrics"] == {
+        "loss": 0.65,
+        "rewardAccuracy": 0.75,
+        "rewardMargin": 0.1,
+        "gradNorm": 2.5,
+        "tokens": 4096,
+    }
+    cp = status["checkpoints"][-1]
+    assert cp["step"] == 12 and cp["path"] == "/checkpoints/step-12" and cp["metrics"] == {"loss": 0.65}
+
+    # The same token against another job: forbidden by the Role; logged, never raised, and no change there.
+    monkeypatch.setenv("FTJ_NAME", other)
+    intruder = Reporter.from_env(rank=0)
+    with caplog.at_level("WARNING", logger="fttrainer.report"):
+        intruder.progress(step=1, total_steps=2, epoch=0.5, examples=8, stage="training", metrics={"loss": 1.0})
+        intruder.close()
+    assert intruder.failures >= 1 and intruder.sent == 0
+    assert "HTTP 403" in caplog.text
+    token = (sa_dir / "token").read_text()
+    assert token not in caplog.text
+    other_status = json.loads(cluster.kubectl("get", "ftj", other, "-n", namespace, "-o", "json").stdout).get(
+        "status", {}
+    )
+    assert "progress" not in other_status
