@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "hack" / "demo-data"
 NAMESPACE = "finetune-system"
 API_DEPLOYMENT = "finetune-api"
+OPERATOR_DEPLOYMENT = "finetune-operator"
 KEYS_SECRET = "finetune-api-keys"
 DEFAULTS_CONFIGMAP = "finetune-defaults"
 BUCKET = "finetune-demo"
@@ -305,6 +306,29 @@ class Demo:
                 for c in d["spec"]["template"]["spec"]["containers"]:
                     c["env"] = [e for e in c.get("env", []) if e["name"] != "FTAPI_PORT"]
                     c["env"].append({"name": "FTAPI_PORT", "value": str(api_port)})
+                    for port in c.get("ports", []):  # the probes use the named port
+                        if port.get("name") == "http":
+                            port["containerPort"] = api_port
+                annotations = d["spec"]["template"]["metadata"].get("annotations") or {}
+                if "prometheus.io/port" in annotations:
+                    annotations["prometheus.io/port"] = str(api_port)
+            if kind == "Deployment" and name == OPERATOR_DEPLOYMENT and self.args.api_port == 0:
+                # Free ports for everything (tests: another demo may run beside this one).
+                live, metrics = free_port(), free_port()
+                for c in d["spec"]["template"]["spec"]["containers"]:
+                    values = {
+                        "FTO_LIVENESS_ENDPOINT": f"http://127.0.0.1:{live}/healthz",
+                        "FTO_METRICS_PORT": str(metrics),
+                    }
+                    c["env"] = [e for e in c.get("env", []) if e["name"] not in values]
+                    c["env"] += [{"name": k, "value": v} for k, v in values.items()]
+                    for port in c.get("ports", []):
+                        port["containerPort"] = {"healthz": live, "metrics": metrics}.get(
+                            port.get("name"), port["containerPort"]
+                        )
+                annotations = d["spec"]["template"]["metadata"].get("annotations") or {}
+                if "prometheus.io/port" in annotations:
+                    annotations["prometheus.io/port"] = str(metrics)
         self.docs = docs
         self.deployed = True
         deployctl.apply(docs, self.k, log=lambda m: say("    " + m.replace("\n", "\n    ")))
@@ -620,7 +644,12 @@ def sparkline(values: list[float]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kubeconfig", help="use this cluster instead of starting the local one (never torn down)")
-    p.add_argument("--api-port", type=int, default=18080, help="loopback port of the API pod (0: a free one)")
+    p.add_argument(
+        "--api-port",
+        type=int,
+        default=18080,
+        help="loopback port of the API pod (0: a free one, and free ports for the operator too)",
+    )
     p.add_argument("--gcs-port", type=int, default=19023, help="loopback port of the GCS emulator (0: a free one)")
     p.add_argument("--timeout", type=float, default=1200, help="seconds the job may take")
     p.add_argument("--rollout-timeout", type=int, default=180)
