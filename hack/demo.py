@@ -387,7 +387,7 @@ class Demo:
 
         self.step(f"Watch the FineTuneJob (what `kubectl -n {self.job_ns} get ftj -w` shows)")
         assert self.job
-        say(f"    {'NAME':<20} {'PHASE':<10} {'STAGE':<10} {'PROGRESS':<14} {'LOSS':<8} REASON")
+        say(f"    {'NAME':<20} {'PHASE':<11} {'STAGE':<10} {'PROGRESS':<14} {'LOSS':<8} REASON")
         last_row: tuple[Any, ...] | None = None
         last_phase = None
         st: dict[str, Any] = {}
@@ -430,7 +430,7 @@ class Demo:
                     row = (phase, prog.get("stage") or "", prog.get("summary") or "", loss, st.get("reason") or "")
                     if row != last_row:
                         mark = f"   <- phase {phase}" if phase != last_phase else ""
-                        say(f"    {self.job:<20} {row[0]:<10} {row[1]:<10} {row[2]:<14} {row[3]:<8} {row[4]}{mark}")
+                        say(f"    {self.job:<20} {row[0]:<11} {row[1]:<10} {row[2]:<14} {row[3]:<8} {row[4]}{mark}")
                         if phase != last_phase:
                             self.phase_times.append((phase, time.monotonic() - self.t0))
                         last_row, last_phase = row, phase
