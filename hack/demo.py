@@ -565,9 +565,16 @@ class Demo:
     def cleanup(self) -> None:
         say(f"\n==> Clean up  (+{time.monotonic() - self.t0:.0f}s)")
         if self.args.keep:
+            emu = self.emulator
+            say(f"    --keep: left running. export KUBECONFIG={self.kubeconfig}")
             say(
-                f"    --keep: left running. API {getattr(self, 'api', '?')}, export KUBECONFIG={self.kubeconfig}; "
-                f"stop with: python hack/deployctl.py delete --overlay local; bash hack/cluster.sh down"
+                f"      API  {getattr(self, 'api', '?')}   key (shown once): export FTAPI_KEY={getattr(self, 'key', '?')}"
+            )
+            if emu and emu.proc:
+                say(f"      GCS emulator {emu.host} (STORAGE_EMULATOR_HOST), pid {emu.proc.pid}")
+            say(
+                "      stop: kill <emulator pid>; python hack/deployctl.py delete --overlay local"
+                + ("; bash hack/cluster.sh down" if self.started_cluster else "")
             )
             return
         if self.k and self.job:
