@@ -30,6 +30,7 @@ import copy
 import json
 import random
 import resource
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -374,14 +375,31 @@ def run_side(side: str, args: argparse.Namespace, passthrough: list[str]) -> dic
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", *cmd[1:]]
     print(f">> {side}: {' '.join(cmd)}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
-    proc = subprocess.run(
-        cmd, check=False, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=args.side_timeout
+    # Own process group: on a timeout, torchrun's worker must die with it (or it keeps the GPU's memory).
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = proc.communicate(timeout=args.side_timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        print(f">> {side} timed out after {args.side_timeout:.0f}s:\n{stderr[-2000:]}", file=sys.stderr, flush=True)
+        return {"side": side, "error": f"timed out after {args.side_timeout:.0f}s"}
     if proc.returncode != 0:
-        tail = (proc.stderr or "")[-3000:]
+        tail = (stderr or "")[-3000:]
         print(f">> {side} failed ({proc.returncode}):\n{tail}", file=sys.stderr, flush=True)
         return {"side": side, "error": f"exit {proc.returncode}: {tail.strip().splitlines()[-1:] or ''}"}
-    last = [line for line in proc.stdout.splitlines() if line.startswith("{")][-1]
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        return {"side": side, "error": "no result line"}
+    last = lines[-1]
     result: dict = json.loads(last)
     print(f">> {side}: {time.monotonic() - t0:.0f}s {last}", file=sys.stderr, flush=True)
     return result
@@ -391,9 +409,11 @@ def table(results: dict[str, dict]) -> str:
     cols = ["examples_per_s", "tokens_per_s", "step_s", "step_cpu_s", "examples_per_cpu_s", "peak_rss_mib"]
     cols += ["peak_gpu_mib", "mfu"]
     present = [c for c in cols if any(c in r for r in results.values())]
+    if any("error" in r for r in results.values()):
+        present.append("error")
     lines = ["| side | " + " | ".join(present) + " |", "|---" * (len(present) + 1) + "|"]
     for side, r in results.items():
-        cells = [str(r.get(c, r.get("error", "")) if c == present[0] else r.get(c, "")) for c in present]
+        cells = [str(r.get(c, "")) for c in present]
         lines.append(f"| {side} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
