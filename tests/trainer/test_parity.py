@@ -197,3 +197,32 @@ def test_gradients_match_trl(trl_side, tmp_path):
     for name, p in trainer.model.named_parameters():
         assert p.grad is not None and ours_params[name].grad is not None, name
         torch.testing.assert_close(ours_params[name].grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_our_tokenisation_and_collation_give_trls_batch(trl_side):
+    """From the same rows, fttrainer.data builds the tokens TRL trains on (prompt, response, EOS; prompt masked),
+    so the whole path, not only the maths, matches."""
+    from ftcrd.dataset import PreferenceRow
+    from fttrainer.data import collate, tokenize_rows
+
+    tok = make_tokenizer()
+    rows = [PreferenceRow(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"]) for r in ROWS]
+    ours_batch = collate(tokenize_rows(rows, tok, max_length=128, max_prompt_length=64), tok.pad_token_id)
+    theirs = trl_side["batch"]
+    for i in range(2 * len(ROWS)):
+        n_ours = int(ours_batch["attention_mask"][i].sum())
+        n_theirs = int(theirs["attention_mask"][i].sum())
+        assert n_ours == n_theirs, i
+        assert ours_batch["input_ids"][i, :n_ours].tolist() == theirs["input_ids"][i, :n_theirs].tolist(), i
+        ours_labelled = (ours_batch["labels"][i, :n_ours] != -100).tolist()
+        assert ours_labelled == theirs["completion_mask"][i, :n_theirs].bool().tolist(), i
+
+    # and the loss from our own batch equals TRL's
+    policy, reference = trl_side["policy"], trl_side["reference"]
+    with torch.no_grad():
+        kw = {"input_ids": ours_batch["input_ids"], "attention_mask": ours_batch["attention_mask"], "use_cache": False}
+        logps = batch_logps(policy(**kw).logits, ours_batch["labels"])
+        ref_logps = batch_logps(reference(**kw).logits, ours_batch["labels"])
+    n = len(ROWS)
+    losses, _, _ = preference_loss(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], beta=BETA)
+    assert losses.mean().item() == pytest.approx(trl_side["loss"].item(), abs=1e-5)
