@@ -4,7 +4,9 @@ TRL builds the batch (its tokenisation and collation: ``[chosen; rejected]`` con
 left-flushed, ``completion_mask`` marking response tokens) and computes its loss and metrics with
 ``compute_loss``; we take the very same tensors through ``fttrainer.losses.batch_logps`` (labels -100
 outside the completion) and ``preference_loss``, and compare loss, ``rewards/chosen``,
-``rewards/rejected``, ``rewards/accuracies``, ``rewards/margins`` and ``logps/*`` to 1e-5.
+``rewards/rejected``, ``rewards/accuracies``, ``rewards/margins`` and ``logps/*`` to 1e-5, and the policy
+gradients. Finally ``fttrainer.data`` tokenises and collates the same rows into exactly TRL's tokens and
+response masks, so the loss from our own batch equals TRL's too.
 
 Only sigmoid DPO is compared: TRL 1.16's ``sigmoid`` loss has no label smoothing (our cDPO follows the
 reference implementation's conservative DPO), and TRL's ``ipo`` divides log-ratios by the completion
