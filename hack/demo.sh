@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # `make demo`: prepare the tools (first run only), then run hack/demo.py with the project's venv.
-# Needs only python3 (>= 3.11), Go and openssl (bash hack/ci-prereqs.sh installs what is missing).
+# Needs only python3 (>= 3.11); hack/ci-prereqs.sh installs the system tools that are missing (Go, openssl, …).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 t0=$SECONDS
+bash hack/ci-prereqs.sh            # openssl, unshare, curl, go: installs only what is missing
 echo "==> Preparing tools: the Python venv (first time: downloads torch, several GB) and the Kubernetes binaries"
 echo "    (first time: building Kubernetes from source, ~20 min the first time on 2 cores; cached afterwards)"
 venv="$(bash hack/venv.sh)"
