@@ -631,6 +631,12 @@ class Demo:
                 say(self.diagnose())
         except KeyboardInterrupt:
             say("\n!! interrupted")
+        except Exception as exc:  # anything unexpected still gets the cleanup and the result line
+            import traceback
+
+            say(f"\n!! demo failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            if self.k:
+                say(self.diagnose())
         finally:
             try:
                 self.cleanup()
