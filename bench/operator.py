@@ -21,6 +21,7 @@ until every FineTuneJob reached Succeeded and its peak RSS (VmHWM). The last std
 the table goes into docs/benchmarks.md between the operator markers (other sections are left alone).
 """
 
+# ruff: noqa: E402  (sys.path is fixed before the imports, see below)
 from __future__ import annotations
 
 import sys
@@ -45,11 +46,11 @@ ROOT = Path(__file__).resolve().parents[1]
 for p in ("crds", "operator", "api", "trainer_image", "hack", "tests"):
     sys.path.insert(0, str(ROOT / p))
 
-from fixtures_operator import OperatorProcess, install_crd_and_rbac  # noqa: E402
-from ftoperator import builders  # noqa: E402
-from ftoperator.settings import Settings  # noqa: E402
-from helpers import Cluster, cluster_status, cluster_up, state_dir  # noqa: E402
-from kubernetes_asyncio import client, config, watch  # noqa: E402
+from fixtures_operator import OperatorProcess, install_crd_and_rbac
+from ftoperator import builders
+from ftoperator.settings import Settings
+from helpers import Cluster, cluster_status, cluster_up, state_dir
+from kubernetes_asyncio import client, config, watch
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- operator-bench:start -->", "<!-- operator-bench:end -->"
@@ -77,6 +78,12 @@ def rss_mb(op: OperatorProcess, field: str) -> float:
     status = Path(f"/proc/{op.proc.pid}/status").read_text()
     line = next(line for line in status.splitlines() if line.startswith(f"{field}:"))
     return round(int(line.split()[1]) / 1024, 1)
+
+
+def cpu_s(op: OperatorProcess) -> float:
+    assert op.proc is not None
+    fields = Path(f"/proc/{op.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -174,7 +181,9 @@ async def create_children_directly(api: client.ApiClient, ftj: dict[str, Any], s
     await batch.create_namespaced_job(ns, builders.render_job(model, settings))
 
 
-async def run(api: client.ApiClient, n: int, mode: str, settings: Settings, op: OperatorProcess | None) -> dict[str, Any]:
+async def run(
+    api: client.ApiClient, n: int, mode: str, settings: Settings, op: OperatorProcess | None
+) -> dict[str, Any]:
     ns = await make_namespace(api, f"bench-{mode}")
     rec = Recorder(api, ns)
     await rec.start()
@@ -188,13 +197,15 @@ async def run(api: client.ApiClient, n: int, mode: str, settings: Settings, op: 
             await create_children_directly(api, ftj, settings)
 
     rss_idle = rss_mb(op, "VmRSS") if op is not None else None
+    cpu0 = cpu_s(op) if op is not None else 0.0
+    load = os.getloadavg()[0]
     t0 = time.monotonic()
     await asyncio.gather(*(submit(name) for name in names))
     submitted = time.monotonic() - t0
     await wait_until(lambda: len(rec.job_seen) >= n, 600, f"{mode}: all Jobs")
     all_jobs = max(rec.job_seen.values()) - t0
     await wait_until(lambda: len(rec.pod_running) >= n, 900, f"{mode}: all pods running")
-    out: dict[str, Any] = {"namespace": ns, "jobs": n, "submit_s": round(submitted, 3)}
+    out: dict[str, Any] = {"namespace": ns, "jobs": n, "submit_s": round(submitted, 3), "loadavg_1m": round(load, 1)}
     to_job = [rec.job_seen[k] - created[k] for k in names]
     to_pod = [rec.pod_running[k] - created[k] for k in names]
     out.update(
@@ -219,6 +230,7 @@ async def run(api: client.ApiClient, n: int, mode: str, settings: Settings, op: 
         out["finished_per_s"] = round(done / (time.monotonic() - t0), 2)
         assert op is not None and op.proc is not None
         out["operator_rss_before_mb"] = rss_idle
+        out["operator_cpu_s"] = round(cpu_s(op) - cpu0, 1)
         out["operator_peak_rss_mb"] = rss_mb(op, "VmHWM")
         metrics = op.metrics()
         out["operator_errors"] = sum(
@@ -244,6 +256,8 @@ def table(floor: dict[str, Any], oper: dict[str, Any], result: dict[str, Any]) -
         ratio = (o / f) if f else float("nan")
         lines.append(f"| {label} | {f} | {o} | {ratio:.2f}× |")
     lines.append(f"| all {oper['jobs']} FineTuneJobs Succeeded after (s) | – | {oper['all_finished_s']} | |")
+    lines.append(f"| operator CPU for the whole run (s) | – | {oper['operator_cpu_s']} | |")
+    lines.append(f"| machine load average (1 min) at start | {floor['loadavg_1m']} | {oper['loadavg_1m']} | |")
     lines.append(f"| operator RSS before the burst (MB) | – | {oper['operator_rss_before_mb']} | |")
     lines.append(f"| operator peak RSS (MB) | – | {oper['operator_peak_rss_mb']} | |")
     lines.append(f"| operator reconcile errors | – | {int(oper['operator_errors'])} | |")
@@ -287,10 +301,7 @@ def write_docs(text: str, args: argparse.Namespace) -> None:
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
-    if cluster_status():
-        kubeconfig = state_dir() / "admin.kubeconfig"
-    else:
-        kubeconfig = cluster_up()
+    kubeconfig = state_dir() / "admin.kubeconfig" if cluster_status() else cluster_up()
     cluster = Cluster(kubeconfig=kubeconfig, state_dir=state_dir(), env={**os.environ, "KUBECONFIG": str(kubeconfig)})
     install_crd_and_rbac(cluster)
     cfg = client.Configuration()

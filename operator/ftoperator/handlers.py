@@ -17,6 +17,7 @@ through their ownerReferences. TTL after finish is a background sweep, not a per
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -37,6 +38,7 @@ FTJ = (GROUP, VERSION, PLURAL)
 log = logging.getLogger("ftoperator")
 
 Key = tuple[str, str]
+STATUS_YIELD_SECONDS = 2.0
 
 
 def _first(store: Iterable[Any] | None) -> Any:
@@ -125,6 +127,11 @@ class Reconciler:
         self.ttl_due: dict[str, tuple[str, str, float]] = {}  # uid -> (namespace, name, due unix time)
         self.ttl_task: asyncio.Task[None] | None = None
         self.pending: dict[Key, asyncio.Task[None]] = {}
+        # Child creation (what users wait on: time to pods and GPUs) goes first: while creations are in
+        # flight, status writes hold back for up to STATUS_YIELD_SECONDS.
+        self.creating = 0
+        self.no_creations = asyncio.Event()
+        self.no_creations.set()
         # Status writes share the connection pool with child creation; under a burst of new jobs they must
         # not starve it (time to Job is what users wait on), so at most a quarter of the pool goes to them.
         self.status_slots = asyncio.Semaphore(max(2, SETTINGS.api_connections // 4))
@@ -192,6 +199,9 @@ class Reconciler:
         assert self.kube is not None
         md = ftj["metadata"]
         before = self.effective_status(ftj)
+        if self.creating:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.no_creations.wait(), STATUS_YIELD_SECONDS)
         async with self.status_slots:
             await self.kube.patch_ftj_status(md["namespace"], md["name"], delta)
         metrics.STATUS_PATCHES.inc()
@@ -429,6 +439,17 @@ async def ensure_children(
         logger.info("adopted existing %s %s", obj["kind"], md["name"])
         return existing
 
+    RECONCILER.creating += 1
+    RECONCILER.no_creations.clear()
+    try:
+        return await _create_children(ftj, one)
+    finally:
+        RECONCILER.creating -= 1
+        if not RECONCILER.creating:
+            RECONCILER.no_creations.set()
+
+
+async def _create_children(ftj: builders.FineTuneJob, one: Any) -> dict[str, Any]:
     rbac = builders.render_trainer_rbac(ftj)
     service, job = builders.render_service(ftj, SETTINGS), builders.render_job(ftj, SETTINGS)
     binding = [o for o in rbac if o["kind"] == "RoleBinding"]
