@@ -17,6 +17,7 @@ The last line is `job=<name> phase=<phase> artifact=<uri>`; the exit status is n
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import math
@@ -45,6 +46,7 @@ NAMESPACE = "finetune-system"
 API_DEPLOYMENT = "finetune-api"
 OPERATOR_DEPLOYMENT = "finetune-operator"
 KEYS_SECRET = "finetune-api-keys"
+DEMO_KEY_NAME = "make-demo"
 DEFAULTS_CONFIGMAP = "finetune-defaults"
 BUCKET = "finetune-demo"
 COMMUNITY = "demo"
@@ -296,12 +298,12 @@ class Demo:
             if kind == "Secret" and name == KEYS_SECRET:
                 # The key itself is never stored: only its sha256 and the namespace it may use.
                 entry = {
-                    "name": "demo",
+                    "name": DEMO_KEY_NAME,
                     "sha256": hashlib.sha256(self.key.encode()).hexdigest(),
                     "namespace": NAMESPACE,
                 }
                 d.pop("data", None)
-                d["stringData"] = {"keys.yaml": yaml.safe_dump([entry])}
+                d["stringData"] = {"keys.yaml": yaml.safe_dump([*self.existing_keys(), entry], sort_keys=False)}
             if kind == "Deployment" and name == API_DEPLOYMENT:
                 for c in d["spec"]["template"]["spec"]["containers"]:
                     c["env"] = [e for e in c.get("env", []) if e["name"] != "FTAPI_PORT"]
@@ -373,6 +375,23 @@ class Demo:
             f"{self.spec['model'].get('preset')}), {self.spec.get('method', {}).get('type')}, epochs {hp.get('epochs')}, "
             f"batch {hp.get('batchSize')}, {res.get('nodes')} node(s) x {res.get('processesPerNode') or 1} process(es)"
         )
+
+    def existing_keys(self) -> list[Any]:
+        """Keys already in the cluster's Secret (a reused cluster keeps them), minus an earlier demo key."""
+        r = self.k_("-n", NAMESPACE, "get", "secret", KEYS_SECRET, "-o", "json", check=False)
+        if r.returncode != 0:
+            return []
+        raw = (json.loads(r.stdout).get("data") or {}).get("keys.yaml")
+        try:
+            entries = yaml.safe_load(base64.b64decode(raw).decode()) if raw else []
+        except (ValueError, yaml.YAMLError):
+            return []
+        return [e for e in entries or [] if not (isinstance(e, dict) and e.get("name") == DEMO_KEY_NAME)]
+
+    def remove_demo_key(self) -> None:
+        keys = self.existing_keys()
+        patch = {"stringData": {"keys.yaml": yaml.safe_dump(keys, sort_keys=False) if keys else "[]\n"}}
+        self.k_("-n", NAMESPACE, "patch", "secret", KEYS_SECRET, "--type=merge", "-p", json.dumps(patch), check=False)
 
     def k_(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         assert self.k is not None
@@ -598,7 +617,10 @@ class Demo:
             workloads = [d for d in self.docs if d["kind"] in ("Deployment", "Service")]
             try:
                 deployctl.delete(workloads, self.k, log=lambda m: None)
-                say("    removed the operator and API Deployments (kept the CRD, namespace and RBAC: not our cluster)")
+                self.remove_demo_key()
+                say(
+                    "    removed the operator and API Deployments and the demo key (kept the CRD, namespace, RBAC, other keys)"
+                )
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 say(f"    warning: {exc}")
         if self.emulator:
