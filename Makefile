@@ -37,6 +37,10 @@ manifests: ## Render crds/finetunejob.yaml, docs/conditions.md and docs/crd-refe
 openapi: ## Write api/openapi.json (the API's OpenAPI document; a test fails when it is stale)
 	$(PY) -c "from ftapi.main import openapi_document; open('api/openapi.json', 'w').write(openapi_document())"
 
+.PHONY: manifests-check
+manifests-check: manifests openapi ## Fail when generated files (CRD, docs, OpenAPI) differ from the checked-in ones
+	git diff --exit-code -- crds docs/conditions.md docs/crd-reference.md api/openapi.json
+
 .PHONY: test
 test: setup ## Run the whole suite (starts the local control plane itself)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
