@@ -5,7 +5,8 @@ random-initialised Llama (seeded) and the same synthetic preference pairs (a wor
 ``--seq`` is the exact token count of prompt + response), runs ``--warmup`` untimed then ``--steps``
 timed optimizer steps of ``--batch`` pairs, and reports examples/s, tokens/s, step time and peak memory:
 
-* ``ours``:  ``fttrainer.loop.Trainer.step`` on FSDP2 (one rank), exactly as ``fttrainer.train`` runs it
+* ``ours``:  ``fttrainer.loop.Trainer.step`` exactly as ``fttrainer.train`` runs it on one rank (a plain module,
+  bf16 autocast on GPU: ``fttrainer.parallel.shard_or_not``)
   (collation, one concatenated chosen+rejected forward, reference forward, DPO loss, clip, AdamW, metrics);
 * ``trl``:   ``trl.DPOTrainer`` (``loss_type=sigmoid``, same optimizer/lr/clip) through ``Trainer.train``;
 * ``floor``: a bare forward+backward of the plain (unsharded) policy on the same concatenated
@@ -185,7 +186,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     from ftcrd.dataset import PreferenceRow
     from fttrainer.data import Schedule, tokenize_rows
     from fttrainer.loop import LoopConfig, LossSpec, Trainer
-    from fttrainer.parallel import freeze, init_distributed, shard
+    from fttrainer.parallel import freeze, init_distributed, shard_or_not
 
     d = init_distributed()
     on_gpu = d.device.type == "cuda"
@@ -204,8 +205,9 @@ def run_ours(args: argparse.Namespace) -> dict:
     if on_gpu:
         reference = reference.to(torch.bfloat16)  # the llama preset's reference_dtype
     params = n_params(policy)
-    shard(policy, "LlamaDecoderLayer", d, mixed_precision=on_gpu)
-    shard(freeze(reference), "LlamaDecoderLayer", d, mixed_precision=False)
+    # as fttrainer.train: FSDP2 over several ranks, a plain module (bf16 autocast on GPU) over one
+    shard_or_not(policy, "LlamaDecoderLayer", d, mixed_precision=on_gpu)
+    shard_or_not(freeze(reference), "LlamaDecoderLayer", d, mixed_precision=False)
 
     class NoReport:
         def progress(self, **kw: Any) -> None: ...

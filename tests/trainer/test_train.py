@@ -170,3 +170,30 @@ def test_sigterm_checkpoints_and_resumes(session: Trainer, dataset: Path):
     resumed = ok(session.torchrun("sigterm", dataset, "n_examples=2400", "checkpoint_every=1000"))
     assert f"resumed from step {step}" in resumed.output
     assert resumed.termination_message()["steps"] == 300
+
+
+@pytest.fixture(scope="module")
+def single(session: Trainer, dataset: Path) -> Run:
+    """World size 1 (plain ``python``): a plain module, no FSDP."""
+    return ok(session.python("single", dataset, "checkpoint_every=4"))
+
+
+def test_one_rank_is_a_plain_module_and_matches_two_ranks(single: Run, baseline: Run):
+    assert "one rank: plain LlamaForCausalLM module, no FSDP" in single.output
+    assert "FSDP2: sharded" not in single.output
+    msg = single.termination_message()
+    assert msg["status"] == "succeeded" and msg["steps"] == STEPS
+    assert sorted(p.name for p in (single.run_dir / "checkpoints").iterdir()) == ["step-12", "step-16"]
+    # the same global batches, only summed in another order: same names, close weights
+    assert_same_weights(single, baseline, atol=1e-4)
+
+
+def test_one_rank_resume_precompute_and_activation_checkpointing(single: Run, session: Trainer, dataset: Path):
+    args = ("checkpoint_every=4", "exit_after_step=8", "precompute_reference=true", "activation_checkpointing=true")
+    first = session.python("single-resumed", dataset, *args)
+    assert first.returncode != 0, first.output[-3000:]
+    assert (first.run_dir / "checkpoints" / "step-8" / "COMPLETE").exists()
+    second = ok(session.python("single-resumed", dataset, *args))
+    assert "resumed from step 8" in second.output
+    assert "reference log-probs precomputed for 160 examples" in second.output
+    assert_same_weights(second, single, atol=1e-5)

@@ -33,7 +33,7 @@ from fttrainer import checkpoint
 from fttrainer.checkpoint import LoopState
 from fttrainer.data import Example, Schedule, collate, shard_for_eval
 from fttrainer.losses import IGNORE_INDEX, batch_logps, preference_loss, sft_loss
-from fttrainer.parallel import Dist, all_reduce_sum
+from fttrainer.parallel import Dist, compute_context
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,17 @@ class Result:
 
 
 def build_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
+    """``torch.optim.<name>(params, lr=lr)``; Adam/AdamW over plain (unsharded) CUDA parameters use the fused
+    kernel (one launch per step instead of a foreach chain; same algorithm and state layout)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    params = list(params)
     cls = getattr(torch.optim, name)
-    optimizer: torch.optim.Optimizer = cls(params, lr=lr)
+    kwargs: dict[str, Any] = {}
+    tensors = [p for p in params if isinstance(p, torch.Tensor)]
+    if name in ("Adam", "AdamW") and tensors and all(p.is_cuda and not isinstance(p, DTensor) for p in tensors):
+        kwargs["fused"] = True
+    optimizer: torch.optim.Optimizer = cls(params, lr=lr, **kwargs)
     return optimizer
 
 
@@ -96,43 +103,73 @@ def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torc
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
 
 
-def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
-    """Global gradient norm over sharded (DTensor) gradients, then clip (torchtitan's recipe)."""
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Global gradient norm over sharded (DTensor) or plain gradients, then clip (torchtitan's recipe).
+
+    Returns the norm as a 0-d tensor on the device (no host sync here; the step reads it together with
+    the metrics)."""
     grads = [p.grad for p in params if p.grad is not None]
     total = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
     if isinstance(total, DTensor):
         total = total.full_tensor()
     torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=True)
-    return float(total.item())
+    return total
+
+
+_ACCEPTS_LOGITS_TO_KEEP: dict[type, bool] = {}
 
 
 def _accepts_logits_to_keep(model: nn.Module) -> bool:
-    return "logits_to_keep" in inspect.signature(type(model).forward).parameters
+    cls = type(model)
+    if cls not in _ACCEPTS_LOGITS_TO_KEEP:
+        _ACCEPTS_LOGITS_TO_KEEP[cls] = "logits_to_keep" in inspect.signature(cls.forward).parameters
+    return _ACCEPTS_LOGITS_TO_KEEP[cls]
 
 
-def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch's tensors on ``device`` (on CUDA through pinned memory, asynchronously); ``index`` stays on the host."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items() if k != "index"} | {"index": batch["index"]}
+    moved = {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items() if k != "index"}
+    return moved | {"index": batch["index"]}
+
+
+def logits_to_keep(labels: torch.Tensor) -> int:
+    """How many trailing positions need logits: from one before the earliest labelled token of any row.
+
+    Call it with the host copy of the labels (no device sync)."""
+    first = int((labels != IGNORE_INDEX).to(torch.int8).argmax(dim=1).min())
+    return labels.shape[1] - max(first - 1, 0)
+
+
+def sequence_logps(
+    model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device, keep: int | None = None
+) -> torch.Tensor:
     """Summed response log-probs for every row of a collated batch (chosen rows, then rejected).
 
     Only positions from the earliest response token of the batch onwards get logits (``logits_to_keep``):
     the LM head and the float32 log-softmax over the prompts, which no loss reads, are skipped. Same result
     as computing every position; on the CPU bench this took a step from 1.25x to ~1.0x the bare
     forward+backward (docs/benchmarks.md).
+
+    ``batch`` may already be on ``device`` (:func:`to_device`); then pass ``keep`` computed from the host
+    labels, so no device-to-host sync is needed. The forward runs in the model's
+    :func:`~fttrainer.parallel.compute_context` (bf16 autocast for a one-rank GPU policy).
     """
+    if keep is None:
+        keep = logits_to_keep(batch["labels"])
     labels = batch["labels"].to(device)
     kwargs: dict[str, Any] = {}
-    if _accepts_logits_to_keep(model):
-        # logits at t predict token t+1: keep from one position before the first labelled token of any row
-        first = int((labels != IGNORE_INDEX).to(torch.int8).argmax(dim=1).min())
-        keep = labels.shape[1] - max(first - 1, 0)
-        if keep < labels.shape[1]:
-            kwargs["logits_to_keep"] = keep
-            labels = labels[:, -keep:]
-    out = model(
-        input_ids=batch["input_ids"].to(device),
-        attention_mask=batch["attention_mask"].to(device),
-        use_cache=False,
-        **kwargs,
-    )
+    if _accepts_logits_to_keep(model) and keep < labels.shape[1]:
+        kwargs["logits_to_keep"] = keep
+        labels = labels[:, -keep:]
+    with compute_context(model):
+        out = model(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            use_cache=False,
+            **kwargs,
+        )
     return batch_logps(out.logits.float(), labels, average=False)
 
 
@@ -170,35 +207,43 @@ class Trainer:
 
     # ------------------------------------------------------------------ one micro-batch
 
-    def _reference_logps(self, batch: dict[str, torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _reference_logps(self, batch: dict[str, torch.Tensor], n: int, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reference_logps is not None:
-            ref = self.reference_logps[batch["index"]].to(self.d.device)
+            ref = self.reference_logps[batch["index"]].to(self.d.device, non_blocking=True)
             return ref[:, 0], ref[:, 1]
         assert self.reference is not None
         with torch.no_grad():
-            logps = sequence_logps(self.reference, batch, self.d.device)
+            logps = sequence_logps(self.reference, batch, self.d.device, keep)
         return logps[:n], logps[n:]
 
     def _micro_batch(
         self, indices: list[int], train: bool, counted: int | None = None
-    ) -> tuple[torch.Tensor, list[float]]:
-        """(mean loss to backpropagate, metric sums over the first ``counted`` rows) for one micro-batch."""
+    ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        """(mean loss to backpropagate, the 7 per-example metric sums over the first ``counted`` rows as a
+        float64 device tensor, [rows counted, tokens counted]) for one micro-batch.
+
+        The batch goes to the device once (policy and reference forwards share it), and nothing here waits
+        for the device: the metric sums stay on it until the step's single all-reduce."""
         n = len(indices)
         k = n if counted is None else counted
-        batch = collate([self.examples[i] for i in indices], self.pad_token_id)
+        host = collate([self.examples[i] for i in indices], self.pad_token_id)
         if self.loss.name == "sft":
-            chosen_only = {key: (v[:n] if key != "index" else v) for key, v in batch.items()}
+            host = {key: (v[:n] if key != "index" else v) for key, v in host.items()}
+        keep = logits_to_keep(host["labels"])
+        mask = host["attention_mask"]
+        tokens = float(mask[:k].sum()) if self.loss.name == "sft" else float(mask[:k].sum() + mask[n : n + k].sum())
+        batch = to_device(host, self.d.device)
+        if self.loss.name == "sft":
             with torch.set_grad_enabled(train):
-                policy_chosen = sequence_logps(self.policy, chosen_only, self.d.device)
+                policy_chosen = sequence_logps(self.policy, batch, self.d.device, keep)
             losses = sft_loss(policy_chosen)
             policy_rejected = torch.zeros_like(policy_chosen)
             chosen_rewards = rejected_rewards = torch.zeros_like(policy_chosen)
-            tokens = float(chosen_only["attention_mask"][:k].sum())
         else:
             with torch.set_grad_enabled(train):
-                logps = sequence_logps(self.policy, batch, self.d.device)
+                logps = sequence_logps(self.policy, batch, self.d.device, keep)
             policy_chosen, policy_rejected = logps[:n], logps[n:]
-            ref_chosen, ref_rejected = self._reference_logps(batch, n)
+            ref_chosen, ref_rejected = self._reference_logps(batch, n, keep)
             losses, chosen_rewards, rejected_rewards = preference_loss(
                 policy_chosen,
                 policy_rejected,
@@ -209,8 +254,6 @@ class Trainer:
                 ipo=self.loss.name == "ipo",
                 reference_free=self.loss.reference_free,
             )
-            mask = batch["attention_mask"]
-            tokens = float(mask[:k].sum() + mask[n : n + k].sum())
         per_example = torch.stack(
             [
                 losses.detach(),
@@ -222,8 +265,20 @@ class Trainer:
                 policy_rejected.detach(),
             ]
         )[:, :k]
-        sums = [float(k), *per_example.sum(dim=1).tolist(), tokens]
-        return losses.mean(), sums
+        return losses.mean(), per_example.sum(dim=1).double(), [float(k), tokens]
+
+    def _reduce(
+        self, sums: torch.Tensor, counts: list[float], extra: list[float], after: torch.Tensor | None = None
+    ) -> list[float]:
+        """All-reduce [rows, 7 metric sums, tokens, *extra] over the ranks in one collective and read it
+        back in one device-to-host copy, with ``after`` (already global, not reduced) appended."""
+        host = torch.tensor([counts[0], counts[1], *extra], dtype=torch.float64).to(self.d.device)
+        t = torch.cat([host[:1], sums, host[1:]])
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if after is not None:
+            t = torch.cat([t, after.detach().reshape(1).to(torch.float64)])
+        values: list[float] = t.tolist()
+        return values
 
     @staticmethod
     def _summarise(sums: list[float], prefix: str = "") -> dict[str, float]:
@@ -243,13 +298,15 @@ class Trainer:
         self.policy.eval()
         world = self.d.world_size
         per_rank_batch = max(1, self.cfg.eval_batch_size // world)
-        totals = [0.0] * 9
+        sums = torch.zeros(7, dtype=torch.float64, device=self.d.device)
+        counts = [0.0, 0.0]
         with torch.no_grad():
             for indices, counted in shard_for_eval(self.eval_indices, self.d.rank, world, per_rank_batch):
-                _, sums = self._micro_batch(indices, train=False, counted=counted)
-                totals = [t + s for t, s in zip(totals, sums, strict=True)]
+                _, s, c = self._micro_batch(indices, train=False, counted=counted)
+                sums += s
+                counts = [a + b for a, b in zip(counts, c, strict=True)]
         self.policy.train()
-        metrics = self._summarise(all_reduce_sum(totals, self.d), prefix="eval")
+        metrics = self._summarise(self._reduce(sums, counts, []), prefix="eval")
         if self.loss.name == "sft":
             del metrics["evalRewardAccuracy"]
         return metrics
@@ -259,19 +316,23 @@ class Trainer:
     def step(self) -> dict[str, float]:
         micro_batches = self.schedule.micro_batches(self.state.step, self.d.rank)
         accum = len(micro_batches)
-        totals = [0.0] * 9
+        sums = torch.zeros(7, dtype=torch.float64, device=self.d.device)
+        counts = [0.0, 0.0]
         for indices in micro_batches:
-            loss, sums = self._micro_batch(indices, train=True)
+            loss, s, c = self._micro_batch(indices, train=True)
             (loss / accum).backward()
-            totals = [t + s for t, s in zip(totals, sums, strict=True)]
-        grad_norm = clip_grad_norm(self.params, self.cfg.max_grad_norm)
+            sums += s
+            counts = [a + b for a, b in zip(counts, c, strict=True)]
+        grad_norm_t = clip_grad_norm(self.params, self.cfg.max_grad_norm)
         lr = float(self.scheduler.get_last_lr()[0])
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-        # the SIGTERM flag rides on the metrics all-reduce: no extra collective per step
-        summed = all_reduce_sum([*totals, float(self._sigterm)], self.d)
+        # one collective and one device->host read per step: the metric sums, the SIGTERM flag and (after
+        # the reduce, as it is already global) the gradient norm
+        summed = self._reduce(sums, counts, [float(self._sigterm)], after=grad_norm_t)
+        grad_norm = summed.pop()
         self.state.step += 1
         self.state.examples += int(summed[0])
         self.state.tokens += int(summed[8])

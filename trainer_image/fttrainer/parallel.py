@@ -1,26 +1,35 @@
-"""Process group, device mesh and FSDP2 sharding.
+"""Process group, device mesh and FSDP2 sharding (or not: :func:`shard_or_not`).
 
-Every run goes through the same path: a process group (gloo on CPU, nccl on GPU) and a 1-D device
-mesh over all ranks, then ``fully_shard`` on every transformer block (the preset's ``block_name``)
-and on the root module. A plain ``python -m fttrainer.train`` gets a one-rank group over an in-memory
-store, so world size 1 is still FSDP2 (sharding over one rank is a no-op split, but checkpointing,
-export and the loop need no special case).
+Every run gets a process group (gloo on CPU, nccl on GPU) and a 1-D device mesh over all ranks; a
+plain ``python -m fttrainer.train`` gets a one-rank group over an in-memory store.
 
-On GPU the policy keeps fp32 master weights and computes in bf16 with fp32 gradient reduction
-(``MixedPrecisionPolicy``); on CPU everything is fp32.
+With more than one rank, ``fully_shard`` wraps every transformer block (the preset's ``block_name``)
+and the root module. On GPU the policy keeps fp32 master weights and computes in bf16 with fp32
+gradient reduction (``MixedPrecisionPolicy``); on CPU everything is fp32.
 
-The frozen reference model is sharded exactly like the policy (same blocks, same mesh), in eval
-mode with ``requires_grad=False``, so its parameters live on the same device and mesh as the
-policy's (TRL #6470 is the device-mismatch bug you get otherwise).
+With one rank the model stays a plain module on the device: FSDP over one rank shards nothing and
+only adds work every step (bf16 copies of every parameter through ``MixedPrecisionPolicy``,
+all-gather/reduce-scatter copy-in/out on a 1-rank mesh, DTensor dispatch in AdamW and the clip). The
+GPU policy then computes under ``torch.autocast("cuda", dtype=torch.bfloat16)`` over fp32 master
+weights (:func:`compute_context`), the same numerics as FSDP's bf16 policy and as a bare PyTorch/TRL
+loop. Checkpoints (DCP ``get_state_dict``/``set_state_dict``) and export (full state dict) work the
+same on both paths.
+
+The frozen reference model goes through the same decision (sharded exactly like the policy, or a
+plain module on the same device), in eval mode with ``requires_grad=False``, so its parameters live on
+the same device and mesh as the policy's (TRL #6470 is the device-mismatch bug you get otherwise).
+It is loaded in its preset's ``reference_dtype`` (bf16 on GPU) and computes in that dtype.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -123,6 +132,39 @@ def shard(model: nn.Module, block_name: str, d: Dist, *, mixed_precision: bool) 
     return model
 
 
+_AUTOCAST_ATTR = "_fttrainer_autocast_dtype"
+
+
+def shard_or_not(model: nn.Module, block_name: str, d: Dist, *, mixed_precision: bool) -> nn.Module:
+    """The one place that decides how a model is wrapped for this world size.
+
+    * ``world_size > 1``: FSDP2 (:func:`shard`), bf16 ``MixedPrecisionPolicy`` if ``mixed_precision``.
+    * ``world_size == 1``: no ``fully_shard``. FSDP on one rank only adds copies every step (bf16
+      parameter casts, 1-rank all-gather/reduce-scatter bookkeeping, DTensor overhead in the optimizer);
+      the model is moved to the device and, if ``mixed_precision``, its forward runs under bf16 autocast
+      (see :func:`compute_context`) over its fp32 master weights.
+    """
+    if d.world_size > 1:
+        return shard(model, block_name, d, mixed_precision=mixed_precision)
+    model.to(d.device)
+    autocast = mixed_precision and d.device.type == "cuda"
+    setattr(model, _AUTOCAST_ATTR, torch.bfloat16 if autocast else None)
+    log.info(
+        "one rank: plain %s module, no FSDP (%s)", type(model).__name__, "bf16 autocast" if autocast else "no autocast"
+    )
+    return model
+
+
+def compute_context(model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+    """The context a forward of ``model`` runs in: bf16 autocast for a one-rank mixed-precision model, else none
+    (FSDP2's ``MixedPrecisionPolicy`` casts by itself)."""
+    dtype = getattr(model, _AUTOCAST_ATTR, None)
+    if dtype is None:
+        return contextlib.nullcontext()
+    device_type = next(model.parameters()).device.type
+    return torch.autocast(device_type, dtype=dtype)
+
+
 def build_sharded(
     load_full: Callable[[], nn.Module],
     build_empty: Callable[[], nn.Module],
@@ -133,7 +175,7 @@ def build_sharded(
     activation_checkpointing: bool = False,
     frozen: bool = False,
 ) -> nn.Module:
-    """Load the weights on rank 0 only, shard everywhere, broadcast the shards.
+    """Load the weights on rank 0 only, shard everywhere, broadcast the shards (one rank: load, no sharding).
 
     Rank 0 reads the checkpoint into CPU memory; every other rank builds the same architecture on the
     meta device (no memory, no disk reads), so a node with 8 GPUs holds one CPU copy of the model,
@@ -152,7 +194,7 @@ def build_sharded(
         freeze(model)
     if activation_checkpointing:
         apply_activation_checkpointing(model, block_name)
-    shard(model, block_name, d, mixed_precision=mixed_precision)
+    shard_or_not(model, block_name, d, mixed_precision=mixed_precision)
     if d.world_size == 1:
         return model
     if not d.is_main:
