@@ -233,6 +233,12 @@ async def run(
         out["operator_cpu_s"] = round(cpu_s(op) - cpu0, 1)
         out["operator_peak_rss_mb"] = rss_mb(op, "VmHWM")
         metrics = op.metrics()
+        def metric(prefix: str) -> float:
+            return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(prefix))
+
+        count = metric('finetune_operator_reconcile_duration_seconds_count{handler="create-workload"}')
+        total = metric('finetune_operator_reconcile_duration_seconds_sum{handler="create-workload"}')
+        out["create_handler_avg_s"] = round(total / count, 3) if count else None
         out["operator_errors"] = sum(
             float(line.rsplit(" ", 1)[1])
             for line in metrics.splitlines()
@@ -312,7 +318,12 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     op = OperatorProcess(
         cluster,
         workdir,
-        env={"FTO_API_CONNECTIONS": str(args.concurrency), "FTO_LOG_FORMAT": "json", "FTO_EVENT_LEVEL": "WARNING"},
+        env={
+            "FTO_API_CONNECTIONS": str(args.concurrency),
+            "FTO_LOG_FORMAT": "json",
+            "FTO_EVENT_LEVEL": "WARNING",
+            **dict(kv.split("=", 1) for kv in args.operator_env),
+        },
     )
     namespaces: list[str] = []
     async with client.ApiClient(cfg) as api:
@@ -372,9 +383,10 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=200)
-    ap.add_argument("--concurrency", type=int, default=32, help="HTTP connections of the client and the operator")
+    ap.add_argument("--concurrency", type=int, default=64, help="HTTP connections of the client and the operator")
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     ap.add_argument("--keep", action="store_true", help="keep the benchmark namespaces")
+    ap.add_argument("--operator-env", action="append", default=[], metavar="FTO_X=V", help="extra operator setting")
     args = ap.parse_args()
     result = asyncio.run(amain(args))
     print(json.dumps(result))

@@ -38,7 +38,6 @@ FTJ = (GROUP, VERSION, PLURAL)
 log = logging.getLogger("ftoperator")
 
 Key = tuple[str, str]
-STATUS_YIELD_SECONDS = 2.0
 
 
 def _first(store: Iterable[Any] | None) -> Any:
@@ -128,7 +127,7 @@ class Reconciler:
         self.ttl_task: asyncio.Task[None] | None = None
         self.pending: dict[Key, asyncio.Task[None]] = {}
         # Child creation (what users wait on: time to pods and GPUs) goes first: while creations are in
-        # flight, status writes hold back for up to STATUS_YIELD_SECONDS.
+        # flight, status writes hold back for up to FTO_STATUS_YIELD_SECONDS.
         self.creating = 0
         self.no_creations = asyncio.Event()
         self.no_creations.set()
@@ -201,7 +200,7 @@ class Reconciler:
         before = self.effective_status(ftj)
         if self.creating:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.no_creations.wait(), STATUS_YIELD_SECONDS)
+                await asyncio.wait_for(self.no_creations.wait(), SETTINGS.status_yield_seconds)
         async with self.status_slots:
             await self.kube.patch_ftj_status(md["namespace"], md["name"], delta)
         metrics.STATUS_PATCHES.inc()

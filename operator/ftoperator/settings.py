@@ -80,8 +80,10 @@ class Settings:
     standalone: bool = False
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch; empty = all namespaces (cluster-wide)."""
-    api_connections: int = 32
+    api_connections: int = 64
     status_debounce_seconds: float = 0.3
+    status_yield_seconds: float = 2.0
+    """While child creations are in flight (a burst of new jobs), a status write waits up to this long."""
     """Status syncs wait this long after an event so a burst of events becomes one status patch."""
     """HTTP connection pool of the operator's own API client."""
     handler_retries: int = 8
@@ -119,6 +121,7 @@ class Settings:
             namespaces=namespaces,
             api_connections=_int(env, "FTO_API_CONNECTIONS", d.api_connections),
             status_debounce_seconds=_float(env, "FTO_STATUS_DEBOUNCE_SECONDS", d.status_debounce_seconds),
+            status_yield_seconds=_float(env, "FTO_STATUS_YIELD_SECONDS", d.status_yield_seconds),
             handler_retries=_int(env, "FTO_HANDLER_RETRIES", d.handler_retries),
             handler_timeout=_float(env, "FTO_HANDLER_TIMEOUT", d.handler_timeout),
             handler_backoff=_float(env, "FTO_HANDLER_BACKOFF", d.handler_backoff),
