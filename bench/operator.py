@@ -233,6 +233,7 @@ async def run(
         out["operator_cpu_s"] = round(cpu_s(op) - cpu0, 1)
         out["operator_peak_rss_mb"] = rss_mb(op, "VmHWM")
         metrics = op.metrics()
+
         def metric(prefix: str) -> float:
             return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(prefix))
 
