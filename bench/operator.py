@@ -326,6 +326,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             **dict(kv.split("=", 1) for kv in args.operator_env),
         },
     )
+    if args.profile:
+        op.command = [sys.executable, "-m", "cProfile", "-o", args.profile, "-m", "ftoperator"]
     namespaces: list[str] = []
     async with client.ApiClient(cfg) as api:
         try:
@@ -387,6 +389,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64, help="HTTP connections of the client and the operator")
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     ap.add_argument("--keep", action="store_true", help="keep the benchmark namespaces")
+    ap.add_argument("--profile", metavar="FILE", help="run the operator under cProfile, stats to FILE")
     ap.add_argument("--operator-env", action="append", default=[], metavar="FTO_X=V", help="extra operator setting")
     args = ap.parse_args()
     result = asyncio.run(amain(args))

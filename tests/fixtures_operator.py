@@ -115,6 +115,7 @@ class OperatorProcess:
         self.log_path = workdir / f"{name}.log"
         self.extra_env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
+        self.command = [sys.executable, "-m", "ftoperator"]  # e.g. under cProfile for bench/operator.py --profile
         self.starts = 0
         self.healthz_port = 0
         self.metrics_port = 0
@@ -153,7 +154,7 @@ class OperatorProcess:
             log.write(f"\n===== start #{self.starts} priority {self.priority} =====\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ftoperator"],
+                self.command,
                 cwd=ROOT,
                 env=env,
                 stdout=log,

@@ -293,6 +293,22 @@ class Reconciler:
 RECONCILER = Reconciler()
 
 
+class LightDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base, built from only the fields it keeps.
+
+    kopf deep-copies the *whole* body on every event (managedFields, status and all) before dropping
+    everything but spec, labels and annotations: in a 200-job burst that was a third of the operator's CPU.
+    The result is identical; the copy is of what is kept."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        md = body.get("metadata") or {}
+        light: dict[str, Any] = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+        light["metadata"] = {k: md[k] for k in ("name", "namespace", "labels", "annotations") if k in md}
+        if extra_fields:
+            light["status"] = body.get("status") or {}
+        return super().build(body=kopf.Body(light), extra_fields=extra_fields)  # type: ignore[arg-type]
+
+
 def _indexes(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Key, Any]]:
     return {k: kwargs[k] for k in ("ftj_index", "job_index", "pod_index")}
 
@@ -310,7 +326,7 @@ async def configure(
     # Handler progress and the diff base live in annotations under our own prefix (not status.kopf, which a
     # structural schema could prune).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="finetune.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = LightDiffBaseStorage(
         prefix="finetune.dev", key="last-handled-configuration"
     )
     # Watches: a bounded server-side timeout and an inactivity timeout so a silently dead stream is

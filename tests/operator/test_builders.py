@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -263,3 +264,27 @@ def test_invalid_spec_raises():
     body["spec"]["method"]["beta"] = -1
     with pytest.raises(Exception, match="beta"):
         builders.parse(body)
+
+
+def test_light_diffbase_equals_kopfs():
+    import kopf
+    from ftoperator.handlers import LightDiffBaseStorage
+
+    body = sample()
+    body["metadata"].update(
+        labels={"a": "b"},
+        annotations={"x": "y", "finetune.dev/last-handled-configuration": "{}"},
+        managedFields=[{"manager": "kubectl", "fieldsV1": {"f:spec": {"f:model": {}}}}],
+        resourceVersion="7",
+        generation=2,
+    )
+    body["status"] = {"phase": "Running", "conditions": [{"type": "Created", "status": "True"}]}
+    kw = {"prefix": "finetune.dev", "key": "last-handled-configuration"}
+    ours = LightDiffBaseStorage(**kw).build(body=kopf.Body(body))
+    theirs = kopf.AnnotationsDiffBaseStorage(**kw).build(body=kopf.Body(body))
+    assert ours == theirs
+    assert "managedFields" not in json.dumps(ours)
+    fields = ["status.phase"]
+    assert LightDiffBaseStorage(**kw).build(
+        body=kopf.Body(body), extra_fields=fields
+    ) == kopf.AnnotationsDiffBaseStorage(**kw).build(body=kopf.Body(body), extra_fields=fields)
