@@ -18,22 +18,17 @@ Examples: ``python bench/trainer.py --quick`` (CPU, ~17M params, seq 256, a few 
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as a script, this folder would be sys.path[0] and bench/operator.py would shadow the stdlib `operator`.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
-
 import argparse
 import contextlib
 import copy
 import json
+import os
 import random
 import resource
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path

@@ -115,7 +115,7 @@ class OperatorProcess:
         self.log_path = workdir / f"{name}.log"
         self.extra_env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
-        self.command = [sys.executable, "-m", "ftoperator"]  # e.g. under cProfile for bench/operator.py --profile
+        self.command = [sys.executable, "-m", "ftoperator"]  # e.g. under cProfile for bench/operator_bench.py --profile
         self.starts = 0
         self.healthz_port = 0
         self.metrics_port = 0

@@ -1,6 +1,6 @@
 """A stand-in for ``torchrun … -m fttrainer.train`` that speaks the trainer's contract without torch.
 
-Used by bench/operator.py (200 jobs whose pods exit at once) and by operator cluster tests that exercise
+Used by bench/operator_bench.py (200 jobs whose pods exit at once) and by operator cluster tests that exercise
 lifecycle paths (restart, deletion, suspend) where the real trainer would only cost CPU. The operator runs
 it only when started with FTO_ALLOW_ENTRYPOINT_ANNOTATION=true and the FineTuneJob carries the annotation
 ``finetune.dev/trainer-entrypoint: python /path/to/tests/operator/fake_trainer.py``; it receives the same args as

@@ -1,6 +1,6 @@
 """Operator benchmark: N FineTuneJobs submitted at once, operator vs. a direct-API floor.
 
-    python bench/operator.py [--jobs 200] [--concurrency 32] [--no-docs]
+    python bench/operator_bench.py [--jobs 200] [--concurrency 32] [--no-docs]
 
 Uses the local control plane (hack/cluster.sh; FTO_STATE_DIR / FTO_APISERVER_PORT select it, started if
 not running) with the process node. Pods run tests/operator/fake_trainer.py (exit at once with a verified-upload
@@ -288,7 +288,7 @@ def write_docs(text: str, args: argparse.Namespace) -> None:
             START,
             "## Operator",
             "",
-            f"`python bench/operator.py --jobs {args.jobs}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+            f"`python bench/operator_bench.py --jobs {args.jobs}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
             f"{os.cpu_count()} CPUs shared with the control plane and the process node). {args.jobs} FineTuneJobs "
             "submitted at once whose pods exit immediately (tests/operator/fake_trainer.py); the floor creates the same "
             "child objects directly through the API with the same client, concurrency and clocks.",
