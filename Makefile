@@ -67,10 +67,11 @@ need = @command -v $(1) >/dev/null 2>&1 || { echo "$@: '$(1)' not found on PATH.
 docker-build: ## Build the operator, API and trainer images (finetune-operator/<name>:dev; needs Docker)
 	$(call need,docker,Install Docker (https://docs.docker.com/get-docker/) or use 'make demo', which needs none.)
 	@docker info >/dev/null 2>&1 || { echo "docker-build: the docker CLI cannot reach a Docker engine (is dockerd running?). 'make demo' needs no Docker." >&2; exit 1; }
-	@set -e; for i in operator api gcs-emulator; do \
+	@set -e; for i in operator api; do \
 	  echo ">> docker build $(IMAGE_PREFIX)/$$i:$(IMAGE_TAG)"; \
-	  docker build -f deploy/images/Dockerfile --target $$i -t $(IMAGE_PREFIX)/$$i:$(IMAGE_TAG) .; \
+	  docker build -f $$i/Dockerfile -t $(IMAGE_PREFIX)/$$i:$(IMAGE_TAG) .; \
 	done
+	docker build -f deploy/images/gcs-emulator.Dockerfile -t $(IMAGE_PREFIX)/gcs-emulator:$(IMAGE_TAG) deploy/images
 	@echo ">> docker build $(IMAGE_PREFIX)/trainer:$(IMAGE_TAG) (CUDA PyTorch base: large)"
 	docker build -f trainer_image/Dockerfile -t $(IMAGE_PREFIX)/trainer:$(IMAGE_TAG) .
 
