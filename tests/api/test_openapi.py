@@ -59,6 +59,7 @@ def test_dockerfile_installs_only_the_api_extra():
     import tomllib
 
     dockerfile = (ROOT / "api" / "Dockerfile").read_text()
-    assert 'pip install ".[api]"' in dockerfile and "USER 65532" in dockerfile
+    assert "uv sync --frozen --no-dev --no-install-project --extra api" in dockerfile
+    assert "USER 65532" in dockerfile and "--extra operator" not in dockerfile
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert not any(dep.startswith(("torch", "transformers")) for dep in extras["api"])
