@@ -30,6 +30,13 @@ from helpers import (
 pytest_plugins = ["fixtures_operator", "fixtures_gcs"]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that start the session's operator run last (stable order otherwise): once it runs it reconciles
+    every FineTuneJob in the cluster, and earlier tests (CRD validation, status round-trips) need FineTuneJobs
+    that nothing else writes to."""
+    items.sort(key=lambda item: "operator" in getattr(item, "fixturenames", ()))
+
+
 def _users(state: Path) -> list[Path]:
     live = []
     for marker in (state / "users").glob("*"):

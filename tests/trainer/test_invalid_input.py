@@ -85,7 +85,7 @@ def test_invalid_config_exits_2(trainer: Trainer, override: str, expected: str):
 
 
 def test_malformed_dataset_under_torchrun(trainer: Trainer):
-    """Every rank rejects the dataset; rank 0 alone writes the termination message."""
+    """Every rank rejects the dataset and writes the same termination message (whichever torchrun lets finish)."""
     path = trainer.dataset(raw=rows_with(1, chosen=""), name="bad.json")
     run = trainer.torchrun("torchrun-bad", path)
     assert run.returncode != 0

@@ -145,8 +145,9 @@ def fail(reason: str, message: str, code: int) -> int:
     from fttrainer.report import write_termination
 
     print(f"error: {reason}: {message}", file=sys.stderr, flush=True)
-    if _rank() == 0:
-        write_termination({"status": "failed", "reason": reason, "message": message})
+    # Every rank writes it (identical bytes): torchrun SIGTERMs the other workers as soon as the first one
+    # exits, so rank 0 may never get the chance, and on a multi-node job any pod may be the one that fails.
+    write_termination({"status": "failed", "reason": reason, "message": message})
     return code
 
 
@@ -440,13 +441,20 @@ def run(cfg: DictConfig) -> int:
         return fail(exc.reason, str(exc), EXIT_INVALID)
     if _rank() == 0:
         log.info("dataset: %d rows (%s), config valid", len(rows), c["datasets"][0])
-    try:
-        return train(c, rows)
-    finally:
-        import torch.distributed as dist
+    import torch.distributed as dist
 
+    try:
+        code = train(c, rows)
+    except BaseException:
         if dist.is_initialized():
             dist.destroy_process_group()
+        raise
+    if dist.is_initialized():
+        # Ranks leave together: a rank that tears gloo down while a peer still talks to it aborts
+        # ("terminate called without an active exception"), and torchrun reports the job failed.
+        dist.barrier()
+        dist.destroy_process_group()
+    return code
 
 
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="config")
