@@ -81,11 +81,11 @@ class Settings:
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch; empty = all namespaces (cluster-wide)."""
     api_connections: int = 64
+    """HTTP connection pool of the operator's own API client."""
     status_debounce_seconds: float = 0.3
+    """Status syncs wait this long after an event so a burst of events becomes one status patch."""
     status_yield_seconds: float = 2.0
     """While child creations are in flight (a burst of new jobs), a status write waits up to this long."""
-    """Status syncs wait this long after an event so a burst of events becomes one status patch."""
-    """HTTP connection pool of the operator's own API client."""
     handler_retries: int = 8
     handler_timeout: float = 120.0
     handler_backoff: float = 5.0
