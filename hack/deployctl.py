@@ -34,6 +34,8 @@ CLUSTER_SCOPED = {
     "ClusterKopfPeering",
     "PriorityClass",
     "StorageClass",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
 }
 
 

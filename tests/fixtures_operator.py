@@ -43,8 +43,14 @@ from helpers import ROOT, Cluster
 
 OPERATOR_NAMESPACE = "finetune-system"
 OPERATOR_SA = "finetune-operator"
-DEPLOY = ROOT / "deploy" / "base" / "operator"
-RBAC_FILES = ("serviceaccount.yaml", "clusterrole.yaml", "clusterrolebinding.yaml", "peering.yaml")
+DEPLOY = ROOT / "deploy" / "base"
+RBAC_FILES = (
+    "operator/serviceaccount.yaml",
+    "operator/clusterrole.yaml",
+    "operator/clusterrolebinding.yaml",
+    "operator/peering.yaml",
+    "trainer/own-job-policy.yaml",  # what narrows each namespace's trainer identity to its own job
+)
 
 
 def free_port() -> int:
@@ -54,7 +60,8 @@ def free_port() -> int:
 
 
 def install_crd_and_rbac(cluster: Cluster) -> None:
-    """CRD + the operator's ServiceAccount/RBAC/peering, applied as admin (idempotent)."""
+    """CRD + the operator's ServiceAccount/RBAC/peering + the trainer's admission policy, applied as admin
+    (idempotent)."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "finetunejob.yaml"))
     cluster.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.finetune.dev", "--timeout=60s")
     if cluster.kubectl("get", "namespace", OPERATOR_NAMESPACE, check=False).returncode != 0:

@@ -25,8 +25,8 @@ SHORT_NAMES = ["ftj"]
 CATEGORIES = ["finetune"]
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# Children are named "<name>", "<name>-trainer", "<name>-dataset" and pods get hostnames
-# "<name>-<index>": 52 keeps every derived name inside the 63-character DNS label limit,
+# Children are named "<name>", "<name>-dataset" and pods "<name>-<index>-<5 random>" (hostname
+# "<name>-<index>"): 52 keeps every derived name inside the 63-character DNS label limit,
 # the same bound Kubernetes puts on CronJob names for the same reason.
 MAX_NAME_LENGTH = 52
 
@@ -459,7 +459,10 @@ class FineTuneJobSpec(CamelModel):
         Field(
             default=None,
             max_length=253,
-            description="Run the trainer as this ServiceAccount instead of the per-job one the operator creates.",
+            description=(
+                "Run the trainer as this ServiceAccount instead of the namespace's finetune-trainer (bind it to"
+                " ClusterRole finetune-trainer so the trainer can report progress)."
+            ),
         ),
     ]
     env: Annotated[

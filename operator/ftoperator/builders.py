@@ -22,6 +22,7 @@ LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 MANAGED_BY = "finetune-operator"
+TRAINER_IDENTITY = "finetune-trainer"  # ServiceAccount, Role and RoleBinding in each namespace with jobs
 CONTAINER = "trainer"
 ANNOTATION_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 ANNOTATION_ENTRYPOINT = "finetune.dev/trainer-entrypoint"
@@ -44,10 +45,6 @@ def parse(body: Mapping[str, Any]) -> FineTuneJob:
     return FineTuneJob.model_validate(
         {"metadata": dict(body.get("metadata") or {}), "spec": dict(body.get("spec") or {})}
     )
-
-
-def trainer_name(name: str) -> str:
-    return f"{name}-trainer"
 
 
 def labels(ftj: FineTuneJob) -> dict[str, str]:
@@ -303,12 +300,9 @@ def pod_template(ftj: FineTuneJob, settings: Settings) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
-    if spec.resources.nodes > 1:
-        container["ports"] = [{"name": "rendezvous", "containerPort": settings.master_port, "protocol": "TCP"}]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "subdomain": name,
-        "serviceAccountName": spec.service_account_name or trainer_name(name),
+        "serviceAccountName": spec.service_account_name or TRAINER_IDENTITY,
         "automountServiceAccountToken": True,
         "enableServiceLinks": False,
         "securityContext": {
@@ -321,6 +315,9 @@ def pod_template(ftj: FineTuneJob, settings: Settings) -> dict[str, Any]:
         "containers": [container],
         "volumes": volumes,
     }
+    if needs_service(ftj):
+        container["ports"] = [{"name": "rendezvous", "containerPort": settings.master_port, "protocol": "TCP"}]
+        pod_spec["subdomain"] = name
     res = spec.resources
     if res.node_selector:
         pod_spec["nodeSelector"] = dict(res.node_selector)
@@ -393,43 +390,51 @@ def render_service(ftj: FineTuneJob, settings: Settings | None = None) -> dict[s
     }
 
 
-def render_trainer_rbac(ftj: FineTuneJob) -> list[dict[str, Any]]:
-    """ServiceAccount, Role and RoleBinding ``<job>-trainer``: the trainer may only read and patch its own
-    FineTuneJob's status (progress reporting). Empty when spec.serviceAccountName is set."""
-    if ftj.spec.service_account_name:
-        return []
-    name = trainer_name(ftj.metadata["name"])
-    ns = ftj.metadata["namespace"]
+def render_trainer_identity(namespace: str) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding ``finetune-trainer``: one trainer identity per namespace.
+
+    The Role allows only ``patch`` on ``finetunejobs/status`` (progress reporting). Which job a trainer may
+    patch is narrowed per pod by the ValidatingAdmissionPolicy ``finetune-trainer-own-job``
+    (deploy/base/trainer): the pod-bound token names its pod, and a pod of FineTuneJob ``x`` is
+    ``x-<index>-<suffix>``. One identity per namespace instead of three RBAC objects per job: creating a job
+    costs one Job (plus a Service for multi-node), which is what bounds the time to pods under a burst."""
+    md = {"name": TRAINER_IDENTITY, "namespace": namespace, "labels": {LABEL_MANAGED_BY: MANAGED_BY}}
     return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": _metadata(ftj, name),
-            "automountServiceAccountToken": True,
-        },
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": md, "automountServiceAccountToken": True},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": _metadata(ftj, name),
+            "metadata": md,
             "rules": [
                 {
                     "apiGroups": [API_VERSION.split("/")[0]],
                     "resources": ["finetunejobs/status"],
-                    "resourceNames": [ftj.metadata["name"]],
-                    "verbs": ["get", "patch"],
+                    "verbs": ["patch"],
                 }
             ],
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": _metadata(ftj, name),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+            "metadata": md,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": TRAINER_IDENTITY},
+            "subjects": [{"kind": "ServiceAccount", "name": TRAINER_IDENTITY, "namespace": namespace}],
         },
     ]
 
 
+def needs_trainer_identity(ftj: FineTuneJob) -> bool:
+    """False when spec.serviceAccountName names the user's own ServiceAccount."""
+    return not ftj.spec.service_account_name
+
+
+def needs_service(ftj: FineTuneJob) -> bool:
+    """Only ranks on several pods need DNS names; one node runs torchrun --standalone."""
+    return ftj.spec.resources.nodes > 1
+
+
 def render_children(ftj: FineTuneJob, settings: Settings | None = None) -> list[dict[str, Any]]:
-    """All children in creation order: trainer RBAC, Service, then the Job (its pods need the first two)."""
-    return [*render_trainer_rbac(ftj), render_service(ftj, settings), render_job(ftj, settings)]
+    """The job's own children: the headless Service (multi-node only) and the Job. The namespace's trainer
+    identity (:func:`render_trainer_identity`) is shared and must exist before the Job's pods."""
+    service = [render_service(ftj, settings)] if needs_service(ftj) else []
+    return [*service, render_job(ftj, settings)]

@@ -2,8 +2,9 @@
 
 Handlers (all with explicit ids, see docs/operator.md):
 
-* ``create-workload`` (on.create) and ``adopt-workload`` (on.resume): create the trainer RBAC, the headless
-  Service and the Indexed Job; idempotent (409 → adopt the existing child when it is ours).
+* ``create-workload`` (on.create) and ``adopt-workload`` (on.resume): make sure the namespace's trainer
+  identity exists (once per namespace), then create the Indexed Job and, for multi-node jobs, the headless
+  Service; idempotent (409 → adopt the existing child when it is ours).
 * ``suspend-resume`` (on.update of spec.runPolicy.suspend): patch the Job's spec.suspend.
 * ``ftj-events``, ``job-events``, ``pod-events`` (on.event): recompute the FineTuneJob status from the
   in-memory indexes (``ftj_index``, ``job_index``, ``pod_index``) and merge-patch the status subresource
@@ -26,7 +27,7 @@ from typing import Any
 
 import kopf
 import pydantic
-from ftcrd.types import GROUP, PLURAL, TERMINAL_PHASES, VERSION
+from ftcrd.types import GROUP, KIND, PLURAL, TERMINAL_PHASES, VERSION
 
 from ftoperator import builders, metrics
 from ftoperator import status as st
@@ -126,6 +127,7 @@ class Reconciler:
         self.ttl_due: dict[str, tuple[str, str, float]] = {}  # uid -> (namespace, name, due unix time)
         self.ttl_task: asyncio.Task[None] | None = None
         self.pending: dict[Key, asyncio.Task[None]] = {}
+        self.identities: dict[str, asyncio.Future[None]] = {}  # namespace -> its trainer identity's creation
         # Child creation (what users wait on: time to pods and GPUs) goes first: while creations are in
         # flight, status writes hold back for up to FTO_STATUS_YIELD_SECONDS.
         self.creating = 0
@@ -170,6 +172,42 @@ class Reconciler:
         except Exception as exc:
             logger.warning("status sync of %s/%s failed (next event retries): %s", key[0], key[1], exc)
 
+    async def ensure_identity(self, namespace: str) -> None:
+        """The namespace's trainer ServiceAccount/Role/RoleBinding, created once per namespace (all jobs of a
+        burst wait for the same creation); an existing one is kept as it is."""
+        task = self.identities.get(namespace)
+        if task is None:
+            task = self.identities[namespace] = asyncio.ensure_future(self._create_identity(namespace))
+        try:
+            await asyncio.shield(task)
+        except Exception:
+            if self.identities.get(namespace) is task:
+                del self.identities[namespace]  # the handler's retry creates it again
+            raise
+
+    async def _create_identity(self, namespace: str) -> None:
+        assert self.kube is not None
+        kube = self.kube
+
+        async def create(obj: dict[str, Any]) -> None:
+            try:
+                await kube.create(obj)
+                metrics.CHILDREN_CREATED.labels(obj["kind"]).inc()
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+
+        sa, role, binding = builders.render_trainer_identity(namespace)
+        # The RoleBinding's escalation check resolves the Role it references: not before it.
+        await asyncio.gather(create(sa), create(role))
+        await create(binding)
+
+    def forget_identity(self, namespace: str, ftj_index: kopf.Index[Key, Any]) -> None:
+        """Once a namespace has no FineTuneJobs left (e.g. it is being deleted), the next job there checks
+        the identity again: a namespace re-created under the same name starts without one."""
+        if not any(key[0] == namespace for key in ftj_index):
+            self.identities.pop(namespace, None)
+
     def lock(self, key: Key) -> asyncio.Lock:
         lock = self.locks.get(key)
         if lock is None:
@@ -179,6 +217,8 @@ class Reconciler:
     def forget(self, key: Key, uid: str | None) -> None:
         self.locks.pop(key, None)
         if uid:
+            DIFFBASE.essences.pop(uid, None)
+            PROGRESS.forget(uid)
             self.written.pop(uid, None)
             self.ttl_due.pop(uid, None)
             metrics.PHASE_TRACKER.forget(uid)
@@ -298,15 +338,70 @@ class LightDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 
     kopf deep-copies the *whole* body on every event (managedFields, status and all) before dropping
     everything but spec, labels and annotations: in a 200-job burst that was a third of the operator's CPU.
-    The result is identical; the copy is of what is kept."""
+    The result is identical; the copy is of what is kept.
+
+    Jobs and pods have only event and index handlers, which never look at a diff, yet kopf builds (and
+    progress storage copies again) an essence of every pod event: their essence is left empty."""
 
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        if body.get("kind") != KIND:
+            return kopf.BodyEssence()
         md = body.get("metadata") or {}
         light: dict[str, Any] = {k: v for k, v in body.items() if k not in ("metadata", "status")}
         light["metadata"] = {k: md[k] for k in ("name", "namespace", "labels", "annotations") if k in md}
         if extra_fields:
             light["status"] = body.get("status") or {}
         return super().build(body=kopf.Body(light), extra_fields=extra_fields)  # type: ignore[arg-type]
+
+
+class MemoryDiffBaseStorage(LightDiffBaseStorage):
+    """The diff base in this process's memory, not in an annotation on every FineTuneJob.
+
+    An annotation costs a PATCH of every new FineTuneJob right after its workload is created (and a watch
+    event back), competing with the next jobs' creations during a burst; it also clutters users' objects.
+    What is lost on a restart is harmless: kopf then sees every FineTuneJob as new and ``create-workload``
+    runs again, which adopts the existing children, re-applies spec.runPolicy.suspend to the Job and re-derives
+    the status (the same work ``adopt-workload`` does)."""
+
+    def __init__(self) -> None:
+        super().__init__(prefix="finetune.dev", key="last-handled-configuration")
+        self.essences: dict[str, kopf.BodyEssence] = {}
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return self.essences.get(str(body.get("metadata", {}).get("uid")))
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        self.essences[str(body.get("metadata", {}).get("uid"))] = essence
+
+
+class MemoryProgressStorage(kopf.AnnotationsProgressStorage):
+    """Handler progress (retry counts, delays) in memory, for the same reason. Only the "touch" that wakes an
+    object up after a retry delay is still an annotation: kopf needs a watch event to retry."""
+
+    def __init__(self) -> None:
+        super().__init__(prefix="finetune.dev")
+        self.records: dict[tuple[str, str], kopf.ProgressRecord] = {}
+
+    @staticmethod
+    def _uid(body: kopf.Body) -> str:
+        return str(body.get("metadata", {}).get("uid"))
+
+    def fetch(self, *, key: kopf.HandlerId, body: kopf.Body) -> kopf.ProgressRecord | None:
+        return self.records.get((self._uid(body), key))
+
+    def store(self, *, key: kopf.HandlerId, record: kopf.ProgressRecord, body: kopf.Body, patch: kopf.Patch) -> None:
+        self.records[(self._uid(body), key)] = kopf.ProgressRecord(**record)
+
+    def purge(self, *, key: kopf.HandlerId, body: kopf.Body, patch: kopf.Patch) -> None:
+        self.records.pop((self._uid(body), key), None)
+
+    def forget(self, uid: str) -> None:
+        for k in [k for k in self.records if k[0] == uid]:
+            del self.records[k]
+
+
+DIFFBASE = MemoryDiffBaseStorage()
+PROGRESS = MemoryProgressStorage()
 
 
 def _indexes(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Key, Any]]:
@@ -323,12 +418,10 @@ async def configure(
     *, settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
 ) -> None:
     s = SETTINGS
-    # Handler progress and the diff base live in annotations under our own prefix (not status.kopf, which a
-    # structural schema could prune).
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="finetune.dev")
-    settings.persistence.diffbase_storage = LightDiffBaseStorage(
-        prefix="finetune.dev", key="last-handled-configuration"
-    )
+    # Handler progress and the diff base live in memory: nothing is written on users' objects (see the
+    # storage classes for why that is safe across restarts).
+    settings.persistence.progress_storage = PROGRESS
+    settings.persistence.diffbase_storage = DIFFBASE
     # Watches: a bounded server-side timeout and an inactivity timeout so a silently dead stream is
     # re-established (bookmarks arrive every minute); only our children are streamed (label selector).
     settings.watching.server_timeout = s.watch_server_timeout
@@ -391,22 +484,24 @@ def tracked(**_: Any) -> int:
 # ---------------------------------------------------------------------------------------------
 # indexes (kopf holds handlers until all three are populated after a (re)start)
 # ---------------------------------------------------------------------------------------------
+# Coroutines although they do not await: kopf runs a plain function in its thread pool, a hop (and a GIL
+# hand-over) per watch event for a dict lookup.
 
 
 @kopf.index(*FTJ, id="ftj_index")
-def ftj_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+async def ftj_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
     return {(namespace or "", name): _slim(body)}
 
 
 @kopf.index("batch", "v1", "jobs", labels={builders.LABEL_JOB: kopf.PRESENT}, id="job_index")
-def job_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any] | None:
+async def job_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any] | None:
     if _owner_uid(body, "FineTuneJob") is None:
         return None
     return {(namespace or "", labels[builders.LABEL_JOB]): _slim_job(body)}
 
 
 @kopf.index("v1", "pods", labels={builders.LABEL_JOB: kopf.PRESENT}, id="pod_index")
-def pod_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any] | None:
+async def pod_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any] | None:
     if _owner_uid(body, "Job") is None:
         return None
     return {(namespace or "", labels[builders.LABEL_JOB]): _slim_pod(body)}
@@ -465,15 +560,11 @@ async def ensure_children(
 
 
 async def _create_children(ftj: builders.FineTuneJob, one: Any) -> dict[str, Any]:
-    rbac = builders.render_trainer_rbac(ftj)
-    service, job = builders.render_service(ftj, SETTINGS), builders.render_job(ftj, SETTINGS)
-    binding = [o for o in rbac if o["kind"] == "RoleBinding"]
-    # Two round trips. First what the pods need when the Job controller creates them: their ServiceAccount
-    # (admission rejects pods without it) and the Service (DNS), plus the Role. Then the Job, and the
-    # RoleBinding (the apiserver's escalation check resolves the Role it references, so not before it; the
-    # trainer only needs it once it reports progress).
-    await asyncio.gather(*(one(o) for o in rbac if o["kind"] != "RoleBinding"), one(service))
-    created_job, *_ = await asyncio.gather(one(job), *(one(o) for o in binding))
+    if builders.needs_trainer_identity(ftj):
+        # Admission rejects pods whose ServiceAccount does not exist yet: the identity goes first.
+        await RECONCILER.ensure_identity(ftj.metadata["namespace"])
+    # The Service (multi-node only) is needed once pods resolve their peers, not by the Job: one round trip.
+    *_, created_job = await asyncio.gather(*(one(o) for o in builders.render_children(ftj, SETTINGS)))
     return created_job
 
 
@@ -501,6 +592,7 @@ async def _workload(  # noqa: PLR0917
     try:
         # Always the whole set: a previous run may have died between two creations (409 → adopt).
         job = _slim_job(await ensure_children(ftj, logger))
+        await _reconcile_suspend(ftj, job, logger)
     except kopf.PermanentError as exc:
         metrics.ERRORS.labels(handler).inc()
         await _fail(raw, "ChildCreateFailed", str(exc), logger)
@@ -531,6 +623,20 @@ async def _workload(  # noqa: PLR0917
         metrics.RECONCILE_SECONDS.labels(handler).observe(time.perf_counter() - started)
     del job  # the debounced sync reads it from the index (the Job's ADDED event triggers one too)
     RECONCILER.trigger(namespace, name, indexes=indexes, logger=logger, handler=handler)
+
+
+async def _reconcile_suspend(
+    ftj: builders.FineTuneJob, job: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    """spec.runPolicy.suspend onto an adopted Job. ``suspend-resume`` follows changes while the operator runs;
+    one made while it was down arrives as a new object (the diff base is in memory) and is applied here."""
+    want, have = ftj.spec.run_policy.suspend, bool((job.get("spec") or {}).get("suspend"))
+    if want == have or (not want and ftj.spec.run_policy.queue_name):  # with Kueue, admission un-suspends
+        return
+    assert RECONCILER.kube is not None
+    md = ftj.metadata
+    await RECONCILER.kube.merge_patch("batch/v1", "Job", md["namespace"], md["name"], {"spec": {"suspend": want}})
+    logger.info("%s the Job (spec.runPolicy.suspend)", "suspended" if want else "resumed")
 
 
 async def _fail(
@@ -649,6 +755,7 @@ async def ftj_event(
     """Trainer progress (stage 'uploading' → phase Uploading), terminal bookkeeping, forgetting deleted ones."""
     if type == "DELETED":
         RECONCILER.forget((namespace or "", name), uid)
+        RECONCILER.forget_identity(namespace or "", kwargs["ftj_index"])
         return
     RECONCILER.trigger(
         namespace or "",

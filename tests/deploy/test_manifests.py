@@ -48,6 +48,11 @@ def test_overlay_has_everything(rendered, overlay):
     find(docs, "ClusterRole", "finetune-operator")
     find(docs, "ClusterRoleBinding", "finetune-operator")
     find(docs, "ClusterRole", "finetune-trainer")
+    policy = find(docs, "ValidatingAdmissionPolicy", "finetune-trainer-own-job")
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    assert find(docs, "ValidatingAdmissionPolicyBinding", "finetune-trainer-own-job")["spec"]["validationActions"] == [
+        "Deny"
+    ]
     find(docs, "ClusterRole", "finetune-api-tenant")
     find(docs, "ClusterKopfPeering", "finetune-operator")
     find(docs, "Service", "finetune-api")

@@ -82,8 +82,9 @@ def wait_phase(  # noqa: PLR0917
 
 
 def children(cluster: Cluster, namespace: str, name: str) -> dict[str, list[dict[str, Any]]]:
+    """The job's own objects (the namespace's trainer identity is shared: :func:`trainer_identity`)."""
     out = {}
-    for kind in ("jobs", "services", "serviceaccounts", "roles", "rolebindings", "pods"):
+    for kind in ("jobs", "services", "pods"):
         items = cluster.get_json(kind, "-l", f"finetune.dev/job={name}", namespace=namespace)["items"]
         out[kind] = items
     return out
@@ -110,3 +111,12 @@ def events_for(cluster: Cluster, namespace: str, name: str) -> list[dict[str, An
         "events", "--field-selector", f"involvedObject.kind=FineTuneJob,involvedObject.name={name}", namespace=namespace
     )["items"]
     return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+
+def trainer_identity(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any] | None]:
+    """ServiceAccount, Role and RoleBinding ``finetune-trainer`` of the namespace (None where missing)."""
+    out: dict[str, dict[str, Any] | None] = {}
+    for kind in ("serviceaccount", "role", "rolebinding"):
+        got = cluster.kubectl("get", kind, "finetune-trainer", "-n", namespace, "-o", "json", check=False)
+        out[kind] = json.loads(got.stdout) if got.returncode == 0 else None
+    return out

@@ -146,7 +146,7 @@ def test_job_shape_and_failure_policy():
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     assert pod["subdomain"] == "tiny-demo"
-    assert pod["serviceAccountName"] == "tiny-demo-trainer"
+    assert pod["serviceAccountName"] == "finetune-trainer"
     assert spec["template"]["metadata"]["labels"][builders.LABEL_JOB] == "tiny-demo"
     c = container(job)
     assert c["image"] == "img:1"
@@ -229,22 +229,18 @@ def test_service_is_headless_and_selects_the_pods():
     assert svc["metadata"]["ownerReferences"][0]["uid"] == "0000-uid"
 
 
-def test_trainer_rbac_is_least_privilege():
-    sa, role, binding = builders.render_trainer_rbac(ftj())
-    assert sa["kind"] == "ServiceAccount" and sa["metadata"]["name"] == "tiny-demo-trainer"
-    assert role["rules"] == [
-        {
-            "apiGroups": ["finetune.dev"],
-            "resources": ["finetunejobs/status"],
-            "resourceNames": ["tiny-demo"],
-            "verbs": ["get", "patch"],
-        }
-    ]
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tiny-demo-trainer"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tiny-demo-trainer", "namespace": "team-a"}]
+def test_trainer_identity_is_least_privilege():
+    sa, role, binding = builders.render_trainer_identity("team-a")
     for obj in (sa, role, binding):
-        assert obj["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
-    assert builders.render_trainer_rbac(ftj(serviceAccountName="custom")) == []
+        assert obj["metadata"]["name"] == "finetune-trainer" and obj["metadata"]["namespace"] == "team-a"
+        assert "ownerReferences" not in obj["metadata"]  # shared by the namespace's jobs, outlives each
+    assert sa["kind"] == "ServiceAccount"
+    # patch only: no reads, and which job is narrowed per pod by deploy/base/trainer/own-job-policy.yaml
+    assert role["rules"] == [{"apiGroups": ["finetune.dev"], "resources": ["finetunejobs/status"], "verbs": ["patch"]}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "finetune-trainer"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "finetune-trainer", "namespace": "team-a"}]
+    assert builders.needs_trainer_identity(ftj())
+    assert not builders.needs_trainer_identity(ftj(serviceAccountName="custom"))
     assert (
         builders.render_job(ftj(serviceAccountName="custom"))["spec"]["template"]["spec"]["serviceAccountName"]
         == "custom"
@@ -255,8 +251,14 @@ def test_children_are_deterministic_and_ordered():
     a = builders.render_children(ftj())
     b = builders.render_children(ftj())
     assert a == b
-    assert [o["kind"] for o in a] == ["ServiceAccount", "Role", "RoleBinding", "Service", "Job"]
     assert copy.deepcopy(a) == a
+    # one node: torchrun --standalone, no peers to resolve, so no Service and no subdomain
+    assert [o["kind"] for o in a] == ["Job"]
+    assert "subdomain" not in a[0]["spec"]["template"]["spec"]
+    assert "ports" not in container(a[0])
+    multi = builders.render_children(ftj(**{"resources.nodes": 2}))
+    assert [o["kind"] for o in multi] == ["Service", "Job"]
+    assert multi[1]["spec"]["template"]["spec"]["subdomain"] == multi[0]["metadata"]["name"]
 
 
 def test_invalid_spec_raises():
@@ -288,3 +290,40 @@ def test_light_diffbase_equals_kopfs():
     assert LightDiffBaseStorage(**kw).build(
         body=kopf.Body(body), extra_fields=fields
     ) == kopf.AnnotationsDiffBaseStorage(**kw).build(body=kopf.Body(body), extra_fields=fields)
+
+
+def test_light_diffbase_skips_children():
+    """Pods and Jobs have no change-detecting handlers: their (large) bodies are never copied for a diff."""
+    import kopf
+    from ftoperator.handlers import LightDiffBaseStorage
+
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"a": "b"}}, "spec": {"x": [1]}}
+    storage = LightDiffBaseStorage(prefix="finetune.dev", key="last-handled-configuration")
+    assert storage.build(body=kopf.Body(pod)) == {}
+    assert storage.build(body=kopf.Body(sample())) != {}
+
+
+def test_kopf_state_stays_in_memory_and_writes_nothing_on_the_object():
+    """Handler progress and the diff base never become a patch of the user's FineTuneJob."""
+    import kopf
+    from ftoperator.handlers import MemoryDiffBaseStorage, MemoryProgressStorage
+
+    body = kopf.Body(sample())
+    diffbase, progress = MemoryDiffBaseStorage(), MemoryProgressStorage()
+    patch = kopf.Patch()
+    essence = diffbase.build(body=body)
+    assert diffbase.fetch(body=body) is None
+    diffbase.store(body=body, patch=patch, essence=essence)
+    record = kopf.ProgressRecord(started="2026-11-26T00:00:00", retries=2, success=False, failure=False)
+    progress.store(key=kopf.HandlerId("create-workload"), record=record, body=body, patch=patch)
+    assert not patch  # nothing to send to the apiserver
+    assert diffbase.fetch(body=body) == essence
+    assert progress.fetch(key=kopf.HandlerId("create-workload"), body=body) == record
+    other = kopf.Body({**sample(), "metadata": {**sample()["metadata"], "uid": "another"}})
+    assert diffbase.fetch(body=other) is None
+    assert progress.fetch(key=kopf.HandlerId("create-workload"), body=other) is None
+    progress.forget("0000-uid")
+    assert progress.fetch(key=kopf.HandlerId("create-workload"), body=body) is None
+    # the retry wake-up is still a real annotation: kopf needs a watch event to retry after a delay
+    progress.touch(body=body, patch=patch, value="now")
+    assert patch["metadata"]["annotations"]["finetune.dev/touch-dummy"] == "now"

@@ -11,7 +11,16 @@ import json
 import time
 
 import pytest
-from ftj_helpers import children, events_for, get_ftj, processes_with_env, submit, tiny_ftj, wait_phase
+from ftj_helpers import (
+    children,
+    events_for,
+    get_ftj,
+    processes_with_env,
+    submit,
+    tiny_ftj,
+    trainer_identity,
+    wait_phase,
+)
 from helpers import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -68,14 +77,20 @@ def test_lifecycle_pending_running_succeeded(running_operator, cluster, namespac
     # children: deterministic names, labels, controller ownerReferences
     kids = children(cluster, namespace, name)
     uid = done["metadata"]["uid"]
-    for kind in ("jobs", "services", "serviceaccounts", "roles", "rolebindings"):
-        (obj,) = kids[kind]
-        assert obj["metadata"]["name"] in (name, f"{name}-trainer")
-        assert obj["metadata"]["labels"]["finetune.dev/community-id"] == "demo"
-        (ref,) = obj["metadata"]["ownerReferences"]
-        assert ref["uid"] == uid and ref["controller"] is True
-    job = kids["jobs"][0]
+    (job,) = kids["jobs"]
+    assert job["metadata"]["name"] == name
+    assert job["metadata"]["labels"]["finetune.dev/community-id"] == "demo"
+    (ref,) = job["metadata"]["ownerReferences"]
+    assert ref["uid"] == uid and ref["controller"] is True
     assert job["spec"]["completionMode"] == "Indexed"
+    assert kids["services"] == []  # one node: torchrun --standalone, no peers to resolve
+    # the pods ran as the namespace's trainer identity, which the operator created (shared, so no owner)
+    assert kids["pods"][0]["spec"]["serviceAccountName"] == "finetune-trainer"
+    identity = trainer_identity(cluster, namespace)
+    assert all(obj is not None for obj in identity.values()), identity
+    for obj in identity.values():
+        assert obj is not None and not obj["metadata"].get("ownerReferences")
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "finetune-operator"
     # one Event per transition
     reasons = [e["reason"] for e in events_for(cluster, namespace, name)]
     assert {"JobCreated", "WaitingForPods"} & set(reasons), reasons  # Pending was announced
@@ -138,7 +153,7 @@ def test_operator_restart_mid_job_adopts_and_converges(running_operator, cluster
     running_operator.start()
     done = wait_phase(cluster, namespace, name, "Succeeded", 120)
     kids = children(cluster, namespace, name)
-    assert len(kids["jobs"]) == 1 and len(kids["services"]) == 1
+    assert len(kids["jobs"]) == 1
     assert len(kids["pods"]) == 1, [p["metadata"]["name"] for p in kids["pods"]]
     assert done["status"]["attempts"] == 1
 
@@ -155,13 +170,15 @@ def test_operator_restart_mid_creation_adopts_existing_children(running_operator
     assert live is not None
     model = builders.parse(live)
     settings = Settings(allow_entrypoint_annotation=True)
-    sa, _role, _binding = builders.render_trainer_rbac(model)
-    cluster.apply([sa, builders.render_service(model, settings), builders.render_job(model, settings)], namespace)
+    # it died after the identity's ServiceAccount and the Job, before the Role and RoleBinding
+    sa, _role, _binding = builders.render_trainer_identity(namespace)
+    cluster.apply([sa, builders.render_job(model, settings)], namespace)
     running_operator.start()
     wait_phase(cluster, namespace, name, "Succeeded", 120)
     kids = children(cluster, namespace, name)
-    assert [len(kids[k]) for k in ("jobs", "services", "serviceaccounts", "roles", "rolebindings")] == [1] * 5
-    assert len(kids["pods"]) == 1
+    assert len(kids["jobs"]) == 1 and len(kids["pods"]) == 1
+    identity = trainer_identity(cluster, namespace)
+    assert all(obj is not None for obj in identity.values()), identity
     assert "adopted existing Job adopt" in running_operator.logs()
 
 
@@ -199,19 +216,30 @@ def test_suspend_and_resume(running_operator, cluster, namespace):
     st = wait_phase(cluster, namespace, name, "Suspended", 60)["status"]
     assert {c["type"]: c for c in st["conditions"]}["Suspended"]["status"] == "True"
     wait_for(lambda: not processes_with_env("FTJ_NAME", name), 60, 0.5, "pods stopped while suspended")
-    # resume with a short run so the job can finish
-    cluster.kubectl(
-        "patch",
-        "ftj",
-        name,
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"runPolicy": {"suspend": False}}}),
-    )
+    # Resumed while the operator is down: kopf's diff base lived in memory, so the restarted operator sees the
+    # job as new and applies spec.runPolicy.suspend to the adopted Job.
+    running_operator.stop()
+    try:
+        cluster.kubectl(
+            "patch",
+            "ftj",
+            name,
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"runPolicy": {"suspend": False}}}),
+        )
+    finally:
+        running_operator.start()
     wait_phase(cluster, namespace, name, ("Running", "Pending"), 60)
     assert wait_for(lambda: processes_with_env("FTJ_NAME", name), 60, 0.5, "pods resumed")
+    assert (
+        not (get_ftj(cluster, namespace, name) or {})
+        .get("metadata", {})
+        .get("annotations", {})
+        .get("finetune.dev/last-handled-configuration")
+    ), "kopf state is kept in memory, not on the object"
 
 
 def test_ttl_after_finished_deletes_the_job(running_operator, cluster, namespace):

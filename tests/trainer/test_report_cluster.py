@@ -1,7 +1,9 @@
-"""fttrainer.report against the real local apiserver, with exactly the rights the operator grants a trainer:
-a ServiceAccount token (TokenRequest) whose Role allows only get/patch on ``finetunejobs/status`` of one
-job. Checks that what the Reporter sends survives the CRD's structural schema (nothing pruned) and that
-the token cannot touch another job (the failure is logged, never raised)."""
+"""fttrainer.report against the real local apiserver, with exactly the rights a trainer pod has: the
+namespace's trainer identity as the operator creates it (Role: patch ``finetunejobs/status``), a token bound
+to a pod of the job (TokenRequest, as the kubelet projects it) and the admission policy that narrows the
+identity to that job (deploy/base/trainer/own-job-policy.yaml). Checks that what the Reporter sends survives
+the CRD's structural schema (nothing pruned) and that the token cannot touch another job, not even one whose
+name extends its own (the failure is logged, never raised)."""
 
 from __future__ import annotations
 
@@ -12,12 +14,10 @@ from typing import Any
 
 import pytest
 import yaml
+from fixtures_operator import install_crd_and_rbac
 from fttrainer.report import Reporter
-from helpers import ROOT
 
 pytestmark = pytest.mark.cluster
-
-CRD = ROOT / "crds" / "finetunejob.yaml"
 
 
 def job(name: str) -> dict[str, Any]:
@@ -38,48 +38,44 @@ def job(name: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def crd(cluster):
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.finetune.dev")
+    install_crd_and_rbac(cluster)  # the CRD and the trainer's admission policy
     deadline = time.monotonic() + 60
     while cluster.kubectl("get", "ftj", "-A", check=False).returncode != 0:
         assert time.monotonic() < deadline, "FineTuneJob never became servable"
         time.sleep(1)
 
 
-def trainer_rbac(cluster, namespace: str, name: str) -> None:
-    sa = f"{name}-trainer"
+def trainer_pod(cluster, namespace: str, job_name: str) -> tuple[str, str]:
+    """The namespace's trainer identity and a never-scheduled pod named like the job's first pod."""
+    from ftoperator import builders
+
+    cluster.apply(builders.render_trainer_identity(namespace), namespace)
+    pod = f"{job_name}-0-abcde"
     cluster.apply(
-        [
-            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}},
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "Role",
-                "metadata": {"name": sa},
-                "rules": [
-                    {
-                        "apiGroups": ["finetune.dev"],
-                        "resources": ["finetunejobs/status"],
-                        "resourceNames": [name],
-                        "verbs": ["get", "patch"],
-                    }
-                ],
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": pod},
+            "spec": {
+                "serviceAccountName": builders.TRAINER_IDENTITY,
+                "nodeSelector": {"finetune.dev/test": "never-scheduled"},
+                "containers": [{"name": "trainer", "image": "none"}],
             },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "RoleBinding",
-                "metadata": {"name": sa},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
-                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
-            },
-        ],
+        },
         namespace,
     )
+    uid = cluster.get_json("pod", pod, "-n", namespace)["metadata"]["uid"]
+    return pod, uid
 
 
-def service_account_dir(cluster, namespace: str, sa: str, into: Path) -> Path:
-    """What a pod of that ServiceAccount finds in /var/run/secrets/kubernetes.io/serviceaccount."""
+def service_account_dir(cluster, namespace: str, into: Path, pod: tuple[str, str] | None) -> Path:
+    """What a pod of the trainer ServiceAccount finds in /var/run/secrets/kubernetes.io/serviceaccount: a
+    token bound to the pod (as the kubelet projects it), or, with ``pod=None``, an unbound one."""
     into.mkdir(parents=True, exist_ok=True)
-    token = cluster.kubectl("create", "token", sa, "-n", namespace, "--duration=10m").stdout.strip()
+    bound = ["--bound-object-kind=Pod", f"--bound-object-name={pod[0]}", f"--bound-object-uid={pod[1]}"] if pod else []
+    token = cluster.kubectl(
+        "create", "token", "finetune-trainer", "-n", namespace, "--duration=10m", *bound
+    ).stdout.strip()
     (into / "token").write_text(token)
     ca = cluster.kubectl("get", "configmap", "kube-root-ca.crt", "-n", namespace, "-o", "json").stdout
     (into / "ca.crt").write_text(json.loads(ca)["data"]["ca.crt"])
@@ -99,10 +95,9 @@ def pod_env(cluster, monkeypatch, namespace: str, name: str, sa_dir: Path) -> No
 
 
 def test_status_patch_with_the_trainer_role(cluster, crd, namespace, monkeypatch, tmp_path, caplog):  # noqa: PLR0917
-    name, other = "rep-job", "rep-other"
+    name, other = "rep-job", "rep-job-0"  # the other job's pods would be rep-job-0-<i>-<suffix>
     cluster.apply([job(name), job(other)], namespace)
-    trainer_rbac(cluster, namespace, name)
-    sa_dir = service_account_dir(cluster, namespace, f"{name}-trainer", tmp_path / "sa")
+    sa_dir = service_account_dir(cluster, namespace, tmp_path / "sa", trainer_pod(cluster, namespace, name))
     pod_env(cluster, monkeypatch, namespace, name, sa_dir)
 
     rep = Reporter.from_env(rank=0)
@@ -141,17 +136,33 @@ def test_status_patch_with_the_trainer_role(cluster, crd, namespace, monkeypatch
     cp = status["checkpoints"][-1]
     assert cp["step"] == 12 and cp["path"] == "/checkpoints/step-12" and cp["metrics"] == {"loss": 0.65}
 
-    # The same token against another job: forbidden by the Role; logged, never raised, and no change there.
+    # The same token against another job: denied by the admission policy; logged, never raised, no change.
     monkeypatch.setenv("FTJ_NAME", other)
     intruder = Reporter.from_env(rank=0)
     with caplog.at_level("WARNING", logger="fttrainer.report"):
         intruder.progress(step=1, total_steps=2, epoch=0.5, examples=8, stage="training", metrics={"loss": 1.0})
         intruder.close()
     assert intruder.failures >= 1 and intruder.sent == 0
-    assert "HTTP 403" in caplog.text
+    assert "HTTP 403" in caplog.text and "finetune-trainer-own-job" in caplog.text
     token = (sa_dir / "token").read_text()
     assert token not in caplog.text
     other_status = json.loads(cluster.kubectl("get", "ftj", other, "-n", namespace, "-o", "json").stdout).get(
         "status", {}
     )
     assert "progress" not in other_status
+
+
+def test_an_unbound_trainer_token_reports_on_no_job(cluster, crd, namespace, monkeypatch, tmp_path, caplog):  # noqa: PLR0917
+    """`kubectl create token finetune-trainer` (no pod behind it) passes RBAC but not the admission policy."""
+    name = "rep-unbound"
+    cluster.apply(job(name), namespace)
+    trainer_pod(cluster, namespace, name)
+    pod_env(cluster, monkeypatch, namespace, name, service_account_dir(cluster, namespace, tmp_path / "sa", None))
+    rep = Reporter.from_env(rank=0)
+    with caplog.at_level("WARNING", logger="fttrainer.report"):
+        rep.progress(step=1, total_steps=2, epoch=0.5, examples=8, stage="training", metrics={"loss": 1.0})
+        rep.close()
+    assert rep.failures >= 1 and rep.sent == 0
+    assert "HTTP 403" in caplog.text and "finetune-trainer-own-job" in caplog.text
+    status = json.loads(cluster.kubectl("get", "ftj", name, "-n", namespace, "-o", "json").stdout).get("status", {})
+    assert "progress" not in status
