@@ -93,6 +93,7 @@ class Kube:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.connections, ssl=info.as_ssl_context()),
             headers={**info.as_http_headers(), "User-Agent": "finetune-operator"},
+            cookie_jar=aiohttp.DummyCookieJar(),  # the apiserver sets none; filtering the jar cost ~0.3 ms a request
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
         )
 

@@ -275,7 +275,13 @@ def test_light_diffbase_equals_kopfs():
     body = sample()
     body["metadata"].update(
         labels={"a": "b"},
-        annotations={"x": "y", "finetune.dev/last-handled-configuration": "{}"},
+        annotations={
+            "x": "y",
+            "finetune.dev/last-handled-configuration": "{}",
+            "kubectl.kubernetes.io/last-applied-configuration": "{}",
+            "other.io/kopf-managed": "yes",  # another kopf operator's storage: ignored by kopf's essence
+            "other.io/progress": "{}",
+        },
         managedFields=[{"manager": "kubectl", "fieldsV1": {"f:spec": {"f:model": {}}}}],
         resourceVersion="7",
         generation=2,
@@ -285,7 +291,11 @@ def test_light_diffbase_equals_kopfs():
     ours = LightDiffBaseStorage(**kw).build(body=kopf.Body(body))
     theirs = kopf.AnnotationsDiffBaseStorage(**kw).build(body=kopf.Body(body))
     assert ours == theirs
+    assert ours["metadata"]["annotations"] == {"x": "y"}
     assert "managedFields" not in json.dumps(ours)
+    # an independent copy: changing the body later does not change the stored essence
+    body["spec"]["model"]["name"] = "changed"
+    assert ours["spec"]["model"]["name"] != "changed"
     fields = ["status.phase"]
     assert LightDiffBaseStorage(**kw).build(
         body=kopf.Body(body), extra_fields=fields
@@ -327,3 +337,16 @@ def test_kopf_state_stays_in_memory_and_writes_nothing_on_the_object():
     # the retry wake-up is still a real annotation: kopf needs a watch event to retry after a delay
     progress.touch(body=body, patch=patch, value="now")
     assert patch["metadata"]["annotations"]["finetune.dev/touch-dummy"] == "now"
+
+
+def test_progress_clear_matches_kopfs():
+    import kopf
+    from ftoperator.handlers import MemoryProgressStorage
+
+    ours, theirs = MemoryProgressStorage(), kopf.AnnotationsProgressStorage(prefix="finetune.dev")
+    plain = kopf.BodyEssence(spec={"a": 1}, metadata={"annotations": {"x": "y"}})  # type: ignore[typeddict-item]
+    touched = kopf.BodyEssence(spec={"a": 1}, metadata={"annotations": {"x": "y", "finetune.dev/touch-dummy": "t"}})  # type: ignore[typeddict-item]
+    for essence in (plain, touched):
+        assert ours.clear(essence=essence) == theirs.clear(essence=essence)
+    assert ours.clear(essence=touched)["metadata"]["annotations"] == {"x": "y"}
+    assert touched["metadata"]["annotations"]["finetune.dev/touch-dummy"] == "t"  # the input is left alone
