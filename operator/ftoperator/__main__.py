@@ -35,7 +35,7 @@ def main() -> None:
         log_refkey="object",  # JSON lines carry {"object": {apiVersion, kind, name, uid, namespace}}
     )
     if not settings.verbose:
-        # One line per watch event ("Handler 'pod-events' succeeded.") is noise at scale; transitions,
+        # One line per watch event ("Handler 'job-events' succeeded.") is noise at scale; transitions,
         # child creation and every failure are still logged.
         for handler in logging.getLogger().handlers:
             handler.addFilter(_drop_event_handler_success)

@@ -6,9 +6,9 @@ Handlers (all with explicit ids, see docs/operator.md):
   identity exists (once per namespace), then create the Indexed Job and, for multi-node jobs, the headless
   Service; idempotent (409 → adopt the existing child when it is ours).
 * ``suspend-resume`` (on.update of spec.runPolicy.suspend): patch the Job's spec.suspend.
-* ``ftj-events``, ``job-events``, ``pod-events`` (on.event): recompute the FineTuneJob status from the
-  in-memory indexes (``ftj_index``, ``job_index``, ``pod_index``) and merge-patch the status subresource
-  when it changed, posting an Event per phase transition.
+* ``ftj-events``, ``job-events`` (on.event) and the ``pod_index`` index: recompute the FineTuneJob status
+  from the in-memory indexes (``ftj_index``, ``job_index``, ``pod_index``) and merge-patch the status
+  subresource when it changed, posting an Event per phase transition.
 
 No on.delete handler, daemon or timer is registered for FineTuneJobs, so kopf never adds a finalizer:
 deleting a FineTuneJob works with the operator down, and the garbage collector removes the children
@@ -167,6 +167,10 @@ class Reconciler:
     ) -> None:
         try:
             await asyncio.sleep(SETTINGS.status_debounce_seconds)
+            if self.creating:
+                # A burst of new jobs: their creations go first, and every event meanwhile joins this sync.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.no_creations.wait(), SETTINGS.status_yield_seconds)
         finally:
             self.pending.pop(key, None)  # events from now on schedule the next sync
         try:
@@ -528,10 +532,22 @@ async def job_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Bo
 
 
 @kopf.index("v1", "pods", labels={builders.LABEL_JOB: kopf.PRESENT}, id="pod_index")
-async def pod_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any] | None:
+async def pod_index(
+    *,
+    namespace: str | None,
+    labels: kopf.Labels,
+    body: kopf.Body,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **kwargs: Any,
+) -> dict[Key, Any] | None:
+    """Also schedules the job's status sync: pods are the busiest stream, and a separate on.event handler
+    would cost each pod event kopf's whole handler machinery a second time. (A deleted pod is not indexed;
+    the Job's own event, its active/failed counts changing, triggers that sync.)"""
     if _owner_uid(body, "Job") is None:
         return None
-    return {(namespace or "", labels[builders.LABEL_JOB]): _slim_pod(body)}
+    key = (namespace or "", labels[builders.LABEL_JOB])
+    RECONCILER.trigger(*key, indexes=_indexes(kwargs), logger=logger, handler="pod-events")
+    return {key: _slim_pod(body)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -807,23 +823,6 @@ async def job_event(
         indexes=_indexes(kwargs),
         logger=logger,
         handler="job-events",
-    )
-
-
-@kopf.on.event("v1", "pods", labels={builders.LABEL_JOB: kopf.PRESENT}, id="pod-events")
-async def pod_event(
-    *,
-    namespace: str | None,
-    labels: kopf.Labels,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    **kwargs: Any,
-) -> None:
-    RECONCILER.trigger(
-        namespace or "",
-        labels[builders.LABEL_JOB],
-        indexes=_indexes(kwargs),
-        logger=logger,
-        handler="pod-events",
     )
 
 

@@ -92,8 +92,10 @@ class Settings:
     watch_server_timeout: int = 300
     watch_client_timeout: float = 330.0
     watch_inactivity_timeout: float = 70.0
-    event_level: str = "INFO"
-    """Lowest level of handler log messages also posted as Kubernetes Events."""
+    event_level: str = "WARNING"
+    """Lowest level of handler log messages also posted as Kubernetes Events. Phase transitions are always
+    posted; at INFO kopf would add "Handler … succeeded" and "Creation is processed" to every job: two
+    more writes per job, and noise in ``kubectl describe``."""
     log_format: str = "json"
     """json (structured, one object per line) or plain."""
     verbose: bool = False
