@@ -377,6 +377,10 @@ class LightDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         return result
 
 
+def _uid(body: kopf.Body) -> str:
+    return str(body.get("metadata", {}).get("uid"))
+
+
 class MemoryDiffBaseStorage(LightDiffBaseStorage):
     """The diff base in this process's memory, not in an annotation on every FineTuneJob.
 
@@ -391,10 +395,10 @@ class MemoryDiffBaseStorage(LightDiffBaseStorage):
         self.essences: dict[str, kopf.BodyEssence] = {}
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
-        return self.essences.get(str(body.get("metadata", {}).get("uid")))
+        return self.essences.get(_uid(body))
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
-        self.essences[str(body.get("metadata", {}).get("uid"))] = essence
+        self.essences[_uid(body)] = essence
 
 
 class MemoryProgressStorage(kopf.AnnotationsProgressStorage):
@@ -405,18 +409,14 @@ class MemoryProgressStorage(kopf.AnnotationsProgressStorage):
         super().__init__(prefix="finetune.dev")
         self.records: dict[tuple[str, str], kopf.ProgressRecord] = {}
 
-    @staticmethod
-    def _uid(body: kopf.Body) -> str:
-        return str(body.get("metadata", {}).get("uid"))
-
     def fetch(self, *, key: kopf.HandlerId, body: kopf.Body) -> kopf.ProgressRecord | None:
-        return self.records.get((self._uid(body), key))
+        return self.records.get((_uid(body), key))
 
     def store(self, *, key: kopf.HandlerId, record: kopf.ProgressRecord, body: kopf.Body, patch: kopf.Patch) -> None:
-        self.records[(self._uid(body), key)] = kopf.ProgressRecord(**record)
+        self.records[(_uid(body), key)] = kopf.ProgressRecord(**record)
 
     def purge(self, *, key: kopf.HandlerId, body: kopf.Body, patch: kopf.Patch) -> None:
-        self.records.pop((self._uid(body), key), None)
+        self.records.pop((_uid(body), key), None)
 
     def forget(self, uid: str) -> None:
         for k in [k for k in self.records if k[0] == uid]:

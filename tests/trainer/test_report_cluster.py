@@ -83,6 +83,19 @@ def service_account_dir(cluster, namespace: str, into: Path, pod: tuple[str, str
     return into
 
 
+def assert_report_denied(cluster, namespace: str, name: str, caplog) -> None:
+    """A report for job ``name`` with the environment's token: refused by the admission policy, logged (never
+    raised), and nothing lands in that job's status."""
+    rep = Reporter.from_env(rank=0)
+    with caplog.at_level("WARNING", logger="fttrainer.report"):
+        rep.progress(step=1, total_steps=2, epoch=0.5, examples=8, stage="training", metrics={"loss": 1.0})
+        rep.close()
+    assert rep.failures >= 1 and rep.sent == 0
+    assert "HTTP 403" in caplog.text and "finetune-trainer-own-job" in caplog.text
+    status = json.loads(cluster.kubectl("get", "ftj", name, "-n", namespace, "-o", "json").stdout).get("status", {})
+    assert "progress" not in status
+
+
 def pod_env(cluster, monkeypatch, namespace: str, name: str, sa_dir: Path) -> None:
     server = yaml.safe_load(cluster.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
     host, port = server.removeprefix("https://").rsplit(":", 1)
@@ -138,18 +151,8 @@ def test_status_patch_with_the_trainer_role(cluster, crd, namespace, monkeypatch
 
     # The same token against another job: denied by the admission policy; logged, never raised, no change.
     monkeypatch.setenv("FTJ_NAME", other)
-    intruder = Reporter.from_env(rank=0)
-    with caplog.at_level("WARNING", logger="fttrainer.report"):
-        intruder.progress(step=1, total_steps=2, epoch=0.5, examples=8, stage="training", metrics={"loss": 1.0})
-        intruder.close()
-    assert intruder.failures >= 1 and intruder.sent == 0
-    assert "HTTP 403" in caplog.text and "finetune-trainer-own-job" in caplog.text
-    token = (sa_dir / "token").read_text()
-    assert token not in caplog.text
-    other_status = json.loads(cluster.kubectl("get", "ftj", other, "-n", namespace, "-o", "json").stdout).get(
-        "status", {}
-    )
-    assert "progress" not in other_status
+    assert_report_denied(cluster, namespace, other, caplog)
+    assert (sa_dir / "token").read_text() not in caplog.text
 
 
 def test_an_unbound_trainer_token_reports_on_no_job(cluster, crd, namespace, monkeypatch, tmp_path, caplog):  # noqa: PLR0917
@@ -158,11 +161,4 @@ def test_an_unbound_trainer_token_reports_on_no_job(cluster, crd, namespace, mon
     cluster.apply(job(name), namespace)
     trainer_pod(cluster, namespace, name)
     pod_env(cluster, monkeypatch, namespace, name, service_account_dir(cluster, namespace, tmp_path / "sa", None))
-    rep = Reporter.from_env(rank=0)
-    with caplog.at_level("WARNING", logger="fttrainer.report"):
-        rep.progress(step=1, total_steps=2, epoch=0.5, examples=8, stage="training", metrics={"loss": 1.0})
-        rep.close()
-    assert rep.failures >= 1 and rep.sent == 0
-    assert "HTTP 403" in caplog.text and "finetune-trainer-own-job" in caplog.text
-    status = json.loads(cluster.kubectl("get", "ftj", name, "-n", namespace, "-o", "json").stdout).get("status", {})
-    assert "progress" not in status
+    assert_report_denied(cluster, namespace, name, caplog)
