@@ -16,14 +16,17 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-GROUP = "finetune.dev"
-VERSION = "v1alpha1"
-KIND = "FineTuneJob"
-PLURAL = "finetunejobs"
-SINGULAR = "finetunejob"
-SHORT_NAMES = ["ftj"]
-CATEGORIES = ["finetune"]
-API_VERSION = f"{GROUP}/{VERSION}"
+from ftcrd.names import (  # noqa: F401 (re-exported: the identity lives with the other wire names)
+    API_VERSION,
+    CATEGORIES,
+    GROUP,
+    KIND,
+    PLURAL,
+    RESERVED_ENV,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+)
 
 # Children are named "<name>", "<name>-dataset" and pods "<name>-<index>-<5 random>" (hostname
 # "<name>-<index>"): 52 keeps every derived name inside the 63-character DNS label limit,
@@ -38,23 +41,6 @@ DatasetFormat = Literal["novalto", "jsonl", "openai"]
 Compression = Literal["auto", "none", "gzip"]
 Phase = Literal["Pending", "Running", "Uploading", "Succeeded", "Failed", "Suspended"]
 TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
-
-# Environment variables the operator sets for rank wiring; user env may not override them.
-RESERVED_ENV = (
-    "PET_NNODES",
-    "PET_NPROC_PER_NODE",
-    "PET_NODE_RANK",
-    "PET_MASTER_ADDR",
-    "PET_MASTER_PORT",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "JOB_COMPLETION_INDEX",
-    "FTJ_NAME",
-    "FTJ_NAMESPACE",
-)
 
 
 # A resource.Quantity ("8", "500m", "64Gi"): a string or a number on the wire, always a string in Python.

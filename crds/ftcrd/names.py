@@ -1,0 +1,109 @@
+"""Every name on the wire that two components share, spelled once.
+
+Labels, annotations, environment variables, mount paths, object names and data keys: the operator
+writes them, the API reads and writes them, the trainer and the demo read them. Import them from here;
+``tests/contract/test_single_source.py`` fails when one of these literals is spelled anywhere else in
+the project's source.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- the resource ------------------------------------------------------------------------------------
+GROUP: Final = "finetune.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "FineTuneJob"
+PLURAL: Final = "finetunejobs"
+SINGULAR: Final = "finetunejob"
+SHORT_NAMES: Final = ("ftj",)
+CATEGORIES: Final = ("finetune",)
+STATUS_SUBRESOURCE: Final = f"{PLURAL}/status"
+
+# --- labels ------------------------------------------------------------------------------------------
+LABEL_JOB: Final = f"{GROUP}/job"
+"""On every child object and trainer pod: the FineTuneJob's name."""
+LABEL_COMMUNITY: Final = f"{GROUP}/community-id"
+"""spec.communityId, copied onto every child object."""
+LABEL_CREATED_BY: Final = f"{GROUP}/created-by"
+"""api | api-webhook: which API route created a FineTuneJob."""
+LABEL_FILE: Final = f"{GROUP}/file"
+"""true on the API's uploaded-file objects."""
+LABEL_TRAINING_FILE: Final = f"{GROUP}/training-file"
+"""On a FineTuneJob created from an uploaded file: the file's id."""
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "finetune-operator"
+LABEL_QUEUE: Final = "kueue.x-k8s.io/queue-name"
+"""Kueue's LocalQueue label (spec.runPolicy.queueName)."""
+
+# --- annotations -------------------------------------------------------------------------------------
+ANN_ENTRYPOINT: Final = f"{GROUP}/trainer-entrypoint"
+"""Development only (operator setting allow_entrypoint_annotation): a command replacing the trainer's."""
+ANN_CANCELLED: Final = f"{GROUP}/cancelled"
+ANN_ACTIONS: Final = f"{GROUP}/api-actions"
+ANN_OPENAI_MODEL: Final = f"{GROUP}/openai-model"
+ANN_TRAINING_FILE: Final = f"{GROUP}/training-file"
+ANN_VALIDATION_FILE: Final = f"{GROUP}/validation-file"
+ANN_SUFFIX: Final = f"{GROUP}/suffix"
+ANN_METADATA: Final = f"{GROUP}/metadata"
+ANN_BASE_LR: Final = f"{GROUP}/base-learning-rate"
+ANN_IDEMPOTENCY: Final = f"{GROUP}/idempotency-request"
+ANN_FILENAME: Final = f"{GROUP}/filename"
+ANN_PURPOSE: Final = f"{GROUP}/purpose"
+ANN_CREATED_AT: Final = f"{GROUP}/created-at"
+ANN_BYTES: Final = f"{GROUP}/bytes"
+ANN_ROWS: Final = f"{GROUP}/rows"
+ANN_COMPLETION_INDEX: Final = "batch.kubernetes.io/job-completion-index"
+"""Set by the Job controller on the pods of an Indexed Job (Kubernetes' name, listed so nobody respells it)."""
+
+# --- the trainer pod ---------------------------------------------------------------------------------
+CONTAINER: Final = "trainer"
+TRAINER_IDENTITY: Final = "finetune-trainer"
+"""ServiceAccount, Role and RoleBinding of the trainers of a namespace; also the ClusterRole users may bind."""
+OWN_JOB_POLICY: Final = "finetune-trainer-own-job"
+"""ValidatingAdmissionPolicy keeping each trainer to its own job's status."""
+
+DATA_DIR: Final = "/data"
+FIREBASE_DIR: Final = "/var/run/secrets/firebase"
+MODELS_DIR: Final = "/models"
+CHECKPOINT_DIR: Final = "/checkpoints"
+WORKSPACE_DIR: Final = "/workspace"
+SHM_DIR: Final = "/dev/shm"
+TERMINATION_LOG: Final = "/dev/termination-log"
+SERVICE_ACCOUNT_DIR: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+# --- environment of the trainer ----------------------------------------------------------------------
+ENV_JOB_NAME: Final = "FTJ_NAME"
+ENV_JOB_NAMESPACE: Final = "FTJ_NAMESPACE"
+ENV_REPORT_INTERVAL: Final = "FTJ_REPORT_INTERVAL"
+ENV_TERMINATION_LOG: Final = "TERMINATION_MESSAGE_PATH"
+"""Overrides TERMINATION_LOG (tests and runs outside a pod)."""
+ENV_SERVICE_ACCOUNT_DIR: Final = "FTJ_SERVICEACCOUNT_DIR"
+"""Overrides SERVICE_ACCOUNT_DIR (tests outside a pod)."""
+ENV_COMPLETION_INDEX: Final = "JOB_COMPLETION_INDEX"
+
+RESERVED_ENV: Final = (
+    "PET_NNODES",
+    "PET_NPROC_PER_NODE",
+    "PET_NODE_RANK",
+    "PET_MASTER_ADDR",
+    "PET_MASTER_PORT",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    ENV_COMPLETION_INDEX,
+    ENV_JOB_NAME,
+    ENV_JOB_NAMESPACE,
+)
+"""Environment variables the operator sets for rank wiring and reporting; spec.env may not set them."""
+
+# --- data keys ---------------------------------------------------------------------------------------
+FILE_DATA_KEY: Final = "data.jsonl.gz"
+"""Key of an uploaded file's gzip JSONL (API files)."""
+DATASET_KEY: Final = "dataset.json.gz"
+"""Key of a webhook job's gzip dataset."""
+MANIFEST_NAME: Final = "manifest.json"
+"""The upload manifest listing every artifact file with its checksums."""
