@@ -2,18 +2,19 @@
 
 Every other artefact derives from these models: ``make manifests`` renders
 ``crds/finetunejob.yaml`` from them (see :mod:`ftcrd.generate`), the API builds
-specs with them, the operator parses objects with them and the trainer reads the
-same field names from its Hydra overrides. Field doc strings become the CRD's
-``description`` and therefore what ``kubectl explain`` prints.
+specs with them, the operator parses objects with them and the trainer's typed
+configuration (:mod:`ftcrd.trainer_config`) embeds them, so a default or a range
+is written once, here. Field doc strings become the CRD's ``description`` and
+therefore what ``kubectl explain`` prints.
 
 Names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from ftcrd.names import (  # noqa: F401 (re-exported: the identity lives with the other wire names)
@@ -40,7 +41,26 @@ Optimizer = Literal["RMSprop", "AdamW", "Adam", "SGD"]
 DatasetFormat = Literal["novalto", "jsonl", "openai"]
 Compression = Literal["auto", "none", "gzip"]
 Phase = Literal["Pending", "Running", "Uploading", "Succeeded", "Failed", "Suspended"]
-TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
+PHASE_PENDING: Final[Phase] = "Pending"
+PHASE_RUNNING: Final[Phase] = "Running"
+PHASE_UPLOADING: Final[Phase] = "Uploading"
+PHASE_SUCCEEDED: Final[Phase] = "Succeeded"
+PHASE_FAILED: Final[Phase] = "Failed"
+PHASE_SUSPENDED: Final[Phase] = "Suspended"
+TERMINAL_PHASES: frozenset[str] = frozenset({PHASE_SUCCEEDED, PHASE_FAILED})
+
+# What the trainer is doing (status.progress.stage); "uploading" shows as phase Uploading.
+Stage = Literal["loading", "training", "evaluating", "exporting", "uploading"]
+STAGE_UPLOADING: Final[Stage] = "uploading"
+
+# status.metrics (and the termination message's metrics) carry this many significant digits: enough to
+# follow a loss curve, short in `kubectl get ftj`. The uploaded manifest keeps full precision.
+STATUS_METRIC_DIGITS: Final = 4
+
+
+def round_metric(value: float) -> float:
+    """``value`` to :data:`STATUS_METRIC_DIGITS` significant digits (0.12643009051680565 -> 0.1264)."""
+    return float(f"{value:.{STATUS_METRIC_DIGITS}g}")
 
 
 # A resource.Quantity ("8", "500m", "64Gi"): a string or a number on the wire, always a string in Python.
@@ -200,6 +220,9 @@ class MethodSpec(CamelModel):
     ]
 
 
+PROMPT_SHORTER_THAN_MAX = "maxPromptLength must be smaller than maxLength"
+
+
 class HyperparametersSpec(CamelModel):
     """Optimisation settings. Defaults follow the reference DPO implementation."""
 
@@ -208,7 +231,7 @@ class HyperparametersSpec(CamelModel):
             "x-kubernetes-validations": [
                 cel(
                     "!has(self.maxPromptLength) || !has(self.maxLength) || self.maxPromptLength < self.maxLength",
-                    "maxPromptLength must be smaller than maxLength",
+                    PROMPT_SHORTER_THAN_MAX,
                 ),
             ]
         }
@@ -250,6 +273,13 @@ class HyperparametersSpec(CamelModel):
             description="Compute reference log-probs in a first pass and drop the reference model (saves memory).",
         ),
     ]
+
+    @model_validator(mode="after")
+    def _prompt_shorter_than_max(self) -> Self:
+        # The CEL rule above, for the API and the trainer, which validate without an apiserver.
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(PROMPT_SHORTER_THAN_MAX)
+        return self
 
 
 class ConfigMapSource(CamelModel):
@@ -508,14 +538,15 @@ class Progress(CamelModel):
     examples: Annotated[int | None, Field(default=None, description="Training examples consumed.")]
     summary: Annotated[str | None, Field(default=None, description="Human form, e.g. '30% (120/400)'.")]
     stage: Annotated[
-        Literal["loading", "training", "evaluating", "exporting", "uploading"] | None,
+        Stage | None,
         Field(default=None, description="What the trainer is doing; 'uploading' shows as phase Uploading."),
     ]
     updated_at: Annotated[str | None, Field(default=None, description="When the trainer last reported (RFC 3339).")]
 
 
 class Metrics(CamelModel):
-    """Latest training metrics (rank-0 view, averaged over the optimizer step)."""
+    """Latest training metrics (rank-0 view, averaged over the optimizer step), rounded for display; the
+    artifact's manifest.json keeps full precision."""
 
     model_config = ConfigDict(extra="allow")
 
