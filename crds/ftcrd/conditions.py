@@ -58,7 +58,7 @@ REASONS: Final[dict[str, str]] = {
     Reason.INVALID_DATASET: "The trainer rejected the dataset (exit code 2); retrying cannot help.",
     Reason.INVALID_SPEC: "The spec could not be turned into a workload or a training run; fix the resource.",
     Reason.UPLOAD_FAILED: "The model was trained and exported but its upload failed after retries (exit code 3); "
-    "a retried pod only uploads the kept export again.",
+    "a retried pod that finds the export in its checkpoint directory only uploads it again.",
     Reason.OOM_KILLED: "A trainer container ran out of memory; raise resources.memory or lower batch sizes.",
     Reason.DEADLINE_EXCEEDED: "spec.runPolicy.activeDeadlineSeconds elapsed.",
     Reason.BACKOFF_LIMIT_EXCEEDED: "The trainer failed more times than spec.runPolicy.backoffLimit allows "
@@ -88,8 +88,9 @@ EXIT_CODE_MEANING: Final[dict[ExitCode, str]] = {
     ExitCode.OK: "The model was uploaded and its checksums verified; the termination message holds the artifact.",
     ExitCode.INVALID_INPUT: "Invalid dataset or configuration (InvalidDataset / InvalidSpec): the Job's "
     "podFailurePolicy fails the Job at once, nothing is retried.",
-    ExitCode.UPLOAD_FAILED: "Trained and exported, but the upload failed after retries (UploadFailed): the retried "
-    "pod finds the complete export under the checkpoint directory and only uploads it again.",
+    ExitCode.UPLOAD_FAILED: "Trained and exported, but the upload failed after retries (UploadFailed). The export "
+    "stays complete under the checkpoint directory; a retried pod that sees it (durable checkpoint storage) skips "
+    "training and only uploads.",
     ExitCode.STOPPED_AFTER_STEP: "Test hook exit_after_step: a hard exit right after a checkpoint.",
     ExitCode.PREEMPTED: "SIGTERM (preemption, eviction): the step was checkpointed; the next pod resumes from it.",
 }

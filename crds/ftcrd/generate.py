@@ -337,6 +337,20 @@ def render_conditions() -> str:
         "|---|---|",
         *[f"| `{r}` | {d} |" for r, d in conditions.REASONS.items()],
         "",
+        "## Trainer exit codes",
+        "",
+        "`ftcrd.conditions.ExitCode`; any other code is a crash (`TrainerFailed`). The trainer names its reason",
+        "in the termination message (`ftcrd.termination.TerminationMessage`); the operator reports it unchanged.",
+        "",
+        "| code | name | reasons the trainer reports with it | meaning |",
+        "|---|---|---|---|",
+        *[
+            f"| {int(code)} | `{code.name}` | "
+            + (", ".join(f"`{r}`" for r, c in conditions.TRAINER_REASONS.items() if c == code) or "-")
+            + f" | {meaning} |"
+            for code, meaning in conditions.EXIT_CODE_MEANING.items()
+        ],
+        "",
     ]
     return "\n".join(lines)
 
