@@ -95,6 +95,14 @@ Quantity = Annotated[
 ]
 
 
+# Value types with their ranges, shared by the fields below and the API's OpenAI-shaped requests (a value
+# entering through any door meets the same range).
+Beta = Annotated[float, Field(gt=0, le=100)]
+BatchSize = Annotated[int, Field(ge=1, le=65536)]
+Epochs = Annotated[int, Field(ge=1, le=1000)]
+CommunityId = Annotated[str, Field(max_length=63, pattern=r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")]
+
+
 def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
     """One ``x-kubernetes-validations`` entry; the message is what a kubectl user reads."""
     entry: dict[str, Any] = {"rule": rule, "message": message}
@@ -197,11 +205,9 @@ class MethodSpec(CamelModel):
         ),
     ]
     beta: Annotated[
-        float,
+        Beta,
         Field(
             default=0.1,
-            gt=0,
-            le=100,
             description="Temperature of the implicit reward; higher stays closer to the reference model. Must be > 0.",
         ),
     ]
@@ -237,15 +243,13 @@ class HyperparametersSpec(CamelModel):
         }
     )
 
-    epochs: Annotated[int | None, Field(default=1, ge=1, le=1000, description="Passes over the dataset.")]
+    epochs: Annotated[Epochs | None, Field(default=1, description="Passes over the dataset.")]
     examples: Annotated[
         int | None,
         Field(default=None, ge=1, description="Stop after this many training examples (overrides epochs when set)."),
     ]
     learning_rate: Annotated[float, Field(default=5e-7, gt=0, le=1, description="Peak learning rate.")]
-    batch_size: Annotated[
-        int, Field(default=128, ge=1, le=65536, description="Examples per optimizer step, across all ranks.")
-    ]
+    batch_size: Annotated[BatchSize, Field(default=128, description="Examples per optimizer step, across all ranks.")]
     gradient_accumulation_steps: Annotated[
         int, Field(default=1, ge=1, le=1024, description="Micro-batches accumulated per optimizer step.")
     ]
@@ -451,11 +455,9 @@ class FineTuneJobSpec(CamelModel):
     )
 
     community_id: Annotated[
-        str | None,
+        CommunityId | None,
         Field(
             default=None,
-            max_length=63,
-            pattern=r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$",
             description="Tenant or community label, copied onto every child object as finetune.dev/community-id.",
         ),
     ]

@@ -88,7 +88,7 @@ def patched_contract(tmp: Path) -> Path:
     (tmp / "docs").mkdir()
     types_py = tmp / "crds" / "ftcrd" / "types.py"
     text, n = re.subn(
-        r"(    beta: Annotated\[\s*float,\s*Field\(\s*default=)0\.1,", rf"\g<1>{PATCHED_BETA},", types_py.read_text()
+        r"(    beta: Annotated\[\s*\w+,\s*Field\(\s*default=)0\.1,", rf"\g<1>{PATCHED_BETA},", types_py.read_text()
     )
     assert n == 1, "MethodSpec.beta's default is no longer spelled `default=0.1`: update this test"
     types_py.write_text(text)
