@@ -158,3 +158,16 @@ def test_supervised_examples_batch_with_pairs():
     assert batch["input_ids"].shape[0] == 4
     assert batch["attention_mask"][3].sum() == 0 and (batch["labels"][3] == IGNORE_INDEX).all()
     assert batch["input_ids"][1, : len(exs[1].chosen_input_ids)].tolist() == exs[1].chosen_input_ids
+
+
+def test_a_template_that_drops_the_reply_is_refused():
+    tok = chatml()
+    tok.chat_template = (
+        "{% for m in messages %}{% if m.role != 'assistant' %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    with pytest.raises(DatasetError, match=r"^row 4: the model's chat template renders no tokens for the chosen reply"):
+        tokenize_row(parse_row(CHAT, 4), 0, tok, 512, 256)
+    conversation = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+    with pytest.raises(DatasetError, match=r"^row 5: field 'messages\[1\]': the model's chat template renders no"):
+        tokenize_row(parse_row(conversation, 5), 0, tok, 512, 256)

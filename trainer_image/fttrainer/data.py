@@ -35,6 +35,7 @@ state, and 1 node x 2 processes sees exactly the data 2 nodes x 1 process sees.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from ftcrd.messages import Message
 
 from fttrainer.losses import IGNORE_INDEX
 
+log = logging.getLogger("fttrainer")
 _PARTS_PROBE = "fttrainer content-parts probe"
 
 
@@ -119,6 +121,7 @@ class RowTokenizer:
         self.takes_parts = self.has_template and _template_takes_parts(tokenizer)
         self.prefix = _special_prefix(tokenizer)
         self.special = _special_pattern(tokenizer)
+        self._warned = False
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -163,6 +166,12 @@ class RowTokenizer:
             chosen = self.render(row, [*row.messages, *row.chosen_turns()])
             rejected = self.render(row, [*row.messages, *row.rejected_turns()])
             n = min(common_prefix_length(prompt, chosen), common_prefix_length(prompt, rejected))
+            self._warn_if_cut(prompt, n)
+            for field, reply in (("chosen", chosen[n:]), ("rejected", rejected[n:])):
+                if not reply:
+                    raise DatasetError(
+                        f"the model's chat template renders no tokens for the {field} reply", row=row.number
+                    )
             return chosen[:n], chosen[n:], rejected[n:]
         eos = self._eos()
         prompt_ids = self.prefix + self.encode(row.prompt_text())
@@ -188,8 +197,23 @@ class RowTokenizer:
                     field=messages[i].path,
                 )
             start = common_prefix_length(before, upto)
+            self._warn_if_cut(before, start)
+            if start == len(upto):
+                raise DatasetError(
+                    "the model's chat template renders no tokens for this turn", row=row.number, field=messages[i].path
+                )
             labels[start : len(upto)] = upto[start:]
         return ids, labels
+
+    def _warn_if_cut(self, prompt: list[int], shared: int) -> None:
+        """As TRL: the reply starts where prompt and conversation diverge, and that is said once."""
+        if shared < len(prompt) and not self._warned:
+            self._warned = True
+            log.warning(
+                "the chat template renders the prompt alone differently from the prompt followed by a reply; "
+                "training starts where they diverge (%r is not in the training sequence)",
+                self.tokenizer.decode(prompt[shared:]),
+            )
 
     def _plain_conversation(self, messages: Sequence[Message], trained: set[int]) -> tuple[list[int], list[int]]:
         """No template: ``role: text`` lines, each trained reply tokenised on its own and ended with EOS."""
