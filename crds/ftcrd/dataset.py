@@ -1,18 +1,24 @@
-"""Preference datasets: parsing and validation shared by the API and the trainer.
+"""Training datasets: the one parser, shared by the API (at upload) and the trainer.
 
-Pure Python (no torch), so the API rejects a bad upload with exactly the message the
-trainer would have failed with, before any GPU is reserved.
+Pure Python (no torch), so the API rejects a bad upload with exactly the message the trainer would
+have failed with, before any GPU is reserved.
 
-Three on-disk shapes are accepted:
+Three containers (``DatasetSpec.format``): ``novalto``, a JSON list of row objects (the original
+microservice's payload); ``jsonl`` and ``openai``, one row object per line. Content may be
+gzip-compressed (detected by its magic bytes). Every container takes every row shape, so a JSONL file
+mixing shapes is fine:
 
-* ``novalto``: a JSON list of ``{"prompt", "chosen", "rejected"}`` objects (the original
-  microservice's payload);
-* ``jsonl``: one such object per line;
-* ``openai``: OpenAI's DPO JSONL, ``{"input": {"messages": [...]}, "preferred_output":
-  [{"role": "assistant", "content": ...}], "non_preferred_output": [...]}``.
+* plain preference pair ``{"prompt", "chosen", "rejected"}`` (strings) -> :class:`PreferenceRow`;
+* OpenAI DPO ``{"input": {"messages": [...], "tools": [...]}, "preferred_output": [...],
+  "non_preferred_output": [...]}``; the OpenAI spec's schema spells the outputs
+  ``preferred_completion``/``non_preferred_completion``, accepted too -> :class:`PreferenceRow` with
+  messages;
+* OpenAI supervised ``{"messages": [...], "tools": [...]}``, assistant messages optionally carrying
+  ``weight`` 0 (context) or 1 (trained, the default) -> :class:`ConversationRow`.
 
-Each row may use either object shape whatever the container, so a JSONL file mixing
-both is fine. Content may be gzip-compressed (detected by its magic bytes).
+Messages may be multi-turn, carry ``content`` as a list of text parts, assistant ``tool_calls`` with
+``content: null``, and ``tool``/``function`` results (:mod:`ftcrd.messages`). Errors name the row
+(line of a JSONL file, 1-based index of a JSON list) and the field.
 """
 
 from __future__ import annotations
@@ -20,12 +26,32 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ftcrd.messages import (
+    FieldError,
+    Message,
+    check_text,
+    fail,
+    parse_messages,
+    parse_tools,
+)
+
 GZIP_MAGIC = b"\x1f\x8b"
-ROLES = frozenset({"system", "user", "assistant", "developer", "tool"})
 DEFAULT_MAX_FIELD_CHARS = 200_000
+TruncationSide = Literal["keep_end", "keep_start"]
+"""Which end of a too-long prompt is kept: the end, nearest the reply (default), or the start (the
+reference implementation's choice for most datasets)."""
+TRUNCATION_SIDES: tuple[TruncationSide, ...] = ("keep_end", "keep_start")
+PREFERRED_KEYS = ("preferred_output", "preferred_completion")
+NON_PREFERRED_KEYS = ("non_preferred_output", "non_preferred_completion")
+OUTPUT_ROLES = frozenset({"assistant", "tool"})
+ROW_SHAPES = (
+    'Each row must be {"messages": [...]} (supervised), OpenAI\'s DPO shape {"input": {"messages": [...]}, '
+    '"preferred_output": [...], "non_preferred_output": [...]}, or {"prompt", "chosen", "rejected"}.'
+)
+"""What a row may look like, for error messages that point a user at the accepted shapes."""
 
 
 class DatasetError(ValueError):
@@ -43,28 +69,75 @@ class DatasetError(ValueError):
         self.detail = message
 
 
-@dataclass(frozen=True)
-class Message:
-    role: str
-    content: str
+def _reply_text(messages: tuple[Message, ...]) -> str:
+    """Several reply messages as plain text, each after the first on its own ``role: `` line."""
+    return "".join([messages[0].plain(), *("\n" + m.line() for m in messages[1:])])
 
 
 @dataclass(frozen=True)
 class PreferenceRow:
-    """One preference pair. Exactly one of ``prompt`` (plain text) or ``messages`` (chat) is set."""
+    """One preference pair: a plain ``prompt`` with string replies, or a chat (``messages`` the
+    prompt's turns, ``chosen_messages``/``rejected_messages`` the replies' turns). ``chosen`` and
+    ``rejected`` are always the replies as plain text (for tokenizers without a chat template)."""
 
     chosen: str
     rejected: str
     prompt: str | None = None
     messages: tuple[Message, ...] | None = None
+    chosen_messages: tuple[Message, ...] | None = None
+    rejected_messages: tuple[Message, ...] | None = None
+    tools: tuple[dict[str, Any], ...] | None = None
+    number: int = field(default=0, compare=False)  # the row's number in error messages
+
+    is_pair = True
 
     def prompt_text(self) -> str:
         """The prompt as plain text, for tokenizers without a chat template."""
         if self.prompt is not None:
             return self.prompt
         assert self.messages is not None
-        turns = [f"{m.role}: {m.content}" for m in self.messages]
-        return "\n".join(turns) + "\nassistant: "
+        return "\n".join(m.line() for m in self.messages) + "\nassistant: "
+
+    def chosen_turns(self) -> tuple[Message, ...]:
+        return self.chosen_messages or (Message("assistant", self.chosen, path="chosen"),)
+
+    def rejected_turns(self) -> tuple[Message, ...]:
+        return self.rejected_messages or (Message("assistant", self.rejected, path="rejected"),)
+
+    def text_fields(self) -> list[tuple[str, str]]:
+        """(field path, text) of every text in the row."""
+        if self.messages is None:
+            assert self.prompt is not None
+            return [("prompt", self.prompt), ("chosen", self.chosen), ("rejected", self.rejected)]
+        turns = (*self.messages, *self.chosen_turns(), *self.rejected_turns())
+        return [item for m in turns for item in m.text_fields()]
+
+    def texts(self) -> list[str]:
+        return [text for _, text in self.text_fields()]
+
+
+@dataclass(frozen=True)
+class ConversationRow:
+    """A supervised conversation: the assistant messages with weight 1 are trained, everything else
+    (earlier turns, weight-0 assistant turns) is context."""
+
+    messages: tuple[Message, ...]
+    tools: tuple[dict[str, Any], ...] | None = None
+    number: int = field(default=0, compare=False)
+
+    is_pair = False
+
+    def trained_turns(self) -> list[int]:
+        return [i for i, m in enumerate(self.messages) if m.role == "assistant" and m.weight]
+
+    def text_fields(self) -> list[tuple[str, str]]:
+        return [item for m in self.messages for item in m.text_fields()]
+
+    def texts(self) -> list[str]:
+        return [text for _, text in self.text_fields()]
+
+
+Row = PreferenceRow | ConversationRow
 
 
 def decompress(data: bytes, compression: Literal["auto", "none", "gzip"] = "auto") -> bytes:
@@ -76,61 +149,96 @@ def decompress(data: bytes, compression: Literal["auto", "none", "gzip"] = "auto
     return data
 
 
-def _text(obj: dict[str, Any], key: str, row: int, max_chars: int, *, prefix: str = "") -> str:
-    name = prefix + key
-    if key not in obj:
-        raise DatasetError("is missing", row=row, field=name)
-    value = obj[key]
-    if not isinstance(value, str):
-        raise DatasetError(f"must be a string, got {type(value).__name__}", row=row, field=name)
-    if not value.strip():
-        raise DatasetError("must be a non-empty string", row=row, field=name)
-    if len(value) > max_chars:
-        raise DatasetError(f"is {len(value)} characters long; the limit is {max_chars}", row=row, field=name)
-    return value
+def _tools(obj: dict[str, Any], where: str) -> tuple[dict[str, Any], ...] | None:
+    """``tools`` (or the legacy ``functions``) of ``obj``; ``where`` prefixes the field names."""
+    if obj.get("tools") is not None and obj.get("functions") is not None:
+        fail(where + "functions", "use either tools or the legacy functions, not both")
+    if obj.get("tools") is not None:
+        return parse_tools(obj["tools"], where + "tools") or None
+    if obj.get("functions") is not None:
+        return parse_tools(obj["functions"], where + "functions", legacy=True) or None
+    return None
 
 
-def _messages(value: Any, row: int, field: str, max_chars: int) -> tuple[Message, ...]:
-    if not isinstance(value, list) or not value:
-        raise DatasetError("must be a non-empty list of messages", row=row, field=field)
-    out = []
-    for i, msg in enumerate(value):
-        where = f"{field}[{i}]"
-        if not isinstance(msg, dict):
-            raise DatasetError("must be an object with role and content", row=row, field=where)
-        role = msg.get("role")
-        if role not in ROLES:
-            raise DatasetError(f"role must be one of {sorted(ROLES)}, got {role!r}", row=row, field=where + ".role")
-        out.append(Message(role=role, content=_text(msg, "content", row, max_chars, prefix=where + ".")))
-    return tuple(out)
+def _output(obj: dict[str, Any], keys: tuple[str, str], max_chars: int) -> tuple[Message, ...]:
+    present = [k for k in keys if k in obj]
+    if not present:
+        fail(keys[0], "is missing")
+    if len(present) > 1:
+        fail(keys[1], f"use either '{keys[0]}' or '{keys[1]}', not both")
+    key = present[0]
 
+    def assistant_or_tool(m: Message) -> None:
+        if m.role not in OUTPUT_ROLES:
+            fail(
+                m.path + ".role", f"reply messages must have role 'assistant' (or 'tool' between them), got {m.role!r}"
+            )
 
-def _assistant_reply(value: Any, row: int, field: str, max_chars: int) -> str:
-    messages = _messages(value, row, field, max_chars)
+    messages = parse_messages(obj[key], key, max_chars, check=assistant_or_tool)
+    if messages[0].role != "assistant":
+        fail(key, "first message must have role 'assistant'")
     if messages[-1].role != "assistant":
-        raise DatasetError("last message must have role 'assistant'", row=row, field=field)
-    return "".join(m.content for m in messages if m.role == "assistant")
+        fail(key, "last message must have role 'assistant'")
+    return messages
 
 
-def parse_row(obj: Any, row: int, max_chars: int = DEFAULT_MAX_FIELD_CHARS) -> PreferenceRow:
-    """Validate one decoded row (1-based ``row`` for messages)."""
+def _openai_pair(obj: dict[str, Any], max_chars: int, number: int) -> PreferenceRow:
+    inp = obj.get("input")
+    if not isinstance(inp, dict):
+        fail("input", "must be an object with a 'messages' list")
+    messages = parse_messages(inp.get("messages"), "input.messages", max_chars)
+    tools = _tools(inp, "input.")
+    outer = _tools(obj, "")
+    if tools and outer:
+        fail("tools", "give the tools once, in input.tools")
+    chosen = _output(obj, PREFERRED_KEYS, max_chars)
+    rejected = _output(obj, NON_PREFERRED_KEYS, max_chars)
+    return PreferenceRow(
+        chosen=_reply_text(chosen),
+        rejected=_reply_text(rejected),
+        messages=messages,
+        chosen_messages=chosen,
+        rejected_messages=rejected,
+        tools=tools or outer,
+        number=number,
+    )
+
+
+def _conversation(obj: dict[str, Any], max_chars: int, number: int) -> ConversationRow:
+    for key in (*PREFERRED_KEYS, *NON_PREFERRED_KEYS, "input"):
+        if key in obj:
+            fail(key, "a row has either 'messages' (supervised) or 'input' with preferred/non-preferred outputs (DPO)")
+    messages = parse_messages(obj.get("messages"), "messages", max_chars, allow_weight=True)
+    if messages[0].role == "assistant":
+        fail("messages[0].role", "a conversation must start with a system, developer or user message")
+    row = ConversationRow(messages=messages, tools=_tools(obj, ""), number=number)
+    if not row.trained_turns():
+        fail("messages", "has no assistant message to train on (one without weight, or with weight 1, is needed)")
+    return row
+
+
+def _plain_pair(obj: dict[str, Any], max_chars: int, number: int) -> PreferenceRow:
+    def text(key: str) -> str:
+        if key not in obj:
+            fail(key, "is missing")
+        return check_text(obj[key], key, max_chars)
+
+    prompt = text("prompt")
+    return PreferenceRow(prompt=prompt, chosen=text("chosen"), rejected=text("rejected"), number=number)
+
+
+def parse_row(obj: Any, row: int, max_chars: int = DEFAULT_MAX_FIELD_CHARS) -> Row:
+    """Validate one decoded row (``row``: its number in messages)."""
     if not isinstance(obj, dict):
         raise DatasetError(f"must be a JSON object, got {type(obj).__name__}", row=row)
-    if "input" in obj or "preferred_output" in obj:
-        inp = obj.get("input")
-        if not isinstance(inp, dict):
-            raise DatasetError("must be an object with a 'messages' list", row=row, field="input")
-        messages = _messages(inp.get("messages"), row, "input.messages", max_chars)
-        for key in ("preferred_output", "non_preferred_output"):
-            if key not in obj:
-                raise DatasetError("is missing", row=row, field=key)
-        chosen = _assistant_reply(obj["preferred_output"], row, "preferred_output", max_chars)
-        rejected = _assistant_reply(obj["non_preferred_output"], row, "non_preferred_output", max_chars)
-        return PreferenceRow(chosen=chosen, rejected=rejected, messages=messages)
-    prompt = _text(obj, "prompt", row, max_chars)
-    chosen = _text(obj, "chosen", row, max_chars)
-    rejected = _text(obj, "rejected", row, max_chars)
-    return PreferenceRow(prompt=prompt, chosen=chosen, rejected=rejected)
+    try:
+        if "messages" in obj:
+            return _conversation(obj, max_chars, row)
+        if "input" in obj or any(k in obj for k in (*PREFERRED_KEYS, *NON_PREFERRED_KEYS)):
+            return _openai_pair(obj, max_chars, row)
+        return _plain_pair(obj, max_chars, row)
+    except FieldError as exc:
+        raise DatasetError(exc.detail, row=row, field=exc.field) from None
 
 
 def _decoded_rows(text: str, fmt: str) -> Iterator[tuple[int, Any]]:
@@ -160,16 +268,28 @@ def load_rows(
     max_rows: int | None = None,
     max_field_chars: int = DEFAULT_MAX_FIELD_CHARS,
     min_rows: int = 1,
-) -> list[PreferenceRow]:
-    """Decode and validate a whole dataset; raises :class:`DatasetError` at the first bad row."""
+    require_pairs: bool = False,
+) -> list[Row]:
+    """Decode and validate a whole dataset; raises :class:`DatasetError` at the first bad row.
+
+    ``require_pairs``: the method compares a chosen and a rejected reply (DPO, IPO), so supervised
+    ``messages`` rows are refused; supervised fine-tuning takes every row (the chosen reply of a pair)."""
     raw = decompress(data, compression)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DatasetError(f"is not UTF-8 text (byte {exc.start})") from None
-    rows: list[PreferenceRow] = []
+    rows: list[Row] = []
     for index, obj in _decoded_rows(text, fmt):
-        rows.append(parse_row(obj, index, max_field_chars))
+        row = parse_row(obj, index, max_field_chars)
+        if require_pairs and not row.is_pair:
+            raise DatasetError(
+                "is a supervised row without a rejected reply; preference methods (dpo, ipo) need pairs: "
+                '{"input", "preferred_output", "non_preferred_output"} or {"prompt", "chosen", "rejected"}',
+                row=index,
+                field="messages",
+            )
+        rows.append(row)
         if max_rows is not None and len(rows) > max_rows:
             raise DatasetError(f"has more than {max_rows} rows")
     if len(rows) < min_rows:

@@ -44,6 +44,7 @@ from ftcrd.base import (  # noqa: F401 (re-exported: ftcrd.types is the model's 
     immutable,
     round_metric,
 )
+from ftcrd.dataset import TruncationSide
 from ftcrd.names import (  # noqa: F401 (re-exported: the identity lives with the other wire names)
     API_VERSION,
     CATEGORIES,
@@ -194,7 +195,15 @@ class HyperparametersSpec(CamelModel):
     ]
     max_length: Annotated[int, Field(default=512, ge=8, le=131072, description="Max tokens of prompt + response.")]
     max_prompt_length: Annotated[
-        int, Field(default=256, ge=1, le=131072, description="Prompts longer than this are truncated (from the left).")
+        int,
+        Field(default=256, ge=1, le=131072, description="Prompts longer than this are truncated (see truncationSide)."),
+    ]
+    truncation_side: Annotated[
+        TruncationSide,
+        Field(
+            default="keep_end",
+            description="Which end of a too-long prompt is kept: keep_end (the turn nearest the reply) or keep_start.",
+        ),
     ]
     warmup_steps: Annotated[int, Field(default=150, ge=0, description="Linear learning-rate warmup steps.")]
     optimizer: Annotated[Optimizer, Field(default="RMSprop", description="Optimizer class (torch.optim).")]

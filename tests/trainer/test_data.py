@@ -47,7 +47,7 @@ def test_long_prompt_keeps_its_end_then_responses_are_cut(tokenizer):
 
 def test_chat_rows_use_the_chat_template(tokenizer):
     row = PreferenceRow(chosen="yes", rejected="no", messages=(Message("user", "hello"),))
-    assert render_prompt(row, tokenizer) == "<|user|>\nhello\n<|assistant|>\n"
+    assert render_prompt(row, tokenizer) == "<|user|>\nhello<|endoftext|><|assistant|>\n"
     tokenizer_without = type("T", (), {"chat_template": None})()
     assert render_prompt(row, tokenizer_without) == "user: hello\nassistant: "
 

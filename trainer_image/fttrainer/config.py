@@ -53,6 +53,7 @@ HYDRA_KEYS: tuple[tuple[str, str], ...] = (
             "gradient_accumulation_steps",
             "max_length",
             "max_prompt_length",
+            "truncation_side",
             "warmup_steps",
             "optimizer",
             "seed",

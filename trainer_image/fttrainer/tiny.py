@@ -20,9 +20,13 @@ from pathlib import Path
 
 TINY_NAME = "tiny"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>"]
-# Rendered for OpenAI-format rows; the trainer appends the response after the generation prompt.
+# Zephyr-style: every turn ends with EOS, so a trained reply ends with it and the model learns to stop.
+# Tools and tool calls are written as JSON (tiny models are for demos and tests, not for tool use).
 CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
+    "{% if tools %}<|system|>\n{{ tools | tojson }}{{ eos_token }}{% endif %}"
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] or '' }}"
+    "{% for call in message['tool_calls'] or [] %}<tool_call>{{ call['function'] | tojson }}</tool_call>{% endfor %}"
+    "{{ eos_token }}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
@@ -42,6 +46,7 @@ class TinySpec:
 
 def _digest(spec: TinySpec, texts: list[str]) -> str:
     h = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode())
+    h.update(CHAT_TEMPLATE.encode())
     for text in texts:
         h.update(hashlib.sha256(text.encode()).digest())
     return h.hexdigest()[:16]

@@ -138,7 +138,7 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
 
     models = load_models(cfg, rows, d, needs_reference=loss.needs_reference)
     tok = models.tokenizer
-    examples = tokenize_rows(rows, tok, hp.max_length, hp.max_prompt_length)
+    examples = tokenize_rows(rows, tok, hp.max_length, hp.max_prompt_length, truncation_side=hp.truncation_side)
     reference_logps = None
     if models.reference is not None and hp.precompute_reference:
         t0 = time.monotonic()
