@@ -38,6 +38,9 @@ def test_describe_pod_names_the_state_and_the_last_exit():
 @pytest.mark.cluster
 def test_a_crash_looping_deployment_reports_its_pod_and_logs(cluster: Cluster, namespace: str):
     script = "import sys; print('starting the api'); print('ModuleNotFoundError: No module named ftapi'); sys.exit(3)"
+    # Never Ready (like the API's readiness probe while it cannot start): a crash-looping container without a
+    # probe is Ready for a moment after each start, and a Deployment needs no more to count as rolled out.
+    never_ready = {"tcpSocket": {"port": 1}, "periodSeconds": 1}
     labels = {"app": "crasher"}
     deployment = {
         "apiVersion": "apps/v1",
@@ -46,7 +49,10 @@ def test_a_crash_looping_deployment_reports_its_pod_and_logs(cluster: Cluster, n
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [py_container(script, name="api")]}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [py_container(script, name="api", readinessProbe=never_ready)]},
+            },
         },
     }
     k = deploy.Kubectl(kubeconfig=str(cluster.kubeconfig))
@@ -65,3 +71,4 @@ def test_a_crash_looping_deployment_reports_its_pod_and_logs(cluster: Cluster, n
     assert f"pod {pod}: phase" in message
     assert "exit code 3" in message
     assert "ModuleNotFoundError: No module named ftapi" in message  # the container's own output
+    assert "Readiness probe failed" in message  # its Events

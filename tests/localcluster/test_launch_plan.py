@@ -28,7 +28,7 @@ def test_a_volume_over_the_checkout_gets_the_checkout_bound_back():
     # The newcomer's case: a clone under /tmp and the API pod's emptyDir at /tmp.
     mounts = [{"source": "/state/pods/p/volumes/tmp", "target": "/tmp"}, {"source": "/h", "target": "/etc/hosts"}]
     got = plan(mounts, ["/tmp/lc-demo", "/root/.cache/finetune-operator/venv-1"])
-    assert targets(got) == [("/etc/hosts", False), ("/tmp", False), ("/tmp/lc-demo", True)]
+    assert targets(got) == [("/tmp", False), ("/etc/hosts", False), ("/tmp/lc-demo", True)]
     assert got[-1]["source"] == "/tmp/lc-demo"
 
 

@@ -83,8 +83,10 @@ def test_failed_init_container_fails_the_pod():
 
 
 def test_status_keeps_unchanged_conditions_and_foreign_ones():
-    s = state(running())
+    s = state(Container({"name": "main"}, init=False))
     s.starting()
+    assert s.containers[0].state == {"waiting": {"reason": "ContainerCreating"}}
+    s.containers[0].state = {"running": {"startedAt": NOW}}
     s.update(deleting=False)
     current = {
         "conditions": [
