@@ -71,4 +71,4 @@ def test_a_crash_looping_deployment_reports_its_pod_and_logs(cluster: Cluster, n
     assert f"pod {pod}: phase" in message
     assert "exit code 3" in message
     assert "ModuleNotFoundError: No module named ftapi" in message  # the container's own output
-    assert "Readiness probe failed" in message  # its Events
+    assert "event: Normal Started: Started container api" in message  # its Events
