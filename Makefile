@@ -23,7 +23,7 @@ setup: venv ## Build the cached venv and the Kubernetes binaries (first run only
 	@bash localcluster/build-k8s.sh >/dev/null
 
 .PHONY: lint
-lint: setup ## ruff + mypy
+lint: venv ## ruff + mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy crds/ftcrd operator/ftoperator api/ftapi trainer_image/fttrainer localcluster/processnode localcluster/ftdev

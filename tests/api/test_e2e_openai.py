@@ -1,5 +1,5 @@
 """End to end through the API: the real openai client uploads the tiny dataset, creates a DPO job on the
-tiny CPU preset, and the operator (tests/fixtures_operator.py) runs the real trainer on the process node,
+tiny CPU preset, and the operator (tests/support/operator_process.py) runs the real trainer on the process node,
 uploading to the GCS emulator (the `gcs` fixture, tests/support/gcs.py) until the job is succeeded with fine_tuned_model set."""
 
 from __future__ import annotations
