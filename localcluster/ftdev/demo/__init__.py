@@ -17,9 +17,9 @@ Modules: ``cli`` (arguments), ``flow`` (the steps, in order), ``overlay`` (the l
 ``watch`` (the FineTuneJob's updates), ``model`` (download, verify, evaluate), ``report`` (output).
 """
 
-from pathlib import Path
+from ftdev.cluster import ROOT
 
-DATA = Path(__file__).resolve().parents[3] / "hack" / "demo-data"
+DATA = ROOT / "hack" / "demo-data"
 NAMESPACE = "finetune-system"
 API_DEPLOYMENT = "finetune-api"
 OPERATOR_DEPLOYMENT = "finetune-operator"
