@@ -15,6 +15,8 @@ from ftcrd.types import EnvVar
 from ftoperator import builders
 from ftoperator.settings import Settings
 
+from tests.support import PYTHONPATH
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -41,7 +43,7 @@ def container(job: dict[str, Any]) -> dict[str, Any]:
 
 def test_operator_never_imports_torch():
     code = "import sys, ftoperator.handlers, ftoperator.__main__; assert 'torch' not in sys.modules, 'torch imported'"
-    env = {"PYTHONPATH": ":".join(str(ROOT / p) for p in ("crds", "operator", "api", "trainer_image", "hack"))}
+    env = {"PYTHONPATH": PYTHONPATH}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 

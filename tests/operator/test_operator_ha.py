@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from fixtures_operator import OperatorProcess
-from ftj_helpers import submit, tiny_ftj, wait_phase
-from helpers import wait_for
+
+from tests.support.cluster import wait_for
+from tests.support.ftj import submit, tiny_ftj, wait_phase
+from tests.support.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 

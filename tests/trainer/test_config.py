@@ -7,10 +7,11 @@ import typing
 from pathlib import Path
 
 import pytest
-from conftest import BIN, ROOT, Trainer
 from ftcrd import types
 from fttrainer.train import CONFIG_DIR, InvalidInput, validate_config
 from hydra import compose, initialize_config_dir
+
+from tests.support.trainer import BIN, ROOT, Trainer
 
 REFERENCE = ["model=zephyr", "datasets=[novalto]", "loss=dpo", "loss.beta=0.1", "exp_name=community_123"]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import Trainer, free_port, synthetic_rows
 
-from tests.fixtures_gcs import GcsEmulator
+from tests.support.gcs import GcsEmulator
+from tests.support.trainer import Trainer, free_port, synthetic_rows
 
 ARGS = ("n_examples=16", "checkpoint_every=100", "upload.prefix=models", "upload.community_id=c1")
 
