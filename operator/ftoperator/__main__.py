@@ -40,6 +40,7 @@ def main() -> None:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_drop_event_handler_success)
     import ftoperator.handlers  # noqa: F401  (registers the handlers)
+    from ftoperator import peering
 
     kopf.run(
         clusterwide=not settings.namespaces,
@@ -48,6 +49,8 @@ def main() -> None:
         priority=settings.priority,
         peering_name=settings.peering_name,
         liveness_endpoint=settings.liveness_endpoint or None,
+        # Ours, not a random one of kopf's: the resync recognises this replica's entry in the peering object.
+        identity=peering.IDENTITY,  # type: ignore[arg-type]  # kopf.Identity: a NewType of str, not exported
     )
 
 

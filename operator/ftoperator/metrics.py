@@ -50,6 +50,13 @@ TTL_DELETIONS = Counter(
     "Finished FineTuneJobs deleted after spec.runPolicy.ttlSecondsAfterFinished.",
     registry=REGISTRY,
 )
+REPAIRS = Counter(
+    "finetune_operator_repairs_total",
+    "What the periodic resync found lost and applied again: a status (write), a Job suspension, a Job, a "
+    "namespace's trainer identity.",
+    ["what"],
+    registry=REGISTRY,
+)
 
 PHASES = ("Pending", "Running", "Uploading", "Succeeded", "Failed", "Suspended")
 
