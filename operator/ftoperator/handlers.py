@@ -1,9 +1,9 @@
 """The kopf registrations: one handler per event, each with an explicit id (docs/operator.md), and nothing else.
 
-* ``configure`` (startup): kopf settings, the API client, the indexes handed to the reconciler, the
-  background tasks (the resync and the TTL sweep); ``close`` (cleanup); ``login``; the ``tracked`` probe.
+* ``configure`` (startup): kopf settings, the API client, the indexes handed to the reconciler, the TTL
+  sweep; ``close`` (cleanup); ``login``; the ``tracked`` probe.
 * indexes ``ftj_index``, ``job_index``, ``pod_index``: slim snapshots of FineTuneJobs and their Jobs and pods;
-  ``pod_index`` also schedules the status sync of a pod's job.
+  ``pod_index`` also schedules the status sync of a pod's job, ``ftj_index`` starts the resync.
 * ``create-workload`` (on.create) and ``adopt-workload`` (on.resume): one attempt at the job's children
   (:meth:`ftoperator.children.Workloads.ensure`), retried with its delay until the retry budget runs out.
 * ``suspend-resume`` (on.update of spec.runPolicy.suspend): the Job's spec.suspend.
@@ -91,7 +91,6 @@ async def configure(*, settings: kopf.OperatorSettings, logger: Logger, **kwargs
     RECONCILER.kube = await Kube.connect(settings, s)
     metrics.serve(s.metrics_port)
     TASKS.append(asyncio.create_task(ttl.sweeper(RECONCILER, s.ttl_sweep_seconds)))
-    RESYNC.start()
     logger.info(
         "finetune-operator configured: trainer image %s, resync every %ss, grace periods: image pull %ss, "
         "missing config %ss, init crash loop %ss, unschedulable %s; peering %s (priority %s)",
@@ -137,6 +136,10 @@ def tracked(**_: Any) -> int:
 
 @kopf.index(*FTJ, id="ftj_index")
 async def ftj_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+    if RESYNC.task is None:
+        # Started from a handler, not at startup: the task inherits kopf's posting context (kopf.event only
+        # works where kopf set it up, and a sync may post a transition Event).
+        RESYNC.start()
     return {(namespace or "", name): slim(body)}
 
 

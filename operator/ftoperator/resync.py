@@ -43,7 +43,8 @@ class Resync:
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self.settings.resync_seconds > 0:
+        """Start the loop (once; not at all when resync_seconds is 0)."""
+        if self.task is None and self.settings.resync_seconds > 0:
             self.task = asyncio.create_task(self.run())
 
     async def run(self) -> None:
