@@ -54,6 +54,7 @@ class Resync:
                 assert self.reconciler.kube is not None
                 if await peering.acting(self.reconciler.kube, self.settings):
                     await self.round()
+                    metrics.RESYNC_ROUNDS.inc()
             except asyncio.CancelledError:
                 raise
             except Exception:
