@@ -1,7 +1,8 @@
 """``python -m ftoperator``: run the operator (all namespaces unless FTO_NAMESPACES is set).
 
-Equivalent to ``kopf run -m ftoperator.handlers --all-namespaces --liveness=http://0.0.0.0:8080/healthz
---peering=finetune-operator --priority=$FTO_PRIORITY`` with structured (JSON) logs.
+Like ``kopf run -m ftoperator.handlers --all-namespaces --liveness=http://0.0.0.0:8080/healthz
+--peering=finetune-operator --priority=$FTO_PRIORITY`` with structured (JSON) logs, and with a peering identity
+of its own (``ftoperator.peering.IDENTITY``) so the resync can tell whether kopf lets this replica act.
 """
 
 from __future__ import annotations

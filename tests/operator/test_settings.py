@@ -64,3 +64,11 @@ def test_default_retry_budget_fits_the_handler_timeout():
     assert budget.retries_fit()
     assert not budget.exhausted(budget.attempts - 1, sum(budget.delay(n) for n in range(1, budget.attempts - 1)))
     assert budget.exhausted(budget.attempts, 0)
+
+
+def test_every_setting_is_documented():
+    from helpers import ROOT
+
+    docs = (ROOT / "docs" / "operator.md").read_text()
+    missing = [Settings.env_name(f.name) for f in dataclasses.fields(Settings) if Settings.env_name(f.name) not in docs]
+    assert not missing, f"docs/operator.md does not list {missing}"
