@@ -28,7 +28,7 @@ from ftoperator.settings import Settings
 from ftoperator.snapshots import Key, first, ftj_logger, owner_uid, uid_of
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
-EVENTS_REFRESH_SECONDS = 10.0
+EVENTS_REFRESH_SECONDS = 15.0
 """A stuck pod's Events are read again at most this often."""
 WARNING_REASONS = frozenset({"Unschedulable", "ChildCreateFailed", "JobMissing"})
 
@@ -225,9 +225,9 @@ class Reconciler:
     async def pod_events(
         self, key: Key, pods: Sequence[Mapping[str, Any]], now: dt.datetime
     ) -> tuple[dict[str, list[dict[str, Any]]], float]:
-        """The Events of pods that are still being created after a few seconds (cached briefly), by pod uid;
-        and the seconds until another pod reaches that age."""
-        due, soonest = stuck.pods_needing_events(pods, now)
+        """The Events of pods that are still being created after a while (:func:`stuck.pods_needing_events`;
+        cached briefly), by pod uid; and the seconds until another pod reaches that age."""
+        due, soonest = stuck.pods_needing_events(pods, now, self.settings)
         cache = self.events.setdefault(key, {})
         for uid in [u for u in cache if u not in {uid_of(p) for p in due}]:
             del cache[uid]

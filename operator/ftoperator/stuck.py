@@ -26,9 +26,11 @@ PodEvents = Mapping[str, Sequence[Mapping[str, Any]]]
 CONFIG_ERROR_REASONS = frozenset({"CreateContainerConfigError"})
 CREATING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
 MOUNT_EVENT_REASONS = frozenset({"FailedMount", "FailedAttachVolume"})
-EVENTS_AFTER_SECONDS = 5.0
-"""A pod still being created after this long has its Events read: a kubelet reports a volume it cannot mount
-only there (the container stays ``ContainerCreating`` without a message)."""
+EVENTS_AFTER_SECONDS = 30.0
+"""A pod still being created after this long (or after its grace period, when shorter) has its Events read: a
+kubelet reports a volume it cannot mount only there (the container stays ``ContainerCreating`` without a
+message). Not sooner: under a burst of new jobs, pods wait in ContainerCreating for a while, and reading their
+Events would compete with the creations."""
 # The scheduler's VolumeBinding plugin: a missing, unbound or deleted claim (never resolved by waiting for
 # capacity, unlike "Insufficient nvidia.com/gpu").
 _CLAIM_MISSING = re.compile(
@@ -137,19 +139,25 @@ def stuck_verdict(
     return None
 
 
-def pods_needing_events(pods: Sequence[Mapping[str, Any]], now: dt.datetime) -> tuple[list[Mapping[str, Any]], float]:
-    """(active pods still being created for ``EVENTS_AFTER_SECONDS`` or more, whose Events say whether a volume
-    cannot be mounted; seconds until the next pod reaches that age, or inf)."""
+def pods_needing_events(
+    pods: Sequence[Mapping[str, Any]], now: dt.datetime, settings: Settings
+) -> tuple[list[Mapping[str, Any]], float]:
+    """(active pods still being created for :data:`EVENTS_AFTER_SECONDS` or their grace period, whichever is
+    shorter, whose Events say whether a volume cannot be mounted; seconds until the next pod reaches that age,
+    or inf). None when mount failures are only reported (no grace period): the kubelet's Events say it."""
     due: list[Mapping[str, Any]] = []
     soonest = float("inf")
+    if settings.missing_config_grace_seconds <= 0:
+        return due, soonest
+    after = min(EVENTS_AFTER_SECONDS, settings.missing_config_grace_seconds)
     for p in pods:
         if not is_active(p) or not _beingcreated(p):
             continue
         age = (now - _pod_started(p, now)).total_seconds()
-        if age >= EVENTS_AFTER_SECONDS:
+        if age >= after:
             due.append(p)
         else:
-            soonest = min(soonest, EVENTS_AFTER_SECONDS - age)
+            soonest = min(soonest, after - age)
     return due, soonest
 
 

@@ -147,8 +147,13 @@ def test_the_next_decision_is_when_the_first_grace_period_ends():
 
 
 def test_events_are_read_only_for_pods_still_being_created_after_a_while():
-    young, old = creating(2, uid="young"), creating(30, uid="old")
-    running = pod("Running", state={"running": {"startedAt": ago(30)}})
-    due, soonest = stuck.pods_needing_events([young, old, running], NOW)
+    young, old = creating(2, uid="young"), creating(40, uid="old")
+    running = pod("Running", state={"running": {"startedAt": ago(40)}})
+    due, soonest = stuck.pods_needing_events([young, old, running], NOW, SETTINGS)
     assert [p["metadata"]["uid"] for p in due] == ["old"]
     assert soonest == stuck.EVENTS_AFTER_SECONDS - 2
+    # a grace period shorter than that: read when it ends
+    due, soonest = stuck.pods_needing_events([young], NOW, Settings(missing_config_grace_seconds=6))
+    assert (due, soonest) == ([], 4.0)
+    # mount failures only reported: the Events are never read
+    assert stuck.pods_needing_events([old], NOW, Settings(missing_config_grace_seconds=0)) == ([], float("inf"))
