@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from ftcrd.names import ANN_CANCELLED
+
 # Condition types (each True/False/Unknown, kubebuilder-style).
 CREATED: Final = "Created"  # the Job (and, multi-node, its Service) exist
 SCHEDULED: Final = "Scheduled"  # every trainer pod has been bound to a node
@@ -38,6 +40,27 @@ REASONS: Final[dict[str, str]] = {
     "UploadNotVerified": "The trainer exited 0 without reporting a verified upload.",
     "TrainerFailed": "The trainer exited with an error; see the message.",
     "ChildCreateFailed": "The operator could not create a child object (see the message).",
+    "JobMissing": "The Job was deleted before the job finished; the operator creates it again.",
+    "Cancelled": (
+        f"The job was cancelled (annotation {ANN_CANCELLED} and spec.runPolicy.suspend); it expires after "
+        "spec.runPolicy.ttlSecondsAfterFinished like a finished job."
+    ),
+    "VolumeMountFailed": (
+        "A Secret, ConfigMap or PVC volume of a trainer pod could not be mounted within the operator's grace "
+        "period (for example the Firebase credentials Secret is missing in the namespace)."
+    ),
+    "ContainerConfigError": (
+        "A Secret or ConfigMap key of the trainer's environment is missing (CreateContainerConfigError) beyond "
+        "the operator's grace period."
+    ),
+    "VolumeClaimMissing": (
+        "A PersistentVolumeClaim of the job does not exist or is not bound, beyond the operator's grace period."
+    ),
+    "UnschedulableTimeout": (
+        "No node could take a trainer pod within the operator's unschedulable grace period (off by default: "
+        "an unschedulable job waits as Pending/Unschedulable)."
+    ),
+    "InitContainerCrashLoop": "An init container of a trainer pod kept crashing beyond the operator's grace period.",
 }
 
 
