@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fixtures_operator import OperatorProcess
 from ftcrd.names import ANN_CANCELLED
-from ftj_helpers import children, events_for, get_ftj, submit, tiny_ftj, trainer_identity, wait_phase
-from helpers import Cluster, wait_for
+
+from tests.support.cluster import Cluster, wait_for
+from tests.support.ftj import children, events_for, get_ftj, submit, tiny_ftj, trainer_identity, wait_phase
+from tests.support.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 

@@ -67,7 +67,7 @@ def test_default_retry_budget_fits_the_handler_timeout():
 
 
 def test_every_setting_is_documented():
-    from helpers import ROOT
+    from tests.support.cluster import ROOT
 
     docs = (ROOT / "docs" / "operator.md").read_text()
     missing = [Settings.env_name(f.name) for f in dataclasses.fields(Settings) if Settings.env_name(f.name) not in docs]
