@@ -2,7 +2,7 @@
 
     python bench/operator_bench.py [--jobs 200] [--concurrency 32] [--no-docs]
 
-Uses the local control plane (hack/cluster.sh; FTO_STATE_DIR / FTO_APISERVER_PORT select it, started if
+Uses the local control plane (localcluster/cluster.sh; FTO_STATE_DIR / FTO_APISERVER_PORT select it, started if
 not running) with the process node. Pods run tests/operator/fake_trainer.py (exit at once with a verified-upload
 termination message), so the figures are the control path, not training.
 
@@ -39,15 +39,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-for p in ("crds", "operator", "api", "trainer_image", "hack", "tests"):
+for p in ("crds", "operator", "api", "trainer_image", "localcluster", ""):
     sys.path.insert(0, str(ROOT / p))
 
-from fixtures_operator import OperatorProcess, install_crd_and_rbac
 from ftcrd.names import ANN_ENTRYPOINT, API_VERSION, GROUP, KIND, LABEL_JOB, PLURAL, VERSION
+from ftdev import cluster as localcluster
 from ftoperator import builders
 from ftoperator.settings import Settings
-from helpers import Cluster, cluster_status, cluster_up, state_dir
 from kubernetes_asyncio import client, config
+
+from tests.support.cluster import Cluster, state_dir
+from tests.support.operator_process import OperatorProcess, install_crd_and_rbac
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- operator-bench:start -->", "<!-- operator-bench:end -->"
@@ -353,7 +355,7 @@ async def drain_bench_namespaces(api: client.ApiClient, timeout: float = 600) ->
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
-    kubeconfig = state_dir() / "admin.kubeconfig" if cluster_status() else cluster_up()
+    kubeconfig = state_dir() / "admin.kubeconfig" if localcluster.healthy() else localcluster.up()
     cluster = Cluster(kubeconfig=kubeconfig, state_dir=state_dir(), env={**os.environ, "KUBECONFIG": str(kubeconfig)})
     install_crd_and_rbac(cluster)
     cfg = client.Configuration()

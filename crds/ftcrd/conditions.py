@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from ftcrd.names import ANN_CANCELLED
+
 # Condition types (each True/False/Unknown, kubebuilder-style).
 CREATED: Final = "Created"  # the Job (and, multi-node, its Service) exist
 SCHEDULED: Final = "Scheduled"  # every trainer pod has been bound to a node
@@ -42,6 +44,13 @@ class Reason:
     UPLOAD_NOT_VERIFIED: Final = "UploadNotVerified"
     TRAINER_FAILED: Final = "TrainerFailed"
     CHILD_CREATE_FAILED: Final = "ChildCreateFailed"
+    JOB_MISSING: Final = "JobMissing"
+    CANCELLED: Final = "Cancelled"
+    VOLUME_MOUNT_FAILED: Final = "VolumeMountFailed"
+    CONTAINER_CONFIG_ERROR: Final = "ContainerConfigError"
+    VOLUME_CLAIM_MISSING: Final = "VolumeClaimMissing"
+    UNSCHEDULABLE_TIMEOUT: Final = "UnschedulableTimeout"
+    INIT_CONTAINER_CRASH_LOOP: Final = "InitContainerCrashLoop"
 
 
 # Reasons, with the text that explains them to a user.
@@ -66,6 +75,28 @@ REASONS: Final[dict[str, str]] = {
     Reason.UPLOAD_NOT_VERIFIED: "The trainer exited 0 without reporting a verified upload.",
     Reason.TRAINER_FAILED: "The trainer exited with an error; see the message.",
     Reason.CHILD_CREATE_FAILED: "The operator could not create a child object (see the message).",
+    Reason.JOB_MISSING: "The Job was deleted before the job finished; the operator creates it again.",
+    Reason.CANCELLED: (
+        f"The job was cancelled (annotation {ANN_CANCELLED} and spec.runPolicy.suspend); it expires after "
+        "spec.runPolicy.ttlSecondsAfterFinished like a finished job."
+    ),
+    Reason.VOLUME_MOUNT_FAILED: (
+        "A Secret, ConfigMap or PVC volume of a trainer pod could not be mounted within the operator's grace "
+        "period (for example the Firebase credentials Secret is missing in the namespace)."
+    ),
+    Reason.CONTAINER_CONFIG_ERROR: (
+        "A Secret or ConfigMap key of the trainer's environment is missing (CreateContainerConfigError) beyond "
+        "the operator's grace period."
+    ),
+    Reason.VOLUME_CLAIM_MISSING: (
+        "A PersistentVolumeClaim of the job does not exist or is not bound, beyond the operator's grace period."
+    ),
+    Reason.UNSCHEDULABLE_TIMEOUT: (
+        "No node could take a trainer pod within the operator's unschedulable grace period (off by default: "
+        "an unschedulable job waits as Pending/Unschedulable)."
+    ),
+    Reason.INIT_CONTAINER_CRASH_LOOP: "An init container of a trainer pod kept crashing beyond the operator's "
+    "grace period.",
 }
 
 

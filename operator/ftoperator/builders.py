@@ -187,7 +187,14 @@ def _env(ftj: FineTuneJob) -> list[dict[str, Any]]:
     return env
 
 
-def _volumes(ftj: FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def scratch_volume(size_limit: str) -> dict[str, Any]:
+    """An emptyDir, bounded when ``size_limit`` is set: beyond it the kubelet evicts the pod rather than let it
+    fill the node's disk."""
+    return {"sizeLimit": size_limit} if size_limit else {}
+
+
+def _volumes(ftj: FineTuneJob, settings: Settings | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    settings = settings or Settings()
     spec = ftj.spec
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
@@ -214,8 +221,8 @@ def _volumes(ftj: FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, Any
         )
         mounts.append({"name": "models", "mountPath": MODELS_DIR, "readOnly": True})
     volumes += [
-        {"name": "checkpoints", "emptyDir": {}},
-        {"name": "workspace", "emptyDir": {}},
+        {"name": "checkpoints", "emptyDir": scratch_volume(settings.checkpoint_size_limit)},
+        {"name": "workspace", "emptyDir": scratch_volume(settings.workspace_size_limit)},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}},
         {
             "name": "trainer-config",
@@ -259,7 +266,7 @@ def _resources(spec: FineTuneJobSpec) -> dict[str, Any]:
 def pod_template(ftj: FineTuneJob, settings: Settings) -> dict[str, Any]:
     spec = ftj.spec
     name = ftj.metadata["name"]
-    volumes, mounts = _volumes(ftj)
+    volumes, mounts = _volumes(ftj, settings)
     command = trainer_command(spec, name, settings)
     entrypoint = list(settings.trainer_entrypoint)
     override = (ftj.metadata.get("annotations") or {}).get(ANN_ENTRYPOINT)
@@ -337,6 +344,11 @@ def job_suspended(spec: FineTuneJobSpec) -> bool:
     return bool(spec.run_policy.suspend or spec.run_policy.queue_name)
 
 
+def active_deadline_seconds(spec: FineTuneJobSpec, settings: Settings) -> int | None:
+    """spec.runPolicy.activeDeadlineSeconds, else the operator's default: no Job retries for ever."""
+    return spec.run_policy.active_deadline_seconds or settings.default_active_deadline_seconds or None
+
+
 def render_job(ftj: FineTuneJob, settings: Settings | None = None) -> dict[str, Any]:
     """The batch/v1 Indexed Job: ``nodes`` completions and parallelism, one torchrun node per pod."""
     settings = settings or Settings()
@@ -353,8 +365,9 @@ def render_job(ftj: FineTuneJob, settings: Settings | None = None) -> dict[str, 
         "suspend": job_suspended(spec),
         "template": pod_template(ftj, settings),
     }
-    if spec.run_policy.active_deadline_seconds is not None:
-        job_spec["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
+    deadline = active_deadline_seconds(spec, settings)
+    if deadline:
+        job_spec["activeDeadlineSeconds"] = deadline
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

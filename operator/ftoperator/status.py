@@ -17,15 +17,21 @@ from typing import Any
 from ftcrd import conditions as C
 from ftcrd.conditions import TRAINER_REASONS, ExitCode
 from ftcrd.conditions import Reason as R
-from ftcrd.names import ANN_COMPLETION_INDEX, CONTAINER
+from ftcrd.names import ANN_CANCELLED, ANN_COMPLETION_INDEX, CONTAINER
 from ftcrd.termination import FAILED, TerminationMessage
 from ftcrd.types import PHASE_UPLOADING, STAGE_UPLOADING, TERMINAL_PHASES
 
+from ftoperator.objects import condition as _cond
+from ftoperator.objects import created as _created
+from ftoperator.objects import get as _get
+from ftoperator.objects import is_active as _is_active
+from ftoperator.objects import is_true as _true
+from ftoperator.objects import parse_time, rfc3339
+from ftoperator.objects import short as _short
 from ftoperator.settings import Settings
+from ftoperator.stuck import PodEvents, stuck_verdict
 
-IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"})
 CONDITION_TYPES = (C.CREATED, C.SCHEDULED, C.RUNNING, C.SUSPENDED, C.SUCCEEDED, C.FAILED)
-MAX_MESSAGE = 1024
 
 # Status keys the operator owns (and compares when deciding whether to patch).
 OPERATOR_KEYS = (
@@ -39,45 +45,6 @@ OPERATOR_KEYS = (
     "jobName",
     "observedGeneration",
 )
-
-
-def rfc3339(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: object) -> dt.datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _get(obj: Mapping[str, Any] | None, *path: str) -> Any:
-    cur: Any = obj
-    for key in path:
-        if not isinstance(cur, Mapping):
-            return None
-        cur = cur.get(key)
-    return cur
-
-
-def _cond(obj: Mapping[str, Any] | None, ctype: str) -> Mapping[str, Any] | None:
-    for c in _get(obj, "status", "conditions") or []:
-        if c.get("type") == ctype:
-            return c
-    return None
-
-
-def _true(obj: Mapping[str, Any] | None, ctype: str) -> bool:
-    c = _cond(obj, ctype)
-    return bool(c and c.get("status") == "True")
-
-
-def _short(text: str | None, limit: int = MAX_MESSAGE) -> str:
-    text = (text or "").strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,16 +78,6 @@ def termination_message(pod: Mapping[str, Any]) -> TerminationMessage | None:
     """The trainer's termination message, or None (absent, a log tail instead of JSON, or not the contract's)."""
     msg = _get(terminated(pod), "message")
     return TerminationMessage.parse(msg) if isinstance(msg, str) else None
-
-
-def _created(pod: Mapping[str, Any]) -> str:
-    return str(_get(pod, "metadata", "creationTimestamp") or "")
-
-
-def _is_active(pod: Mapping[str, Any]) -> bool:
-    return _get(pod, "status", "phase") not in ("Succeeded", "Failed") and not _get(
-        pod, "metadata", "deletionTimestamp"
-    )
 
 
 def _failed_pods(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -181,31 +138,22 @@ def set_condition(  # noqa: PLR0917
 # ---------------------------------------------------------------------------------------------
 
 
-def _phase_from_pods(
+def _phase_from_pods(  # noqa: PLR0917
     job: Mapping[str, Any],
     pods: Sequence[Mapping[str, Any]],
     ftj_status: Mapping[str, Any],
     now: dt.datetime,
     settings: Settings,
+    events: PodEvents | None = None,
 ) -> tuple[str, str, str]:
     """(phase, reason, message) of a Job that is neither finished nor suspended."""
     active = [p for p in pods if _is_active(p)]
     failed = _failed_pods(pods)
-    # Image pull failures: after the grace period the job fails (and the caller suspends the Job).
-    for pod in sorted(active, key=_created):
-        waiting = _get(trainer_status(pod), "state", "waiting") or {}
-        if waiting.get("reason") in IMAGE_PULL_REASONS:
-            since = parse_time(_get(pod, "status", "startTime")) or parse_time(_created(pod)) or now
-            waited = (now - since).total_seconds()
-            detail = f"{waiting.get('reason')}: {waiting.get('message') or 'cannot pull the trainer image'}"
-            if waited >= settings.image_pull_grace_seconds:
-                return (
-                    "Failed",
-                    R.IMAGE_PULL_FAILED,
-                    _short(f"{detail} (for {int(waited)}s, grace {int(settings.image_pull_grace_seconds)}s)"),
-                )
-            left = int(settings.image_pull_grace_seconds - waited)
-            return "Pending", R.WAITING_FOR_PODS, _short(f"{detail}; failing the job in {left}s unless it resolves")
+    # Pods waiting for something that may never come: after the grace period the job fails (and the caller
+    # suspends the Job, so no pod keeps GPUs reserved).
+    verdict = stuck_verdict(active, events or {}, now, settings)
+    if verdict is not None:
+        return verdict
     running = [p for p in active if _get(trainer_status(p), "state", "running") is not None]
     if running:
         stage = _get(ftj_status, "progress", "stage")
@@ -318,14 +266,16 @@ def _failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> tuple
     return pod_reason or R.TRAINER_FAILED, _short(pod_message or f"{job_reason}: {job_message}")
 
 
-def derive_status(
+def derive_status(  # noqa: PLR0917
     ftj: Mapping[str, Any],
     job: Mapping[str, Any] | None,
     pods: Sequence[Mapping[str, Any]],
     now: dt.datetime,
     settings: Settings | None = None,
+    events: PodEvents | None = None,
 ) -> dict[str, Any]:
-    """The status patch for ``ftj`` (operator-owned keys, full conditions list); ``{}`` when final."""
+    """The status patch for ``ftj`` (operator-owned keys, full conditions list); ``{}`` when final.
+    ``events``: the Events of pods that wait to be created, by pod uid (:func:`pods_needing_events`)."""
     settings = settings or Settings()
     status: Mapping[str, Any] = ftj.get("status") or {}
     if status.get("phase") in TERMINAL_PHASES:
@@ -338,6 +288,9 @@ def derive_status(
         created = next((c for c in existing if c.get("type") == C.CREATED), None)
         if created and created.get("reason") == R.CHILD_CREATE_FAILED:
             phase, reason, message = "Pending", R.CHILD_CREATE_FAILED, str(created.get("message") or "")
+        elif status.get("jobName"):
+            phase, reason = "Pending", R.JOB_MISSING
+            message = f"Job {status['jobName']} was deleted before the job finished; the operator creates it again"
         else:
             phase, reason, message = "Pending", R.WAITING_FOR_PODS, "creating the workload"
     elif _true(job, "Complete") or _true(job, "SuccessCriteriaMet"):
@@ -352,14 +305,16 @@ def derive_status(
     elif _get(job, "spec", "suspend") or _true(job, "Suspended"):  # the Job's condition type
         phase, reason = "Suspended", R.SUSPENDED
         queue = _get(ftj, "spec", "runPolicy", "queueName")
-        if _get(ftj, "spec", "runPolicy", "suspend"):
+        if is_cancelled(ftj) and _get(ftj, "spec", "runPolicy", "suspend"):
+            reason, message = R.CANCELLED, f"cancelled ({ANN_CANCELLED}); no trainer pods run"
+        elif _get(ftj, "spec", "runPolicy", "suspend"):
             message = "spec.runPolicy.suspend is true; no trainer pods run"
         elif queue:
             message = f"waiting for Kueue to admit the job (queue {queue})"
         else:
             message = "the Job is suspended"
     else:
-        phase, reason, message = _phase_from_pods(job, pods, status, now, settings)
+        phase, reason, message = _phase_from_pods(job, pods, status, now, settings, events)
 
     patch: dict[str, Any] = {"phase": phase, "reason": reason, "message": _short(message)}
     if job is not None:
@@ -383,6 +338,11 @@ def derive_status(
     if phase in TERMINAL_PHASES:
         done = parse_time(_get(job, "status", "completionTime")) if phase == "Succeeded" else None
         patch["completionTime"] = rfc3339(done or now)
+    elif reason == R.CANCELLED:
+        # A cancelled job is finished for ttlSecondsAfterFinished (and the API's finished_at) from now on.
+        patch["completionTime"] = status.get("completionTime") or rfc3339(now)
+    elif status.get("completionTime"):
+        patch["completionTime"] = None  # resumed after a cancellation: running again
 
     # Conditions (all six, kubebuilder style; False ones carry the phase's reason).
     pod_list = [p for p in pods if _is_active(p)]
@@ -428,6 +388,18 @@ def changed(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, A
         elif old != value:
             out[key] = value
     return out
+
+
+def is_cancelled(ftj: Mapping[str, Any]) -> bool:
+    return (_get(ftj, "metadata", "annotations") or {}).get(ANN_CANCELLED) == "true"
+
+
+def finished_at(ftj: Mapping[str, Any], status: Mapping[str, Any]) -> dt.datetime | None:
+    """When ttlSecondsAfterFinished starts counting: the completionTime of a Succeeded or Failed job, or of a
+    cancelled one (set when the operator saw it cancelled); None while the job is live."""
+    if status.get("phase") in TERMINAL_PHASES or (status.get("phase") == "Suspended" and is_cancelled(ftj)):
+        return parse_time(status.get("completionTime"))
+    return None
 
 
 def needs_suspend(patch: Mapping[str, Any], job: Mapping[str, Any] | None) -> bool:

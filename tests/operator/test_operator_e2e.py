@@ -9,8 +9,9 @@ import json
 import time
 
 import pytest
-from fixtures_gcs import GcsEmulator
-from ftj_helpers import children, dataset_configmap, get_ftj, submit, tiny_ftj, wait_phase
+from ftdev.gcs import GcsEmulator
+
+from tests.support.ftj import children, dataset_configmap, get_ftj, submit, tiny_ftj, wait_phase
 
 pytestmark = pytest.mark.cluster
 

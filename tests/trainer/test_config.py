@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, Trainer
 from ftcrd import types
 from ftcrd.trainer_config import TrainerConfig, TrainerRun
 from ftcrd.types import HyperparametersSpec, MethodSpec
@@ -25,6 +24,8 @@ from fttrainer.config import (
     with_preset,
 )
 from hydra import compose, initialize_config_dir
+
+from tests.support.trainer import BIN, Trainer
 
 REFERENCE = ["model=zephyr", "datasets=[novalto]", "loss=dpo", "loss.beta=0.1", "exp_name=community_123"]
 

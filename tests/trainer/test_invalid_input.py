@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import BIN, Trainer, synthetic_rows
+
+from tests.support.trainer import BIN, Trainer, synthetic_rows
 
 GOOD = synthetic_rows(4)
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BIN, Run, Trainer, synthetic_rows
 from safetensors.torch import load_file
+
+from tests.support.trainer import BIN, Run, Trainer, synthetic_rows
 
 STEPS = 16  # 160 rows, 20% held out, batch 8, one epoch
 

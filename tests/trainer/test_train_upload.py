@@ -8,10 +8,10 @@ import json
 import re
 
 import pytest
-from conftest import Trainer, free_port, synthetic_rows
 from ftcrd.types import round_metric
 
-from tests.fixtures_gcs import GcsEmulator
+from tests.support.gcs import GcsEmulator
+from tests.support.trainer import Trainer, free_port, synthetic_rows
 
 ARGS = ("n_examples=16", "checkpoint_every=100", "upload.prefix=models")
 STEPS = 2  # 16 examples, batch 8
