@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
+from ftcrd.types import BatchSize, Beta, CommunityId, Epochs
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StrictStr
 
 
 def _not_blank(value: str) -> str:
@@ -42,13 +43,10 @@ class SeedTrigger(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     communityId: Annotated[
-        StrictStr,
+        CommunityId,
+        Strict(),
         AfterValidator(_not_blank),
-        Field(
-            max_length=63,
-            pattern=r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$",
-            description="Community (tenant) id: letters, digits, '-', '_', '.'; at most 63 characters.",
-        ),
+        Field(description="Community (tenant) id: letters, digits, '-', '_', '.'; at most 63 characters."),
     ]
     dataset: Annotated[list[SeedRow], Field(min_length=1, description="Preference pairs (at least one).")]
 
@@ -65,10 +63,8 @@ class SeedAccepted(BaseModel):
 
 # --- OpenAI fine-tuning jobs ---------------------------------------------------------------------
 
-BatchSize = Annotated[int, Field(ge=1, le=65536)]
-Epochs = Annotated[int, Field(ge=1, le=1000)]
+# batch size, epochs and beta: the CRD's own ranges (ftcrd.types)
 LrMultiplier = Annotated[float, Field(gt=0, le=1e6)]
-Beta = Annotated[float, Field(gt=0, le=100)]
 
 
 class Hyperparameters(BaseModel):

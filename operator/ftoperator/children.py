@@ -18,6 +18,9 @@ from typing import Any
 
 import aiohttp
 import pydantic
+from ftcrd import conditions as C
+from ftcrd.conditions import Reason as R
+from ftcrd.names import KIND
 from ftcrd.types import TERMINAL_PHASES
 
 from ftoperator import builders, metrics
@@ -181,7 +184,7 @@ class Workloads:
                     raise
         else:
             raise Conflict(f"{obj['kind']} {md['name']} keeps conflicting")
-        owner = owner_uid(existing, "FineTuneJob")
+        owner = owner_uid(existing, KIND)
         if owner != uid:
             if existing.get("metadata", {}).get("deletionTimestamp") or owner:
                 raise Conflict(
@@ -231,7 +234,7 @@ class Workloads:
             return None
         rec = self.attempts.setdefault(uid, Attempts(first=time.monotonic()))
         if rec.gave_up:  # decided already; only the Failed status was lost
-            await self._fail_logged(raw, "ChildCreateFailed", rec.gave_up, logger)
+            await self._fail_logged(raw, R.CHILD_CREATE_FAILED, rec.gave_up, logger)
             return None
         started = time.perf_counter()
         self.in_flight.add(uid)
@@ -246,14 +249,14 @@ class Workloads:
             await self.reconcile_suspend(raw, job, logger)
         except Permanent as exc:
             metrics.ERRORS.labels(handler).inc()
-            reason = "InvalidSpec" if str(exc).startswith("invalid spec") else "ChildCreateFailed"
+            reason = R.INVALID_SPEC if str(exc).startswith("invalid spec") else R.CHILD_CREATE_FAILED
             rec.gave_up = str(exc)
             await self._fail_logged(raw, reason, str(exc), logger)
             return None
         except ApiError as exc:
             if exc.status in (400, 422):  # the apiserver rejects the object itself: retrying cannot help
                 rec.gave_up = f"could not create the workload: {describe(exc)}"
-                await self._fail_logged(raw, "ChildCreateFailed", rec.gave_up, logger)
+                await self._fail_logged(raw, R.CHILD_CREATE_FAILED, rec.gave_up, logger)
                 return None
             return await self._failed_attempt(raw, rec, exc, logger, handler)
         except Exception as exc:  # connection errors, conflicts, anything: counted against the budget
@@ -278,7 +281,7 @@ class Workloads:
                 f"gave up creating the workload after {rec.failures} attempt(s) in {int(elapsed)}s; "
                 f"last error: {rec.last_error}"
             )
-            await self._fail_logged(raw, "ChildCreateFailed", rec.gave_up, logger)
+            await self._fail_logged(raw, R.CHILD_CREATE_FAILED, rec.gave_up, logger)
             return None
         delay = self.budget.delay(rec.failures)
         rec.retry_at = time.monotonic() + delay
@@ -288,9 +291,9 @@ class Workloads:
         conditions = self.reconciler.effective_status(raw).get("conditions")
         pending = {
             "phase": "Pending",
-            "reason": "ChildCreateFailed",
+            "reason": R.CHILD_CREATE_FAILED,
             "message": short(f"{msg} (attempt {rec.failures}/{self.budget.attempts})"),
-            "conditions": [st.set_condition(conditions, "Created", False, "ChildCreateFailed", msg, now)],
+            "conditions": [st.set_condition(conditions, C.CREATED, False, R.CHILD_CREATE_FAILED, msg, now)],
         }
         await self._write_logged(raw, pending, logger)
         return delay
@@ -304,7 +307,7 @@ class Workloads:
             "message": short(message),
             "completionTime": rfc3339(now),
             "conditions": [
-                st.set_condition(conditions, "Created", False, reason, message, now),
+                st.set_condition(conditions, C.CREATED, False, reason, message, now),
                 st.set_condition(conditions, "Failed", True, reason, message, now),
             ],
         }

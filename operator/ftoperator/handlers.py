@@ -21,7 +21,7 @@ import logging
 from typing import Any
 
 import kopf
-from ftcrd.names import GROUP, LABEL_JOB, PLURAL, VERSION
+from ftcrd.names import GROUP, KIND, LABEL_JOB, PLURAL, VERSION
 from ftcrd.types import TERMINAL_PHASES
 
 from ftoperator import metrics, ttl
@@ -145,7 +145,7 @@ async def ftj_index(*, namespace: str | None, name: str, body: kopf.Body, **_: A
 
 @kopf.index("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT}, id="job_index")
 async def job_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any] | None:
-    if owner_uid(body, "FineTuneJob") is None:
+    if owner_uid(body, KIND) is None:
         return None
     return {(namespace or "", labels[LABEL_JOB]): slim_job(body)}
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 import threading
+import typing
 
+from ftcrd.types import Phase
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -63,7 +65,7 @@ REPAIRS = Counter(
     registry=REGISTRY,
 )
 
-PHASES = ("Pending", "Running", "Uploading", "Succeeded", "Failed", "Suspended")
+PHASES: tuple[str, ...] = typing.get_args(Phase)
 
 
 class PhaseTracker:

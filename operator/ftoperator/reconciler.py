@@ -19,6 +19,8 @@ from typing import Any
 
 import aiohttp
 import kopf
+from ftcrd.conditions import Reason as R
+from ftcrd.names import KIND
 from ftcrd.types import TERMINAL_PHASES
 
 from ftoperator import metrics, stuck
@@ -30,7 +32,7 @@ from ftoperator.snapshots import Key, first, ftj_logger, owner_uid, uid_of
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 EVENTS_REFRESH_SECONDS = 15.0
 """A stuck pod's Events are read again at most this often."""
-WARNING_REASONS = frozenset({"Unschedulable", "ChildCreateFailed", "JobMissing"})
+WARNING_REASONS = frozenset({R.UNSCHEDULABLE, R.CHILD_CREATE_FAILED, R.JOB_MISSING})
 
 
 @dataclasses.dataclass
@@ -87,7 +89,7 @@ class Reconciler:
 
     def job_of(self, key: Key, uid: str) -> Mapping[str, Any] | None:
         jobs = self.indexes["job_index"].get(key, ()) if self.indexes else ()
-        return next((j for j in jobs if owner_uid(j, "FineTuneJob") == uid), None)
+        return next((j for j in jobs if owner_uid(j, KIND) == uid), None)
 
     def pods_of(self, key: Key, job_uid: str | None) -> list[Mapping[str, Any]]:
         if not job_uid or not self.indexes:

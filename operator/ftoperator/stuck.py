@@ -16,6 +16,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ftcrd.conditions import Reason as R
+
 from ftoperator.objects import condition, created, get, is_active, parse_time, short
 from ftoperator.settings import Settings
 
@@ -89,28 +91,28 @@ def stuck(
             last = get(cs, "lastState", "terminated") or {}
             detail = f"init container {cs.get('name')} is crash-looping ({cs.get('restartCount', 0)} restarts"
             detail += f", last exit code {last['exitCode']})" if "exitCode" in last else ")"
-            return Stuck(name, "InitContainerCrashLoop", detail, started, settings.crash_loop_grace_seconds)
+            return Stuck(name, R.INIT_CONTAINER_CRASH_LOOP, detail, started, settings.crash_loop_grace_seconds)
     for cs in _statuses(pod):
         waiting = _waiting(cs)
         if waiting.get("reason") in IMAGE_PULL_REASONS:
             detail = f"{waiting.get('reason')}: {waiting.get('message') or 'cannot pull the trainer image'}"
-            return Stuck(name, "ImagePullFailed", detail, started, settings.image_pull_grace_seconds)
+            return Stuck(name, R.IMAGE_PULL_FAILED, detail, started, settings.image_pull_grace_seconds)
         if waiting.get("reason") in CONFIG_ERROR_REASONS:
             detail = f"{waiting.get('reason')}: {waiting.get('message') or 'a Secret or ConfigMap is missing'}"
-            return Stuck(name, "ContainerConfigError", detail, started, settings.missing_config_grace_seconds)
+            return Stuck(name, R.CONTAINER_CONFIG_ERROR, detail, started, settings.missing_config_grace_seconds)
     if _beingcreated(pod):
         mount = [e for e in events if e.get("reason") in MOUNT_EVENT_REASONS]
         if mount:
             latest = max(mount, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
             detail = f"{latest.get('reason')}: {latest.get('message') or ''}"
-            return Stuck(name, "VolumeMountFailed", detail, started, settings.missing_config_grace_seconds)
+            return Stuck(name, R.VOLUME_MOUNT_FAILED, detail, started, settings.missing_config_grace_seconds)
     sched = condition(pod, "PodScheduled")
     if sched and sched.get("status") == "False":
         since = parse_time(sched.get("lastTransitionTime")) or started
         detail = f"{sched.get('reason')}: {sched.get('message') or ''}"
         if _CLAIM_MISSING.search(str(sched.get("message") or "")):
-            return Stuck(name, "VolumeClaimMissing", detail, since, settings.missing_config_grace_seconds)
-        return Stuck(name, "UnschedulableTimeout", detail, since, settings.unschedulable_grace_seconds)
+            return Stuck(name, R.VOLUME_CLAIM_MISSING, detail, since, settings.missing_config_grace_seconds)
+        return Stuck(name, R.UNSCHEDULABLE_TIMEOUT, detail, since, settings.unschedulable_grace_seconds)
     return None
 
 
@@ -132,9 +134,9 @@ def stuck_verdict(
         if s.expired(now):
             return "Failed", s.reason, short(f"{s.detail} (for {int(s.waited(now))}s, grace {int(s.grace)}s)")
     for s in states:
-        if s.grace > 0 and s.reason != "UnschedulableTimeout":
+        if s.grace > 0 and s.reason != R.UNSCHEDULABLE_TIMEOUT:
             left = int(s.grace - s.waited(now))
-            pending = "Unschedulable" if s.reason == "VolumeClaimMissing" else "WaitingForPods"
+            pending = R.UNSCHEDULABLE if s.reason == R.VOLUME_CLAIM_MISSING else R.WAITING_FOR_PODS
             return "Pending", pending, short(f"{s.detail}; failing the job in {left}s unless it resolves")
     return None
 

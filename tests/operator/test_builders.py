@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from ftcrd.names import ANN_TRAINER_CONFIG, TRAINER_CONFIG_PATH
 from ftcrd.types import EnvVar
 from ftoperator import builders
 from ftoperator.settings import Settings
@@ -50,30 +51,19 @@ def test_single_node_command_is_standalone():
     cmd = builders.trainer_command(ftj().spec, "tiny-demo")
     assert cmd[:6] == ["torchrun", "--nnodes", "1", "--nproc-per-node", "1", "--standalone"]
     assert "--master-addr" not in cmd and "--master-port" not in cmd
-    i = cmd.index("-m")
-    assert cmd[i + 1] == "fttrainer.train"
-    overrides = cmd[i + 2 :]
-    for expected in (
-        "model=tiny",
-        "model.name_or_path=tiny",
-        "loss=dpo",
-        "loss.beta=0.1",
-        "datasets=[novalto]",
-        "dataset.path=/data/dataset.json",
-        "exp_name=tiny-demo",
-        "n_epochs=2",
-        "lr=0.001",
-        "batch_size=8",
-        "optimizer=AdamW",
-        "checkpoint_dir=/checkpoints",
-        "run_dir=/workspace/run",
-        "upload.bucket=finetune-demo",
-        "upload.prefix=models",
-        "upload.community_id=demo",
-        "loss.reference_free=false",
-    ):
-        assert expected in overrides, expected
-    assert all("=" in o for o in overrides)
+    # the whole configuration is one file (tests/contract/test_handoff.py): no Hydra overrides to quote
+    assert cmd[cmd.index("-m") :] == ["-m", "fttrainer.train", "--config", TRAINER_CONFIG_PATH]
+
+
+def test_the_trainer_config_is_the_spec():
+    spec = ftj().spec
+    cfg = builders.trainer_config(spec, "tiny-demo")
+    assert cfg.job == "tiny-demo" and cfg.method == spec.method and cfg.hyperparameters == spec.hyperparameters
+    assert (cfg.model.preset, cfg.model.name_or_path) == ("tiny", "tiny")
+    assert cfg.dataset.path == "/data/dataset.json" and cfg.dataset.validation_fraction == 0.125
+    assert cfg.output is not None
+    assert (cfg.output.bucket, cfg.output.prefix, cfg.output.community_id) == ("finetune-demo", "models", "demo")
+    assert (cfg.run.checkpoint_dir, cfg.run.run_dir) == ("/checkpoints", "/workspace/run")
 
 
 def test_multi_node_command_wires_ranks_through_the_headless_service():
@@ -93,29 +83,6 @@ def test_processes_per_node_prefers_gpus():
     body = sample()
     del body["spec"]["resources"]["processesPerNode"]
     assert builders.processes_per_node(builders.parse(body).spec) == 1
-
-
-def test_hydra_values_are_quoted_when_needed():
-    assert builders.hydra_value(True) == "true"
-    assert builders.hydra_value(None) == "null"
-    assert builders.hydra_value(5e-7) == "5e-07"
-    assert builders.hydra_value("HuggingFaceH4/zephyr-7b-beta") == "HuggingFaceH4/zephyr-7b-beta"
-    assert builders.hydra_value("a b,c") == "'a b,c'"
-    assert builders.hydra_value("it's") == "'it\\'s'"
-
-
-def test_volume_model_and_dataset_paths():
-    spec = ftj(
-        **{
-            "dataset.configMap": None,
-            "dataset.volume": {"claimName": "data", "path": "prefs/train.jsonl.gz"},
-            "model.claimName": "weights",
-            "model.name": "zephyr-7b",
-        }
-    ).spec
-    overrides = builders.hydra_overrides(spec, "j")
-    assert "dataset.path=/data/prefs/train.jsonl.gz" in overrides
-    assert "model.name_or_path=/models/zephyr-7b" in overrides
 
 
 def test_job_shape_and_failure_policy():
@@ -193,6 +160,11 @@ def test_pod_security_and_mounts():
     assert mounts["/var/run/secrets/firebase"]["readOnly"] is True
     assert vols["models"]["persistentVolumeClaim"] == {"claimName": "weights", "readOnly": True}
     assert mounts["/models"]["readOnly"] is True
+    assert mounts["/etc/finetune"]["readOnly"] is True
+    assert vols[mounts["/etc/finetune"]["name"]]["downwardAPI"]["items"] == [
+        {"path": "trainer-config.json", "fieldRef": {"fieldPath": f"metadata.annotations['{ANN_TRAINER_CONFIG}']"}}
+    ]
+    assert ANN_TRAINER_CONFIG in job["spec"]["template"]["metadata"]["annotations"]
     env = {e["name"]: e for e in c["env"]}
     assert env["FTJ_NAME"]["value"] == "tiny-demo"
     assert env["FTJ_NAMESPACE"]["value"] == "team-a"

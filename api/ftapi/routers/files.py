@@ -9,6 +9,7 @@ import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from ftcrd import names
 from ftcrd.dataset import GZIP_MAGIC, DatasetError
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -20,7 +21,7 @@ from ftapi.specbuild import FILE_PREFIX, check_rows, new_file_id, too_large
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
-FILE_SELECTOR = f"{mapping.LABEL_FILE}=true"
+FILE_SELECTOR = f"{names.LABEL_FILE}=true"
 _FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ ()+-]")
 
@@ -39,7 +40,7 @@ async def get_file(k8s: K8s, namespace: str, file_id: str, param: str = "file_id
         if exc.status == 404:
             raise missing from None
         raise
-    if ((cm.get("metadata") or {}).get("labels") or {}).get(mapping.LABEL_FILE) != "true":
+    if ((cm.get("metadata") or {}).get("labels") or {}).get(names.LABEL_FILE) != "true":
         raise missing
     return cm
 
@@ -84,16 +85,16 @@ async def create_file(
         "kind": "ConfigMap",
         "metadata": {
             "name": file_id,
-            "labels": {mapping.LABEL_FILE: "true", mapping.LABEL_CREATED_BY: "api"},
+            "labels": {names.LABEL_FILE: "true", names.LABEL_CREATED_BY: "api"},
             "annotations": {
-                mapping.ANN_FILENAME: filename,
-                mapping.ANN_PURPOSE: purpose,
-                mapping.ANN_CREATED_AT: str(now),
-                mapping.ANN_BYTES: str(len(data)),
-                mapping.ANN_ROWS: str(rows),
+                names.ANN_FILENAME: filename,
+                names.ANN_PURPOSE: purpose,
+                names.ANN_CREATED_AT: str(now),
+                names.ANN_BYTES: str(len(data)),
+                names.ANN_ROWS: str(rows),
             },
         },
-        "binaryData": {mapping.FILE_DATA_KEY: base64.b64encode(stored).decode()},
+        "binaryData": {names.FILE_DATA_KEY: base64.b64encode(stored).decode()},
     }
     cm = await k8s.create_configmap(tenant.namespace, body)
     state.metrics.files_created.inc()
@@ -126,7 +127,7 @@ async def retrieve_file(file_id: str, tenant: Tenant, k8s: Kube) -> dict[str, An
 @router.get("/{file_id}/content", summary="Download a file's content", response_class=Response)
 async def file_content(file_id: str, tenant: Tenant, k8s: Kube) -> Response:
     cm = await get_file(k8s, tenant.namespace, file_id)
-    raw = base64.b64decode((cm.get("binaryData") or {}).get(mapping.FILE_DATA_KEY, ""))
+    raw = base64.b64decode((cm.get("binaryData") or {}).get(names.FILE_DATA_KEY, ""))
     data = gzip.decompress(raw) if raw[:2] == GZIP_MAGIC else raw
     return Response(data, media_type="application/jsonl")
 
@@ -134,7 +135,7 @@ async def file_content(file_id: str, tenant: Tenant, k8s: Kube) -> Response:
 @router.delete("/{file_id}", summary="Delete a file (409 while an unfinished job uses it)", responses={409: {}})
 async def delete_file(file_id: str, tenant: Tenant, k8s: Kube) -> dict[str, Any]:
     await get_file(k8s, tenant.namespace, file_id)
-    users = await k8s.list_ftj(tenant.namespace, f"{mapping.LABEL_TRAINING_FILE}={file_id}")
+    users = await k8s.list_ftj(tenant.namespace, f"{names.LABEL_TRAINING_FILE}={file_id}")
     active = [j["metadata"]["name"] for j in users if not mapping.is_terminal(j) and not mapping.is_cancelled(j)]
     if active:
         raise APIError(

@@ -8,6 +8,7 @@ import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
+from ftcrd import names
 from ftcrd.types import MethodSpec
 
 from ftapi import mapping
@@ -104,18 +105,18 @@ async def create_job(
     name = new_job_name(tenant.namespace, key)
     digest = request_digest("openai", body.model_dump(mode="json", exclude={"seed"} if body.seed is None else None))
     annotations = {
-        mapping.ANN_MODEL: body.model,
-        mapping.ANN_TRAINING_FILE: body.training_file,
-        mapping.ANN_BASE_LR: repr(base_lr),
+        names.ANN_OPENAI_MODEL: body.model,
+        names.ANN_TRAINING_FILE: body.training_file,
+        names.ANN_BASE_LR: repr(base_lr),
     }
     if body.validation_file:
-        annotations[mapping.ANN_VALIDATION_FILE] = body.validation_file
+        annotations[names.ANN_VALIDATION_FILE] = body.validation_file
     if body.suffix:
-        annotations[mapping.ANN_SUFFIX] = body.suffix
+        annotations[names.ANN_SUFFIX] = body.suffix
     if body.metadata is not None:
-        annotations[mapping.ANN_METADATA] = json.dumps(body.metadata, sort_keys=True)
+        annotations[names.ANN_METADATA] = json.dumps(body.metadata, sort_keys=True)
     if key:
-        annotations[mapping.ANN_IDEMPOTENCY] = digest
+        annotations[names.ANN_IDEMPOTENCY] = digest
     method = MethodSpec.model_validate(
         {"type": "sft" if method_type == "supervised" else "dpo", **({"beta": beta} if beta else {})}
     )
@@ -124,11 +125,11 @@ async def create_job(
         name=name,
         namespace=tenant.namespace,
         model=model,
-        dataset=dataset_from_configmap(settings, body.training_file, mapping.FILE_DATA_KEY, "jsonl"),
+        dataset=dataset_from_configmap(settings, body.training_file, names.FILE_DATA_KEY, "jsonl"),
         method=method,
         hyperparameters=hyper,
         community_id=tenant.namespace,
-        labels={mapping.LABEL_CREATED_BY: "api", mapping.LABEL_TRAINING_FILE: body.training_file},
+        labels={names.LABEL_CREATED_BY: "api", names.LABEL_TRAINING_FILE: body.training_file},
         annotations=annotations,
     )
     job, created = await create_idempotent(k8s, tenant.namespace, ftj, None, idempotent=key is not None, digest=digest)
@@ -183,7 +184,7 @@ async def cancel_job(fine_tuning_job_id: str, tenant: Tenant, k8s: Kube) -> dict
         if mapping.is_terminal(job):
             raise _state_error(job, "cancel")
         return {
-            "metadata": {"annotations": {mapping.ANN_CANCELLED: "true"}},
+            "metadata": {"annotations": {names.ANN_CANCELLED: "true"}},
             "spec": {"runPolicy": {"suspend": True}},
         }
 
@@ -227,7 +228,7 @@ async def list_events(
 ) -> dict[str, Any]:
     _check_job_id(fine_tuning_job_id)
     job = await get_job(k8s, tenant.namespace, fine_tuning_job_id)
-    events = await k8s.list_events(tenant.namespace, "FineTuneJob", fine_tuning_job_id)
+    events = await k8s.list_events(tenant.namespace, names.KIND, fine_tuning_job_id)
     return mapping.paginate(mapping.to_events(job, events), after, limit, key=lambda e: str(e["id"]))
 
 

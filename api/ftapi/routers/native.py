@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from ftcrd.names import API_VERSION, KIND
 
 from ftapi import mapping
 from ftapi.deps import Kube, Tenant
@@ -17,7 +18,7 @@ router = APIRouter(prefix="/v1/finetunejobs", tags=["native"])
 @router.get("", summary="List FineTuneJobs in the caller's namespace")
 async def list_finetunejobs(tenant: Tenant, k8s: Kube) -> dict[str, Any]:
     items = [mapping.native(j) for j in mapping.sort_jobs(await k8s.list_ftj(tenant.namespace))]
-    return {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJobList", "items": items}
+    return {"apiVersion": API_VERSION, "kind": f"{KIND}List", "items": items}
 
 
 @router.get("/{name}", summary="Get a FineTuneJob's spec and status")

@@ -7,15 +7,22 @@ import hashlib
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
+from ftcrd import names
 from ftcrd.dataset import DatasetError, load_rows, rows_to_novalto
-from ftcrd.types import MethodSpec
 
-from ftapi import mapping
 from ftapi.deps import Config, Kube, State, Tenant
 from ftapi.errors import APIError
 from ftapi.routers.common import create_idempotent, idempotency_key
 from ftapi.schemas import SeedAccepted, SeedTrigger
-from ftapi.specbuild import build_job, dataset_from_configmap, new_job_name, request_digest, resolve_model, too_large
+from ftapi.specbuild import (
+    build_job,
+    dataset_from_configmap,
+    new_job_name,
+    request_digest,
+    resolve_model,
+    too_large,
+    webhook_method,
+)
 
 router = APIRouter(tags=["webhook"])
 
@@ -60,18 +67,18 @@ async def trigger_finetune(
     model = resolve_model(settings, settings.webhook_model)
     name = new_job_name(tenant.namespace, key)
     digest = request_digest("seed", {"communityId": body.communityId, "sha256": hashlib.sha256(data).hexdigest()})
-    labels = {mapping.LABEL_CREATED_BY: "api-webhook"}
-    annotations = {mapping.ANN_MODEL: settings.webhook_model}
+    labels = {names.LABEL_CREATED_BY: "api-webhook"}
+    annotations = {names.ANN_OPENAI_MODEL: settings.webhook_model}
     if key:
-        annotations[mapping.ANN_IDEMPOTENCY] = digest
+        annotations[names.ANN_IDEMPOTENCY] = digest
     configmap_name = f"{name}-dataset"
     ftj = build_job(
         settings,
         name=name,
         namespace=tenant.namespace,
         model=model,
-        dataset=dataset_from_configmap(settings, configmap_name, mapping.DATASET_KEY, "novalto"),
-        method=MethodSpec.model_validate({"type": settings.webhook_method, "beta": settings.webhook_beta}),
+        dataset=dataset_from_configmap(settings, configmap_name, names.DATASET_KEY, "novalto"),
+        method=webhook_method(settings),
         hyperparameters={},
         community_id=body.communityId,
         labels=labels,
@@ -82,9 +89,9 @@ async def trigger_finetune(
         "kind": "ConfigMap",
         "metadata": {
             "name": configmap_name,
-            "labels": {mapping.LABEL_JOB: name, mapping.LABEL_COMMUNITY: body.communityId},
+            "labels": {names.LABEL_JOB: name, names.LABEL_COMMUNITY: body.communityId},
         },
-        "binaryData": {mapping.DATASET_KEY: base64.b64encode(data).decode()},
+        "binaryData": {names.DATASET_KEY: base64.b64encode(data).decode()},
     }
     job, created = await create_idempotent(
         k8s, tenant.namespace, ftj, configmap, idempotent=key is not None, digest=digest
