@@ -110,6 +110,7 @@ def make_trainer(
     accumulation: int = 1,
     optimizer: str = "SGD",
     lr: float = 0.05,
+    reference_logps: torch.Tensor | None = None,
     **loop: Any,
 ) -> Trainer:
     cfg = LoopConfig(
@@ -144,6 +145,7 @@ def make_trainer(
         eval_indices=[],
         pad_token_id=PAD,
         reporter=NoReport(),
+        reference_logps=reference_logps,
     )
 
 
