@@ -54,3 +54,18 @@ def test_compiled_blocks_give_the_same_packed_logps_and_gradients():
     assert got[1].keys() == want[1].keys()  # names unchanged: checkpoints and export are unaffected
     torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-5)
     assert max_abs_diff(got[1], want[1]) <= 1e-4
+
+
+def test_the_crd_offers_exactly_the_trainers_policies():
+    from typing import get_args
+
+    from ftcrd.types import CheckpointingPolicy, HyperparametersSpec
+
+    assert get_args(CheckpointingPolicy) == CHECKPOINT_POLICIES
+    hp = HyperparametersSpec.model_validate({"packing": True, "maxTokensPerMicroBatch": 4096, "compile": True})
+    assert (hp.packing, hp.max_tokens_per_micro_batch, hp.compile, hp.activation_checkpointing_policy) == (
+        True,
+        4096,
+        True,
+        "full",
+    )
