@@ -79,7 +79,7 @@ def _examples(args: argparse.Namespace) -> list[Any]:
     return examples
 
 
-def run_ours(args: argparse.Namespace, packing: bool = False) -> dict:
+def run_ours(args: argparse.Namespace, packing: bool = False) -> dict | None:
     import torch
     from fttrainer.loop import LoopConfig, LossSpec, Trainer
     from fttrainer.parallel import compile_blocks, freeze, init_distributed, shard_or_not
@@ -124,7 +124,7 @@ def run_ours(args: argparse.Namespace, packing: bool = False) -> dict:
             policy=policy,
             reference=reference,
             examples=examples,
-            schedule=step_order(len(examples), args.batch),
+            schedule=step_order(len(examples), args.batch, d.world_size),
             eval_indices=[],
             pad_token_id=0,
             reporter=NoReport(),
@@ -137,8 +137,11 @@ def run_ours(args: argparse.Namespace, packing: bool = False) -> dict:
             metrics = trainer.step()
             clock.stop(int(metrics["tokens"]) - seen)
             seen = int(metrics["tokens"])
+    if not d.is_main:
+        return None  # rank 0 reports (the metrics, tokens included, are global)
     side = "ours_packed" if packing else "ours"
-    return summary(side, clock, args, params, {"loss": round(metrics["loss"], 5), "compile": args.compile})
+    extra = {"loss": round(metrics["loss"], 5), "compile": args.compile}
+    return summary(side, clock, args, params, extra, world=d.world_size)
 
 
 def run_floor(args: argparse.Namespace) -> dict:
@@ -259,7 +262,7 @@ def run_trl(args: argparse.Namespace, grouped: bool = False) -> dict:
     return summary("trl_grouped" if grouped else "trl", clock, args, params)
 
 
-SIDES = {
+SIDES: dict[str, Any] = {
     "ours": run_ours,
     "ours_packed": lambda args: run_ours(args, packing=True),
     "trl": run_trl,
@@ -283,8 +286,9 @@ def child_env() -> dict[str, str]:
 
 def run_side(side: str, args: argparse.Namespace, passthrough: list[str]) -> dict:
     cmd = [sys.executable, "-m", "bench.trainer", "--side", side, *passthrough]
-    if side.startswith("ours") and args.launcher == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", *cmd[1:]]
+    if side.startswith("ours") and (args.launcher == "torchrun" or args.nproc > 1):
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc)]
+        cmd = [*torchrun, *cmd[1:]]
     print(f">> {side}: {' '.join(cmd)}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     # Own process group: on a timeout, torchrun's worker must die with it (or it keeps the GPU's memory).
@@ -386,6 +390,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="ours: torch.compile the blocks (parallel.compile_blocks)")
     ap.add_argument("--unchunked", action="store_true", help="ours: score through the model's full logits")
     ap.add_argument("--launcher", choices=["python", "torchrun"], default="python", help="how to start ours")
+    ap.add_argument(
+        "--nproc", type=int, default=1, help="ours: FSDP2 over this many GPUs (torchrun); --batch is global"
+    )
     ap.add_argument("--side-timeout", type=float, default=1800)
     args = ap.parse_args()
     if args.quick:
@@ -400,7 +407,9 @@ def main() -> None:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        print(json.dumps(SIDES[args.side](args)), flush=True)
+        result = SIDES[args.side](args)
+        if result is not None:
+            print(json.dumps(result), flush=True)
         return
 
     sides = args.sides or ("floor,ours,trl" if args.lengths == "fixed" else "floor,ours,ours_packed,trl,trl_grouped")

@@ -11,10 +11,14 @@ import statistics
 import time
 from typing import Any
 
-# Llama shapes. cpu20m: ~17M parameters (a 10-30M model that trains on a laptop CPU); 1b: TinyLlama-1.1B.
+# Llama shapes. cpu20m: ~17M parameters (a 10-30M model that trains on a laptop CPU); 1b: TinyLlama-1.1B;
+# 3b: Llama-3.2-3B (the largest full-DPO model one 80-141 GB GPU holds: fp32 weights, grads, AdamW, bf16 reference);
+# 8b: Llama-3-8B (full DPO needs FSDP2 over >= 2 such GPUs).
 PRESETS: dict[str, dict[str, int]] = {
     "cpu20m": {"vocab": 8192, "hidden": 384, "inter": 1024, "layers": 6, "heads": 6, "kv": 2},
     "1b": {"vocab": 32000, "hidden": 2048, "inter": 5632, "layers": 22, "heads": 32, "kv": 4},
+    "3b": {"vocab": 128256, "hidden": 3072, "inter": 8192, "layers": 28, "heads": 24, "kv": 8},
+    "8b": {"vocab": 128256, "hidden": 4096, "inter": 14336, "layers": 32, "heads": 32, "kv": 8},
 }
 BETA, LR, MAX_GRAD_NORM = 0.1, 1e-6, 10.0
 PEAK_BF16_FLOPS = {"cuda": 989e12}  # H100 SXM dense bf16
@@ -94,7 +98,7 @@ def make_model(preset: str, seed: int, device: str) -> Any:
     return model.float()
 
 
-def step_order(n: int, batch: int) -> Any:
+def step_order(n: int, batch: int, world: int = 1) -> Any:
     """The data order of ``fttrainer`` (seed 0): every side that can trains on the same batches, step by step."""
     from fttrainer.data import Schedule
 
@@ -102,7 +106,7 @@ def step_order(n: int, batch: int) -> Any:
         list(range(n)),
         batch_size=batch,
         gradient_accumulation_steps=1,
-        world_size=1,
+        world_size=world,
         seed=0,
         n_epochs=1,
         n_examples=None,
@@ -151,9 +155,12 @@ class Clock:
             self._w, self._c = w, c
 
 
-def summary(side: str, clock: Clock, args: argparse.Namespace, params: int, extra: dict | None = None) -> dict:
+def summary(
+    side: str, clock: Clock, args: argparse.Namespace, params: int, extra: dict | None = None, *, world: int = 1
+) -> dict:
     """Per-side result. Fixed lengths: median step times (every step is the same work). Skewed lengths: totals over
-    the timed steps (steps differ by design), so throughput = timed examples or real tokens / timed seconds."""
+    the timed steps (steps differ by design), so throughput = timed examples or real tokens / timed seconds.
+    ``world`` GPUs share the steps (FSDP2): per-GPU throughput and MFU divide by it."""
     import torch
 
     w = args.warmup
@@ -178,11 +185,13 @@ def summary(side: str, clock: Clock, args: argparse.Namespace, params: int, extr
         "real_tokens": sum(tokens),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "threads": torch.get_num_threads(),
+        "world_size": world,
     }
     if torch.cuda.is_available():
         out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         out["gpu"] = torch.cuda.get_device_name()
+        out["tokens_per_s_per_gpu"] = round(sum(tokens) / sum(wall) / world, 1)
         # policy fwd+bwd (6N) + reference fwd (2N) per real token
-        out["mfu"] = round(8 * params * sum(tokens) / sum(wall) / PEAK_BF16_FLOPS["cuda"], 4)
+        out["mfu"] = round(8 * params * sum(tokens) / sum(wall) / world / PEAK_BF16_FLOPS["cuda"], 4)
     out.update(extra or {})
     return out
