@@ -9,7 +9,8 @@ the summed log-probs of each sequence's labelled next tokens:
 * the projection and log-softmax run **chunk by chunk** over those positions (:class:`ChunkedTokenLogps`): each
   chunk's logits (``chunk_tokens x vocab``, float32) live only inside the chunk; backward recomputes them from the
   saved hidden states and the per-token log-sum-exp (one extra ``hidden @ W.T`` per chunk) instead of keeping the
-  log-softmax of every position alive;
+  log-softmax of every position alive. When all scored positions fit in one chunk there is nothing to save and
+  they take the plain path (logits and log-softmax kept, no recomputation);
 * per-token log-probs are summed per sequence by segment id (``index_add``), so padded and packed batches give the
   same sums.
 
@@ -124,9 +125,10 @@ class ChunkedTokenLogps(torch.autograd.Function):
 def token_logps(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, chunk: int | None
 ) -> torch.Tensor:
-    """Log-prob of ``targets`` under ``hidden @ weight.T + bias`` per row: chunked when ``chunk`` is set, else the
-    plain way (full logits, float32 log-softmax)."""
-    if chunk is None:
+    """Log-prob of ``targets`` under ``hidden @ weight.T + bias`` per row: in chunks of ``chunk`` rows when there
+    are more rows than that (:class:`ChunkedTokenLogps`), else the plain way (the logits, within the chunk bound,
+    and their float32 log-softmax kept for backward: no recomputation)."""
+    if chunk is None or hidden.shape[0] <= chunk:
         logits = F.linear(hidden, weight, bias)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         return logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
