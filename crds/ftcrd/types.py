@@ -30,6 +30,7 @@ from ftcrd.base import (  # noqa: F401 (re-exported: ftcrd.types is the model's 
     BatchSize,
     Beta,
     CamelModel,
+    CheckpointingPolicy,
     CommunityId,
     Compression,
     DatasetFormat,
@@ -223,6 +224,45 @@ class HyperparametersSpec(CamelModel):
         Field(
             default=False,
             description="Compute reference log-probs in a first pass and drop the reference model (saves memory).",
+        ),
+    ]
+    # Throughput knobs (docs/trainer.md#performance): how the same examples are computed, never which.
+    packing: Annotated[
+        bool,
+        Field(
+            default=False,
+            description=(
+                "Padding-free batches: each micro-batch's sequences are concatenated without padding, attention "
+                "kept inside each sequence. Same loss as padded batches; faster when lengths vary."
+            ),
+        ),
+    ]
+    max_tokens_per_micro_batch: Annotated[
+        int | None,
+        Field(
+            default=None,
+            ge=16,
+            le=16777216,
+            description=(
+                "Cut each rank's share of a step into forwards of at most this many tokens (real tokens with "
+                "packing, rows x longest without) instead of gradientAccumulationSteps equal parts. Unset: off."
+            ),
+        ),
+    ]
+    activation_checkpointing_policy: Annotated[
+        CheckpointingPolicy,
+        Field(
+            default="full",
+            description=(
+                "With activationCheckpointing: full (recompute whole blocks), selective (keep matmul and attention "
+                "outputs, recompute the rest) or every_other (full, on every second block)."
+            ),
+        ),
+    ]
+    compile: Annotated[
+        bool,
+        Field(
+            default=False, description="torch.compile the transformer blocks (first steps are slower while compiling)."
         ),
     ]
 
