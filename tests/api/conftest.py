@@ -153,7 +153,7 @@ def start_api(
 ) -> Iterator[ApiServer]:
     ensure_crd(cluster)
     api_ns = unique_name("ftapi-sys")
-    tenant_ns = [unique_name(f"ftapi-tenant-{c}") for c in "ab"[:tenants]]
+    tenant_ns = [unique_name(f"ftapi-tenant-{c}") for c in "abc"[:tenants]]
     for ns in [api_ns, *tenant_ns]:
         cluster.kubectl("create", "namespace", ns)
         cluster.kubectl("label", "namespace", ns, "finetune-operator.test=true")

@@ -155,7 +155,11 @@ def bad_requests(files: dict[str, str]) -> list[tuple[str, dict[str, Any], str]]
         ("batch-zero", dpo({"batch_size": 0}), "method.dpo.hyperparameters.batch_size"),
         ("batch-over-dataset", dpo({"batch_size": 64}), "method.dpo.hyperparameters.batch_size"),
         ("lr-negative", dpo({"learning_rate_multiplier": -1}), "method.dpo.hyperparameters.learning_rate_multiplier"),
-        ("lr-huge", sft({"learning_rate_multiplier": 1e7}), "method.supervised.hyperparameters.learning_rate_multiplier"),
+        (
+            "lr-huge",
+            sft({"learning_rate_multiplier": 1e7}),
+            "method.supervised.hyperparameters.learning_rate_multiplier",
+        ),
         ("deprecated-hp", {**base, "hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
         ("hp-unknown-field", dpo({"warmup": 3}), "method.dpo.hyperparameters.warmup"),
         ("suffix-empty", {**base, "suffix": ""}, "suffix"),
@@ -165,7 +169,11 @@ def bad_requests(files: dict[str, str]) -> list[tuple[str, dict[str, Any], str]]
         ("metadata-17-keys", {**base, "metadata": {str(i): "v" for i in range(17)}}, "metadata"),
         ("metadata-long-value", {**base, "metadata": {"k": "v" * 513}}, "metadata.k"),
         ("integration-unknown", {**base, "integrations": [{"type": "comet", "comet": {}}]}, "integrations[0].type"),
-        ("wandb-no-project", {**base, "integrations": [{"type": "wandb", "wandb": {}}]}, "integrations[0].wandb.project"),
+        (
+            "wandb-no-project",
+            {**base, "integrations": [{"type": "wandb", "wandb": {}}]},
+            "integrations[0].wandb.project",
+        ),
         ("unknown-field", {**base, "bogus": 1}, "bogus"),
     ]
 
@@ -313,4 +321,3 @@ def test_metadata_null_filter_and_clamped_limit(api, a, files):
 def test_every_response_was_checked_against_the_document():
     """Runs last in this module: the hooks above validated each answer (a mismatch fails its test)."""
     assert len(checked) >= 40 and any(" 400" in c for c in checked) and any(" 200" in c for c in checked)
-
