@@ -10,7 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from ftapi import errors, openapi
 from ftapi.auth import KeyStore
@@ -19,6 +19,7 @@ from ftapi.k8s import K8s
 from ftapi.middleware import Guard
 from ftapi.notify import Notifier
 from ftapi.routers import files, health, jobs, native, webhook
+from ftapi.routers.common import single_query_values
 from ftapi.settings import Settings
 
 VERSION = "0.1.0"
@@ -88,7 +89,7 @@ def create_app(settings: Settings | None = None, *, k8s: K8s | None = None) -> F
     errors.install(app)
     app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, metrics=state.metrics)
     for router in (health.router, webhook.router, files.router, jobs.router, native.router):
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(single_query_values)])
     openapi.install(app, settings)
     return app
 

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from ftapi.hyper import max_learning_rate_multiplier
+from ftapi.schemas import callback_url_pattern
 from ftapi.settings import Settings
 
 _FASTAPI_422 = ("HTTPValidationError", "ValidationError")
@@ -48,6 +49,7 @@ def document(app: FastAPI, settings: Settings) -> dict[str, Any]:
     for field in ("prompt", "chosen", "rejected"):
         _set(schemas, "SeedRow", field, maxLength=settings.max_field_chars)
     _set(schemas, "SeedTrigger", "dataset", minItems=max(1, settings.min_rows), maxItems=settings.max_rows)
+    _set(schemas, "SeedTrigger", "callbackUrl", pattern=callback_url_pattern(settings.webhook_allow_http))
     return doc
 
 

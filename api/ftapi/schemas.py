@@ -12,10 +12,35 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from ftcrd.types import WANDB_MAX_TAGS, WANDB_NAME_LIMITS, WANDB_TAG_LIMITS, HyperparametersSpec, MethodSpec
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictInt, StrictStr, Tag
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictInt,
+    StrictStr,
+    Tag,
+)
 
-NON_BLANK = r"\S"
-"""JSON-schema pattern of a string with at least one non-whitespace character (what _not_blank checks)."""
+
+def _ranges(codepoints: list[int]) -> str:
+    """A regex character-class body for ``codepoints`` (sorted), with ``\\uXXXX`` escapes every engine reads."""
+    out, start = [], 0
+    while start < len(codepoints):
+        end = start
+        while end + 1 < len(codepoints) and codepoints[end + 1] == codepoints[end] + 1:
+            end += 1
+        first, last = codepoints[start], codepoints[end]
+        out.append(f"\\u{first:04x}" + (f"-\\u{last:04x}" if last > first else ""))
+        start = end + 1
+    return "".join(out)
+
+
+NON_BLANK = "[^" + _ranges([c for c in range(0x10000) if chr(c).isspace()]) + "]"
+"""JSON-schema pattern of a string that is not all whitespace, whitespace as the dataset parser (str.strip)
+reads it: JSON Schema's own \\s is ECMA-262's, which differs (U+001C-U+001F, U+0085)."""
 
 
 def _not_blank(value: str) -> str:
@@ -24,7 +49,14 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def _integral(value: Any) -> Any:
+    """2.0 is an integer in JSON Schema: accept it as 2 (strings and booleans stay refused)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 NonBlank = Annotated[StrictStr, AfterValidator(_not_blank), Field(json_schema_extra={"pattern": NON_BLANK})]
+INTEGRAL = BeforeValidator(_integral)
+"""Put last in an Annotated integer, after its bounds (so they stay minimum/maximum in the JSON schema)."""
 Auto = Literal["auto"]
 FILE_ID_PATTERN = r"^file-[0-9a-f]{24}$"
 FileId = Annotated[StrictStr, Field(pattern=FILE_ID_PATTERN, description="A file id from POST /v1/files.")]
@@ -45,6 +77,20 @@ class Strict(BaseModel):
 
 
 # --- seed webhook --------------------------------------------------------------------------------
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+
+
+def callback_url_pattern(allow_http: bool) -> str:
+    """A callback URL: https (or http where the deployment allows it), a DNS host name (no user, no IP literal),
+    an optional port, a path or query. ftapi.openapi writes the deployment's variant into the served document."""
+    scheme = "https?" if allow_http else "https"
+    return f"^{scheme}://" + _LABEL + r"(\." + _LABEL + ")*(:" + _PORT + r")?([/?][^\s#]*)?$"
+
+
+ANY_CALLBACK_URL = callback_url_pattern(allow_http=True)
+"""The model's own pattern; whether http is allowed is checked with the deployment's setting (routers.webhook)."""
 
 
 class SeedRow(BaseModel):
@@ -76,7 +122,7 @@ class SeedTrigger(BaseModel):
         Field(
             default=None,
             max_length=2048,
-            pattern=r"^https?://[^\s/?#@]+(/[^\s]*)?$",
+            pattern=ANY_CALLBACK_URL,
             description="Notified (signed, Standard Webhooks) when the job succeeds, fails or is cancelled. Needs "
             "a webhook signing secret on the API key; https only unless the deployment allows http.",
         ),
@@ -95,9 +141,10 @@ class SeedAccepted(BaseModel):
 
 # --- OpenAI fine-tuning jobs ---------------------------------------------------------------------
 
-BatchSize = Annotated[StrictInt, Field(**_bounds(HyperparametersSpec, "batch_size"))]
-Epochs = Annotated[StrictInt, Field(**_bounds(HyperparametersSpec, "epochs"))]
-LrMultiplier = Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
+BatchSize = Annotated[StrictInt, Field(**_bounds(HyperparametersSpec, "batch_size")), INTEGRAL]
+Epochs = Annotated[StrictInt, Field(**_bounds(HyperparametersSpec, "epochs")), INTEGRAL]
+# At least 1e-6: a smaller multiplier of the base learning rate can underflow to a learning rate of 0.
+LrMultiplier = Annotated[float, Field(ge=1e-6, le=1e6, allow_inf_nan=False)]
 Beta = Annotated[float, Field(allow_inf_nan=False, **_bounds(MethodSpec, "beta"))]
 
 
@@ -180,7 +227,7 @@ class JobCreate(Strict):
         StrictStr | None,
         Field(default=None, min_length=1, max_length=64, description="Up to 64 characters, kept with the job."),
     ] = None
-    seed: Annotated[StrictInt | None, Field(default=None, ge=0, le=2**31 - 1)] = None
+    seed: Annotated[StrictInt, Field(ge=0, le=2**31 - 1), INTEGRAL] | None = None
     metadata: Annotated[dict[MetadataKey, MetadataValue] | None, Field(default=None, max_length=16)] = None
     integrations: Annotated[
         list[Integration] | None,

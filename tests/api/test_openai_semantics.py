@@ -224,7 +224,7 @@ def succeed(api: ApiServer, name: str, uri: str) -> None:
     )
 
 
-def test_result_files_download_as_csv(api, a, files, gcs, tmp_path, monkeypatch):
+def test_result_files_download_as_csv(api, a, files, gcs, *, tmp_path, monkeypatch):
     job = a.fine_tuning.jobs.create(model="tiny", training_file=files["pairs"], method={"type": "dpo"})
     assert job.result_files == []
     with pytest.raises(openai.NotFoundError):

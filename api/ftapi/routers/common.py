@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Header, Query
+from fastapi import Header, Query, Request
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ftapi import mapping
@@ -78,6 +78,15 @@ async def update_job(
             if exc.status != 409:
                 raise
     raise APIError(409, "The job is being changed concurrently; retry", code="conflict", retryable=True)
+
+
+async def single_query_values(request: Request) -> None:
+    """No query parameter of this API is a list: a repeated one is refused rather than silently cut to one."""
+    seen: set[str] = set()
+    for key, _ in request.query_params.multi_items():
+        if key in seen:
+            raise APIError(400, f"{key}: given more than once", code="invalid_value", param=key)
+        seen.add(key)
 
 
 Limit = Annotated[int, Query(description="Page size; values outside 1 to the maximum are clamped, as OpenAI does.")]
