@@ -21,7 +21,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kubernetes_asyncio.client.exceptions import ApiException
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 log = logging.getLogger("ftapi.errors")
 
@@ -197,13 +196,13 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves on this path (Starlette's own 405 names only the first route's)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET", "type": "http"})
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    """The methods the OpenAPI document lists for this path (Starlette's own 405 names the first route's only)."""
+    got = request.url.path.split("/")
+    for template, operations in request.app.openapi()["paths"].items():
+        want = template.split("/")
+        if len(want) == len(got) and all(w == g or (w.startswith("{") and g) for w, g in zip(want, got, strict=True)):
+            return sorted(method.upper() for method in operations)
+    return []
 
 
 def kubernetes_message(exc: ApiException) -> str:

@@ -364,6 +364,12 @@ def test_unknown_route_and_method(client):
     assert r.status_code == 404 and "error" in r.json()
     r = client.put("/v1/fine_tuning/jobs", headers=A)
     assert r.status_code == 405 and "error" in r.json()
+    assert r.headers["allow"] == "GET, POST"
+    # two routes serve /v1/files/{file_id}: Allow names both (Starlette's own 405 names the first only)
+    r = client.patch("/v1/files/file-x", headers=A)
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
+    r = client.get("/v1/fine_tuning/jobs/x/cancel", headers=A)
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
 
 
 def test_secrets_not_logged(client, caplog):
