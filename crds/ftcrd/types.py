@@ -448,7 +448,7 @@ class RunPolicySpec(CamelModel):
 
 # Limits of the W&B settings, shared with the API's request schema (ftapi.schemas).
 WANDB_NAME_LIMITS = Field(min_length=1, max_length=128)
-WANDB_TAG_LIMITS = Field(min_length=1, max_length=64)
+WANDB_TAG_LIMITS = Field(min_length=1, max_length=64, description="A W&B run tag.")
 WANDB_MAX_TAGS = 50
 WandbName = Annotated[str, WANDB_NAME_LIMITS]
 WandbTag = Annotated[str, WANDB_TAG_LIMITS]

@@ -95,6 +95,7 @@ def test_schemathesis_all_checks(api, tmp_path):
         str(report),
         "--no-color",
     ]
+    requests_before = api.log().count('"event": "access"')
     # in tmp_path: schemathesis keeps a cache directory in its working directory
     run = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=3000, check=False)
     output = run.stdout + run.stderr
@@ -104,3 +105,6 @@ def test_schemathesis_all_checks(api, tmp_path):
     cases = summary["test_cases"]
     assert cases["generated"] > 0 and cases["with_failures"] == 0 and cases["errored"] == 0, cases
     assert summary["failures"] == [] and summary["errors"] == [], summary
+    requests = api.log().count('"event": "access"') - requests_before
+    print(f"schemathesis: {cases['generated']} test cases, {requests} requests answered, no failure")
+    assert requests >= cases["generated"]
