@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ROOT := $(abspath .)
 VENV = $(shell bash hack/venv.sh)
 PY = $(VENV)/bin/python
-export PYTHONPATH := $(ROOT)/crds:$(ROOT)/operator:$(ROOT)/api:$(ROOT)/trainer_image:$(ROOT)/hack
+export PYTHONPATH := $(ROOT)/crds:$(ROOT)/operator:$(ROOT)/api:$(ROOT)/trainer_image:$(ROOT)/localcluster
 # Nothing in this project may reach a model hub at run time.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -14,16 +14,19 @@ export HF_DATASETS_OFFLINE := 1
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: setup
-setup: ## Build the cached venv and the Kubernetes binaries (first run only; slow)
+.PHONY: venv
+venv: ## Build the cached venv (first run only; downloads torch)
 	@bash hack/venv.sh >/dev/null
-	@bash hack/build-k8s.sh >/dev/null
+
+.PHONY: setup
+setup: venv ## Build the cached venv and the Kubernetes binaries (first run only; slow)
+	@bash localcluster/build-k8s.sh >/dev/null
 
 .PHONY: lint
-lint: setup ## ruff + mypy
+lint: venv ## ruff + mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy crds/ftcrd operator/ftoperator api/ftapi trainer_image/fttrainer hack/processnode
+	$(VENV)/bin/mypy crds/ftcrd operator/ftoperator api/ftapi trainer_image/fttrainer localcluster/processnode localcluster/ftdev
 
 .PHONY: fmt
 fmt: ## Format the code
@@ -41,17 +44,38 @@ openapi: ## Write api/openapi.json (the API's OpenAPI document; a test fails whe
 manifests-check: manifests openapi ## Fail when generated files (CRD, docs, OpenAPI) differ from the checked-in ones
 	git diff --exit-code -- crds docs/conditions.md docs/crd-reference.md api/openapi.json
 
+# Tiers (tests/support/tiers.py): unit (pure, seconds; needs only the venv), process (real trainer runs, the GCS
+# emulator), cluster (the local control plane), e2e (operator + real trainer on it). `make test` runs them all.
+PYTEST = $(PY) -m pytest -q -ra
+
 .PHONY: test
 test: setup ## Run the whole suite (starts the local control plane itself)
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: venv ## Pure tests only: no cluster, no Kubernetes build, no servers (well under a minute)
+	@start=$$(date +%s%N); rc=0; $(PYTEST) -m unit $(PYTEST_ARGS) || rc=$$?; \
+	  ms=$$(( ($$(date +%s%N) - start) / 1000000 )); echo ">> test-unit: $$((ms / 1000)).$$((ms % 1000 / 100))s wall"; exit $$rc
+
+.PHONY: test-process
+test-process: venv ## Real local processes without a cluster: torchrun trainer runs, the GCS emulator
+	$(PYTEST) -m process $(PYTEST_ARGS)
+
+.PHONY: test-cluster
+test-cluster: setup ## Tests on the local control plane, without the e2e ones
+	$(PYTEST) -m "cluster and not e2e" $(PYTEST_ARGS)
+
+.PHONY: test-e2e
+test-e2e: setup ## Operator + real trainer (and the demo) on the local control plane
+	$(PYTEST) -m e2e $(PYTEST_ARGS)
 
 .PHONY: cluster-up
 cluster-up: setup ## Start the local control plane + process node (idempotent); last line: export KUBECONFIG=...
-	@bash hack/cluster.sh up
+	@bash localcluster/cluster.sh up
 
 .PHONY: cluster-down
 cluster-down: ## Stop the local control plane
-	@bash hack/cluster.sh down
+	@bash localcluster/cluster.sh down
 
 # --- images, kind and deployment (issue #7): see README.md "Deploy" ---------------------------------
 IMAGE_PREFIX ?= finetune-operator

@@ -1,4 +1,4 @@
-"""`make demo`, end to end, as part of `make test`: the same hack/demo.py flow on the session's cluster.
+"""`make demo`, end to end, as part of `make test`: the same flow (``python -m ftdev.demo``) on the session's cluster.
 
 deploy/overlays/local is applied (operator and API as Deployments whose pods the process node runs with in-cluster
 ServiceAccount config), the seed webhook creates a FineTuneJob, the trainer runs under torchrun (2 CPU processes,
@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import re
 
-import demo
 import pytest
-from helpers import Cluster
+from ftdev.demo.cli import main
+from ftdev.demo.flow import Demo
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+from tests.support.cluster import Cluster
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
 def test_demo_flow(cluster: Cluster, capsys):
-    rc = demo.main(["--kubeconfig", str(cluster.kubeconfig), "--api-port", "0", "--gcs-port", "0", "--timeout", "600"])
+    rc = main(["--kubeconfig", str(cluster.kubeconfig), "--api-port", "0", "--gcs-port", "0", "--timeout", "600"])
     out = capsys.readouterr().out
     lines = out.rstrip().splitlines()
     assert rc == 0, out[-6000:]
@@ -29,8 +31,8 @@ def test_demo_flow(cluster: Cluster, capsys):
     m = re.fullmatch(r"job=(ftjob-[0-9a-f]+) phase=Succeeded artifact=(gs://finetune-demo/models/demo/\1/)", last)
     assert m, last
     # Every step ran and the phases the job went through were shown.
-    for n in range(1, demo.Demo.STEPS + 1):
-        assert f"[{n}/{demo.Demo.STEPS}]" in out
+    for n in range(1, Demo.STEPS + 1):
+        assert f"[{n}/{Demo.STEPS}]" in out
     assert re.search(r"<- phase Running", out)
     assert re.search(r"<- phase Succeeded", out)
     assert "every sha256 matches the manifest" in out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from ftcrd.types import WANDB_MAX_TAGS, WANDB_NAME_LIMITS, WANDB_TAG_LIMITS, HyperparametersSpec, MethodSpec
+from ftcrd.types import WANDB_MAX_TAGS, WANDB_NAME_LIMITS, WANDB_TAG_LIMITS, BatchSize, Beta, CommunityId, Epochs
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    Strict,
     StrictInt,
     StrictStr,
     Tag,
@@ -62,17 +63,7 @@ FILE_ID_PATTERN = r"^file-[0-9a-f]{24}$"
 FileId = Annotated[StrictStr, Field(pattern=FILE_ID_PATTERN, description="A file id from POST /v1/files.")]
 
 
-def _bounds(model: type[BaseModel], name: str) -> dict[str, Any]:
-    """The numeric bounds of a CRD field, so the API's request schema and the CRD cannot disagree."""
-    out: dict[str, Any] = {}
-    for meta in model.model_fields[name].metadata:
-        for key in ("gt", "ge", "lt", "le"):
-            if getattr(meta, key, None) is not None:
-                out[key] = getattr(meta, key)
-    return out
-
-
-class Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
@@ -109,12 +100,10 @@ class SeedTrigger(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     communityId: Annotated[
-        StrictStr,
-        Field(
-            max_length=63,
-            pattern=r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$",
-            description="Community (tenant) id: letters, digits, '-', '_', '.'; at most 63 characters.",
-        ),
+        CommunityId,
+        Strict(),
+        AfterValidator(_not_blank),
+        Field(description="Community (tenant) id: letters, digits, '-', '_', '.'; at most 63 characters."),
     ]
     dataset: Annotated[list[SeedRow], Field(min_length=1, description="Preference pairs (at least one).")]
     callbackUrl: Annotated[
@@ -141,39 +130,40 @@ class SeedAccepted(BaseModel):
 
 # --- OpenAI fine-tuning jobs ---------------------------------------------------------------------
 
-BatchSize = Annotated[StrictInt, Field(**_bounds(HyperparametersSpec, "batch_size")), INTEGRAL]
-Epochs = Annotated[StrictInt, Field(**_bounds(HyperparametersSpec, "epochs")), INTEGRAL]
+# batch size, epochs and beta: the CRD's own ranges (ftcrd.types), read strictly as JSON Schema does
+BatchSizeIn = Annotated[BatchSize, Strict(), INTEGRAL]
+EpochsIn = Annotated[Epochs, Strict(), INTEGRAL]
+BetaIn = Annotated[Beta, Field(allow_inf_nan=False)]
 # At least 1e-6: a smaller multiplier of the base learning rate can underflow to a learning rate of 0.
 LrMultiplier = Annotated[float, Field(ge=1e-6, le=1e6, allow_inf_nan=False)]
-Beta = Annotated[float, Field(allow_inf_nan=False, **_bounds(MethodSpec, "beta"))]
 
 
-class Hyperparameters(Strict):
+class Hyperparameters(StrictModel):
     """``"auto"`` (or leaving a field out) lets the service choose from the dataset size, as OpenAI does."""
 
-    batch_size: BatchSize | Auto | None = None
+    batch_size: BatchSizeIn | Auto | None = None
     learning_rate_multiplier: LrMultiplier | Auto | None = None
-    n_epochs: Epochs | Auto | None = None
+    n_epochs: EpochsIn | Auto | None = None
 
 
 class DpoHyperparameters(Hyperparameters):
-    beta: Beta | Auto | None = None
+    beta: BetaIn | Auto | None = None
 
 
-class DpoMethod(Strict):
+class DpoMethod(StrictModel):
     hyperparameters: DpoHyperparameters | None = None
 
 
-class SupervisedMethod(Strict):
+class SupervisedMethod(StrictModel):
     hyperparameters: Hyperparameters | None = None
 
 
-class SupervisedChoice(Strict):
+class SupervisedChoice(StrictModel):
     type: Literal["supervised"]
     supervised: SupervisedMethod | None = None
 
 
-class DpoChoice(Strict):
+class DpoChoice(StrictModel):
     type: Literal["dpo"]
     dpo: DpoMethod | None = None
 
@@ -197,7 +187,7 @@ MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, Field(max_length=512)]
 
 
-class WandbIntegration(Strict):
+class WandbIntegration(StrictModel):
     """OpenAI's wandb settings; recorded as the job's spec.tracking.wandb (same limits)."""
 
     project: Annotated[NonBlank, WANDB_NAME_LIMITS, Field(description="W&B project the run is created in.")]
@@ -206,12 +196,12 @@ class WandbIntegration(Strict):
     tags: Annotated[list[Annotated[NonBlank, WANDB_TAG_LIMITS]] | None, Field(max_length=WANDB_MAX_TAGS)] = None
 
 
-class Integration(Strict):
+class Integration(StrictModel):
     type: Literal["wandb"]
     wandb: WandbIntegration
 
 
-class JobCreate(Strict):
+class JobCreate(StrictModel):
     """``POST /v1/fine_tuning/jobs`` (the openai client's ``fine_tuning.jobs.create``)."""
 
     model: Annotated[NonBlank, Field(max_length=256, description="A model name from the catalog (e.g. 'tiny').")]

@@ -55,8 +55,8 @@ class Settings(BaseSettings):
     # --- defaults of created jobs
     models: dict[str, CatalogModel] = Field(default_factory=default_catalog)
     webhook_model: str = "zephyr"
-    webhook_method: str = "dpo"
-    webhook_beta: float = 0.1
+    webhook_method: str | None = Field(default=None, description="spec.method.type of webhook jobs; unset: the CRD's.")
+    webhook_beta: float | None = Field(default=None, description="spec.method.beta of webhook jobs; unset: the CRD's.")
     output_bucket: str = "finetune-models"
     output_prefix: str = "models"
     output_credentials_secret: str | None = Field(

@@ -69,6 +69,12 @@ def _secret_ref(value: str | None) -> SecretKeyRef | None:
     return SecretKeyRef(name=name, key=key or "service-account.json")
 
 
+def webhook_method(settings: Settings) -> MethodSpec:
+    """The seed webhook's method: the configured loss and beta, the CRD's defaults for what is not configured."""
+    configured = {"type": settings.webhook_method, "beta": settings.webhook_beta}
+    return MethodSpec.model_validate({k: v for k, v in configured.items() if v is not None})
+
+
 def base_learning_rate(settings: Settings) -> float:
     return float(HyperparametersSpec.model_validate(settings.hyperparameters).learning_rate)
 

@@ -42,6 +42,9 @@ LABEL_QUEUE: Final = "kueue.x-k8s.io/queue-name"
 """Kueue's LocalQueue label (spec.runPolicy.queueName)."""
 
 # --- annotations -------------------------------------------------------------------------------------
+ANN_TRAINER_CONFIG: Final = f"{GROUP}/trainer-config"
+"""On the trainer pod template: the resolved trainer configuration (ftcrd.trainer_config, JSON), which a
+downwardAPI volume exposes to the trainer as TRAINER_CONFIG_PATH."""
 ANN_ENTRYPOINT: Final = f"{GROUP}/trainer-entrypoint"
 """Development only (operator setting allow_entrypoint_annotation): a command replacing the trainer's."""
 ANN_CANCELLED: Final = f"{GROUP}/cancelled"
@@ -82,6 +85,10 @@ CHECKPOINT_DIR: Final = "/checkpoints"
 WORKSPACE_DIR: Final = "/workspace"
 SHM_DIR: Final = "/dev/shm"
 TERMINATION_LOG: Final = "/dev/termination-log"
+TRAINER_CONFIG_DIR: Final = "/etc/finetune"
+TRAINER_CONFIG_FILE: Final = "trainer-config.json"
+TRAINER_CONFIG_PATH: Final = f"{TRAINER_CONFIG_DIR}/{TRAINER_CONFIG_FILE}"
+"""The trainer's configuration file (``python -m fttrainer.train --config TRAINER_CONFIG_PATH``)."""
 SERVICE_ACCOUNT_DIR: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 # --- environment of the trainer ----------------------------------------------------------------------
@@ -93,6 +100,10 @@ ENV_TERMINATION_LOG: Final = "TERMINATION_MESSAGE_PATH"
 ENV_SERVICE_ACCOUNT_DIR: Final = "FTJ_SERVICEACCOUNT_DIR"
 """Overrides SERVICE_ACCOUNT_DIR (tests outside a pod)."""
 ENV_COMPLETION_INDEX: Final = "JOB_COMPLETION_INDEX"
+ENV_UPLOAD_RETRIES: Final = "FTJ_UPLOAD_RETRIES"
+"""Upload attempts per object after the first (trainer; default 6)."""
+ENV_UPLOAD_BACKOFF: Final = "FTJ_UPLOAD_BACKOFF"
+"""First wait between upload attempts in seconds, doubling (trainer; default 2)."""
 
 RESERVED_ENV: Final = (
     "PET_NNODES",

@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import Cluster, unique_name, wait_for
+
+from tests.support.cluster import Cluster, unique_name, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 RBAC = ROOT / "deploy" / "base" / "api"

@@ -1,6 +1,6 @@
 """End to end through the API: the real openai client uploads the tiny dataset, creates a DPO job on the
-tiny CPU preset, and the operator (tests/fixtures_operator.py) runs the real trainer on the process node,
-uploading to the GCS emulator (tests/fixtures_gcs.py) until the job is succeeded with fine_tuned_model set."""
+tiny CPU preset, and the operator (tests/support/operator_process.py) runs the real trainer on the process node,
+uploading to the GCS emulator (the `gcs` fixture, tests/support/gcs.py) until the job is succeeded with fine_tuned_model set."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import yaml
 from openai import OpenAI
 
 from tests.api.conftest import ROOT, start_api
-from tests.fixtures_gcs import gcs  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.cluster
 
@@ -21,7 +20,7 @@ TINY = yaml.safe_load((ROOT / "crds" / "samples" / "tiny-cpu.yaml").read_text())
 
 
 @pytest.fixture(scope="module")
-def e2e_api(cluster, operator, gcs, tmp_path_factory):  # noqa: F811
+def e2e_api(cluster, operator, gcs, tmp_path_factory):
     env = {
         "FTAPI_HYPERPARAMETERS": json.dumps({**TINY["hyperparameters"], "epochs": 1}),
         "FTAPI_RESOURCES": json.dumps(TINY["resources"]),
@@ -38,7 +37,7 @@ def tiny_rows() -> list[dict[str, str]]:
     return json.loads(cm["data"]["dataset.json"])
 
 
-def test_tiny_dpo_job_queued_to_succeeded(e2e_api, gcs, running_operator):  # noqa: F811
+def test_tiny_dpo_job_queued_to_succeeded(e2e_api, gcs, running_operator):
     ns = e2e_api.ns_a
     client = OpenAI(
         base_url=f"{e2e_api.url}/v1", api_key=e2e_api.key(ns), max_retries=2, _strict_response_validation=True

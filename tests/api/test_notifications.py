@@ -18,12 +18,12 @@ import httpx
 import openai
 import pytest
 from ftcrd.names import ANN_NOTIFICATIONS, LABEL_NOTIFY
-from helpers import wait_for
 from openai import OpenAI
 from standardwebhooks.webhooks import Webhook
 
 from tests.api.conftest import ApiServer, start_api
 from tests.api.openapi_check import validating_http_client
+from tests.support.cluster import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import deployctl
 import pytest
-from helpers import Cluster
+from ftdev import deploy as deployctl
+
+from tests.support.cluster import Cluster
 
 pytestmark = pytest.mark.cluster
 

@@ -11,7 +11,9 @@ import json
 import time
 
 import pytest
-from ftj_helpers import (
+
+from tests.support.cluster import wait_for
+from tests.support.ftj import (
     children,
     events_for,
     get_ftj,
@@ -21,7 +23,6 @@ from ftj_helpers import (
     trainer_identity,
     wait_phase,
 )
-from helpers import wait_for
 
 pytestmark = pytest.mark.cluster
 

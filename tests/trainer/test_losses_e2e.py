@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import Trainer, synthetic_rows
+
+from tests.support.trainer import Trainer, synthetic_rows
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import ROOT
 from fttrainer.parallel import find_blocks
+
+from tests.support import ROOT
 
 ARCHITECTURES = {
     "zephyr": ("MistralConfig", "MistralForCausalLM"),

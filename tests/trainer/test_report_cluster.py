@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
-from fixtures_operator import install_crd_and_rbac
 from fttrainer.report import Reporter
+
+from tests.support.operator_process import install_crd_and_rbac
 
 pytestmark = pytest.mark.cluster
 

@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures_gcs import GcsEmulator, free_port
 from fttrainer import upload
 from fttrainer.upload import UploadError, object_prefix, upload_export
+
+from tests.support.gcs import GcsEmulator, free_port
 
 
 def make_export(root: Path, big: int = 600 * 1024) -> dict[str, bytes]:
@@ -105,6 +106,7 @@ def test_reupload_skips_identical_and_replaces_changed(emulator_env, tmp_path, c
     assert emu.download("models/default/job-re/config.json") == b'{"changed": true}'
 
 
+@pytest.mark.process  # starts its own emulator, late
 def test_retries_until_the_server_comes_back(tmp_path, monkeypatch):
     late = GcsEmulator(port=free_port(), bucket="late-bucket")
     for k, v in late.env().items():

@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
+from ftcrd.conditions import ExitCode
+from ftcrd.types import Optimizer, Stage
 from torch import nn
 from torch.distributed.tensor import DTensor
 
@@ -37,12 +40,12 @@ from fttrainer.parallel import Dist, compute_context
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("RMSprop", "AdamW", "Adam", "SGD")
+OPTIMIZERS: tuple[Optimizer, ...] = typing.get_args(Optimizer)
 
 
 class ProgressSink(Protocol):
     def progress(
-        self, *, step: int, total_steps: int, epoch: float, examples: int, stage: str, metrics: dict[str, float]
+        self, *, step: int, total_steps: int, epoch: float, examples: int, stage: Stage, metrics: dict[str, float]
     ) -> None: ...
 
     def checkpoint(self, step: int, path: str, metrics: dict[str, float]) -> None: ...
@@ -352,7 +355,7 @@ class Trainer:
         log.info("resumed from step %d (%s, %d examples seen)", self.state.step, path, self.state.examples)
         return step
 
-    def _report(self, stage: str) -> None:
+    def _report(self, stage: Stage) -> None:
         self.reporter.progress(
             step=self.state.step,
             total_steps=self.schedule.total_steps,
@@ -420,13 +423,13 @@ class Trainer:
                 if self.cfg.exit_after_step == self.state.step:
                     log.warning("exit_after_step=%d: exiting hard after the checkpoint", self.state.step)
                     dist.barrier()
-                    on_exit(75)
+                    on_exit(ExitCode.STOPPED_AFTER_STEP)
                 if self.preempted:
                     log.warning(
                         "SIGTERM: checkpointed step %d, exiting for the restarted pod to resume", self.state.step
                     )
                     dist.barrier()
-                    on_exit(143)
+                    on_exit(ExitCode.PREEMPTED)
         self._eval()
         return Result(self.state.step, self.state.examples, dict(self.metrics), resumed)
 

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 TINY_NAME = "tiny"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>"]
@@ -75,8 +76,7 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> object:
 
 def build(out_dir: Path, texts: list[str], spec: TinySpec) -> None:
     """Write tokenizer + random-initialised LlamaForCausalLM into ``out_dir`` (must not exist)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     tokenizer = _train_tokenizer(texts, spec.vocab_size)
     vocab = len(tokenizer)  # type: ignore[arg-type]
@@ -93,14 +93,23 @@ def build(out_dir: Path, texts: list[str], spec: TinySpec) -> None:
         eos_token_id=tokenizer.eos_token_id,  # type: ignore[attr-defined]
         pad_token_id=tokenizer.pad_token_id,  # type: ignore[attr-defined]
     )
-    cpu_rng = torch.get_rng_state()
-    torch.manual_seed(spec.seed)
-    try:
-        model = LlamaForCausalLM(config)
-    finally:
-        torch.set_rng_state(cpu_rng)
+    model = seeded_model(config, spec.seed)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)  # type: ignore[attr-defined]
+
+
+def seeded_model(config: Any, seed: int) -> Any:
+    """``LlamaForCausalLM(config)`` initialised from ``seed`` (the global RNG is left as it was): the preset's
+    untrained weights, which the demo rebuilds from a trained model's config to compare before and after."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    cpu_rng = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return LlamaForCausalLM(config)
+    finally:
+        torch.set_rng_state(cpu_rng)
 
 
 def ensure(cache_dir: Path, texts: Iterable[str], spec: TinySpec) -> Path:

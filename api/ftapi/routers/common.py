@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Header, Query, Request
+from ftcrd import names
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ftapi import mapping
@@ -33,7 +34,7 @@ async def create_idempotent(
             raise
     existing = await k8s.get_ftj(namespace, ftj["metadata"]["name"])
     ann = (existing.get("metadata") or {}).get("annotations") or {}
-    if ann.get(mapping.ANN_IDEMPOTENCY) != digest:
+    if ann.get(names.ANN_IDEMPOTENCY) != digest:
         raise APIError(
             409,
             "This Idempotency-Key was already used with a different request; use a new key for a new job.",
@@ -71,7 +72,7 @@ async def update_job(
         if action:
             history = mapping.actions(job)[-19:]
             history.append({"action": action, "at": int(time.time())})
-            meta.setdefault("annotations", {})[mapping.ANN_ACTIONS] = json.dumps(history, separators=(",", ":"))
+            meta.setdefault("annotations", {})[names.ANN_ACTIONS] = json.dumps(history, separators=(",", ":"))
         try:
             return await k8s.patch_ftj(namespace, name, patch)
         except ApiException as exc:

@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
 UPLOAD_MEDIA_TYPES = "application/jsonl, application/gzip"
 """What the multipart ``file`` part holds: JSONL, optionally gzip-compressed (stated in the OpenAPI document)."""
 
-FILE_SELECTOR = f"{mapping.LABEL_FILE}=true"
+FILE_SELECTOR = f"{names.LABEL_FILE}=true"
 _FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ ()+-]")
 
@@ -45,7 +45,7 @@ async def get_file(k8s: K8s, namespace: str, file_id: str, param: str = "file_id
         if exc.status == 404:
             raise missing from None
         raise
-    if ((cm.get("metadata") or {}).get("labels") or {}).get(mapping.LABEL_FILE) != "true":
+    if ((cm.get("metadata") or {}).get("labels") or {}).get(names.LABEL_FILE) != "true":
         raise missing
     return cm
 
@@ -96,16 +96,16 @@ async def create_file(
         "kind": "ConfigMap",
         "metadata": {
             "name": file_id,
-            "labels": {mapping.LABEL_FILE: "true", mapping.LABEL_CREATED_BY: "api"},
+            "labels": {names.LABEL_FILE: "true", names.LABEL_CREATED_BY: "api"},
             "annotations": {
-                mapping.ANN_FILENAME: filename,
-                mapping.ANN_PURPOSE: purpose,
-                mapping.ANN_CREATED_AT: str(now),
-                mapping.ANN_BYTES: str(len(data)),
-                mapping.ANN_ROWS: str(rows),
+                names.ANN_FILENAME: filename,
+                names.ANN_PURPOSE: purpose,
+                names.ANN_CREATED_AT: str(now),
+                names.ANN_BYTES: str(len(data)),
+                names.ANN_ROWS: str(rows),
             },
         },
-        "binaryData": {mapping.FILE_DATA_KEY: base64.b64encode(stored).decode()},
+        "binaryData": {names.FILE_DATA_KEY: base64.b64encode(stored).decode()},
     }
     cm = await k8s.create_configmap(tenant.namespace, body)
     state.metrics.files_created.inc()
@@ -162,7 +162,7 @@ async def file_content(file_id: str, tenant: Tenant, k8s: Kube, settings: Config
         _, csv = await results.load(k8s, store, settings, tenant.namespace, file_id)
         return Response(csv, media_type="text/csv")
     cm = await get_file(k8s, tenant.namespace, file_id)
-    raw = base64.b64decode((cm.get("binaryData") or {}).get(mapping.FILE_DATA_KEY, ""))
+    raw = base64.b64decode((cm.get("binaryData") or {}).get(names.FILE_DATA_KEY, ""))
     data = gzip.decompress(raw) if raw[:2] == GZIP_MAGIC else raw
     return Response(data, media_type="application/jsonl")
 
@@ -179,7 +179,7 @@ async def delete_file(file_id: str, tenant: Tenant, k8s: Kube) -> dict[str, Any]
     await get_file(k8s, tenant.namespace, file_id)
     users = [
         job
-        for label in (mapping.LABEL_TRAINING_FILE, names.LABEL_VALIDATION_FILE)
+        for label in (names.LABEL_TRAINING_FILE, names.LABEL_VALIDATION_FILE)
         for job in await k8s.list_ftj(tenant.namespace, f"{label}={file_id}")
     ]
     active = sorted(

@@ -12,7 +12,6 @@ import hashlib
 from fastapi import APIRouter, Response
 from ftcrd import names
 from ftcrd.dataset import DatasetError, load_rows, rows_to_novalto
-from ftcrd.types import MethodSpec
 
 from ftapi import hyper, webhooks
 from ftapi.auth import Tenant as TenantInfo
@@ -22,7 +21,15 @@ from ftapi.responses import error_responses
 from ftapi.routers.common import IdempotencyKey, create_idempotent
 from ftapi.schemas import SeedAccepted, SeedTrigger
 from ftapi.settings import Settings
-from ftapi.specbuild import build_job, dataset_from_configmap, new_job_name, request_digest, resolve_model, too_large
+from ftapi.specbuild import (
+    build_job,
+    dataset_from_configmap,
+    new_job_name,
+    request_digest,
+    resolve_model,
+    too_large,
+    webhook_method,
+)
 
 router = APIRouter(tags=["webhook"])
 
@@ -113,7 +120,7 @@ async def trigger_finetune(
         namespace=tenant.namespace,
         model=model,
         dataset=dataset_from_configmap(settings, configmap_name, names.DATASET_KEY, "novalto"),
-        method=MethodSpec.model_validate({"type": settings.webhook_method, "beta": settings.webhook_beta}),
+        method=webhook_method(settings),
         hyperparameters=hyperparameters,
         community_id=body.communityId,
         labels=labels,

@@ -1,0 +1,5 @@
+import sys
+
+from ftdev.demo.cli import main
+
+sys.exit(main())
