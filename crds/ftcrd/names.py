@@ -93,6 +93,8 @@ ENV_UPLOAD_RETRIES: Final = "FTJ_UPLOAD_RETRIES"
 """Upload attempts per object after the first (trainer; default 6)."""
 ENV_UPLOAD_BACKOFF: Final = "FTJ_UPLOAD_BACKOFF"
 """First wait between upload attempts in seconds, doubling (trainer; default 2)."""
+ENV_TEST_HOOKS: Final = "FTJ_TEST_HOOKS"
+"""Tests only: a JSON object of trainer test hooks (``ftcrd.trainer_config.TestHooks``) for a pod's trainer."""
 
 RESERVED_ENV: Final = (
     "PET_NNODES",
@@ -118,3 +120,9 @@ DATASET_KEY: Final = "dataset.json.gz"
 """Key of a webhook job's gzip dataset."""
 MANIFEST_NAME: Final = "manifest.json"
 """The upload manifest listing every artifact file with its checksums."""
+CHECKPOINT_CLAIM_SUFFIX: Final = "-checkpoints"
+"""The operator-created checkpoint PersistentVolumeClaim of job ``<job>`` is ``<job>-checkpoints``."""
+CHECKPOINT_URI_SCHEME: Final = "pvc://"
+"""status.checkpoints[].path of a durable checkpoint: ``pvc://<claim>/<dir>/step-<N>``."""
+UPLOADED_CHECKPOINTS: Final = "checkpoints"
+"""Uploaded checkpoint weights live under ``<artifact folder>checkpoints/step-<N>/``."""

@@ -9,14 +9,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from ftcrd import names
-from ftcrd.types import MethodSpec
+from ftcrd.types import MAX_NAME_LENGTH, MethodSpec, ModelSpec
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from ftapi import mapping
 from ftapi.deps import Config, Kube, State, Tenant
 from ftapi.errors import APIError, not_found
+from ftapi.k8s import K8s
 from ftapi.routers.common import create_idempotent, get_job, idempotency_key, update_job
 from ftapi.routers.files import get_file
 from ftapi.schemas import DpoHyperparameters, Hyperparameters, JobCreate
+from ftapi.settings import CatalogModel, Settings
 from ftapi.specbuild import (
     base_learning_rate,
     build_job,
@@ -59,6 +62,30 @@ def _hyperparameters(hp: Hyperparameters | None, base_lr: float) -> dict[str, An
     return out
 
 
+async def _model(
+    settings: Settings, k8s: K8s, namespace: str, model: str
+) -> tuple[CatalogModel, dict[str, Any] | None]:
+    """(the base model, spec.model.from) of an OpenAI ``model``: a catalog name, or a previous job of the caller's
+    namespace to start from, named by its ``fine_tuned_model`` (its artifact's gs:// URI) or by its id. The
+    operator resolves the job to its verified artifact (and waits while that job still runs)."""
+    if model in settings.models:
+        return settings.models[model], None
+    source: dict[str, Any] | None = None
+    if model.startswith("gs://"):
+        found = [j for j in await k8s.list_ftj(namespace) if mapping.fine_tuned_model(j) == model]
+        source = found[0] if found else None
+    elif _JOB_ID.match(model) and len(model) <= MAX_NAME_LENGTH:
+        try:
+            source = await k8s.get_ftj(namespace, model)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    if source is None:
+        return resolve_model(settings, model), None  # 400 model_not_found, listing the catalog
+    base = ModelSpec.model_validate((source.get("spec") or {}).get("model") or {})
+    return CatalogModel(name=base.name, preset=base.preset), {"job": source["metadata"]["name"]}
+
+
 @router.post("", summary="Create a fine-tuning job (DPO by default; Idempotency-Key supported)")
 async def create_job(
     *,
@@ -70,7 +97,7 @@ async def create_job(
     idempotency: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> dict[str, Any]:
     key = idempotency_key(idempotency)
-    model = resolve_model(settings, body.model)
+    model, model_from = await _model(settings, k8s, tenant.namespace, body.model)
     method_type = body.method.type if body.method else "dpo"
     if method_type == "reinforcement":
         raise APIError(
@@ -131,6 +158,7 @@ async def create_job(
         community_id=tenant.namespace,
         labels={names.LABEL_CREATED_BY: "api", names.LABEL_TRAINING_FILE: body.training_file},
         annotations=annotations,
+        model_from=model_from,
     )
     job, created = await create_idempotent(k8s, tenant.namespace, ftj, None, idempotent=key is not None, digest=digest)
     if created:
