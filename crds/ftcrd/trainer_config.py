@@ -131,7 +131,7 @@ class TrainerRun(CamelModel):
         default=None,
         ge=1,
         description="Test hook: hard exit (75) while the checkpoint of this step is being written, before it is "
-        "complete (in an attempt that did not resume at or past it).",
+        "complete (in an attempt that started from step 0).",
     )
 
 

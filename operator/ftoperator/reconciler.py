@@ -33,7 +33,9 @@ from ftoperator.snapshots import Key, first, ftj_logger, owner_uid, uid_of
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 EVENTS_REFRESH_SECONDS = 15.0
 """A stuck pod's Events are read again at most this often."""
-WARNING_REASONS = frozenset({R.UNSCHEDULABLE, R.CHILD_CREATE_FAILED, R.JOB_MISSING})
+WARNING_REASONS = frozenset(
+    {R.UNSCHEDULABLE, R.CHILD_CREATE_FAILED, R.JOB_MISSING, R.GANG_RESTART, R.PROGRESS_DEADLINE_EXCEEDED}
+)
 
 
 class Hook(Protocol):

@@ -101,7 +101,8 @@ def gang_restart(
     cond = condition(job, "Failed") if is_true(job, "Failed") else condition(job, "FailureTarget")
     if (cond or {}).get("reason") == st.JOB_DEADLINE_EXCEEDED:  # the deadline is the whole job's: final
         return None
-    first = sorted(failed, key=lambda p: str(get(p, "metadata", "creationTimestamp") or ""))[:1]
+    # the rank that failed first (the others were stopped after it)
+    first = sorted(failed, key=lambda p: str((st.terminated(p) or {}).get("finishedAt") or "~"))[:1]
     counted = not any(disrupted(p) for p in failed)
     failures = int(status.get("countedFailures") or 0) + int(counted)
     if counted and failures > backoff_limit(ftj):

@@ -403,7 +403,7 @@ class Trainer:
             scheduler=self.scheduler,
             d=self.d,
             metrics=self.metrics,
-            die_before_commit=reached and self.cfg.exit_during_checkpoint == step,
+            die_before_commit=self.resumed_from is None and self.cfg.exit_during_checkpoint == step,
         )
         if self.d.is_main:
             self.reporter.checkpoints(checkpoint.records(self.store))

@@ -148,8 +148,10 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
 
     cfg = source.fetch(cfg, store, d, on_file=loading)
     models = load_models(cfg, rows, d, needs_reference=loss.needs_reference)
+    loading("models")
     tok = models.tokenizer
     examples = tokenize_rows(rows, tok, hp.max_length, hp.max_prompt_length, truncation_side=hp.truncation_side)
+    loading("tokenized")
     reference_logps = None
     if models.reference is not None and hp.precompute_reference:
         t0 = time.monotonic()
