@@ -107,7 +107,8 @@ def gang_restart(
     failures = int(status.get("countedFailures") or 0) + int(counted)
     if counted and failures > backoff_limit(ftj):
         return None
-    what = _detail(first[0]) if first else short(str((cond or {}).get("message") or "a rank failed"), 600)
+    # a deleted pod may already be gone from the API: then the Job's own words
+    what = _detail(first[0]) if first else short(f"a rank failed ({(cond or {}).get('message') or 'no detail'})", 600)
     limit = backoff_limit(ftj)
     return Restart(
         R.GANG_RESTART,

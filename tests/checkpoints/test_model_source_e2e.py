@@ -57,7 +57,7 @@ def step0_logps(gcs: GcsEmulator, sft: dict[str, Any], cfg: TrainerConfig, data:
     gcs.download_tree(sft["status"]["artifact"]["uri"], export)
     tok = AutoTokenizer.from_pretrained(export)
     model = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
-    rows = load_rows(data, cfg.dataset.format, cfg.dataset.compression)
+    rows = load_rows(data, cfg.dataset.format, "auto")  # the API stores uploads gzipped; here they are plain
     hp = cfg.hyperparameters
     train, _ = split_indices(len(rows), cfg.dataset.validation_fraction, hp.seed)
     schedule = Schedule.create(

@@ -114,7 +114,7 @@ def test_replaced_and_paused_trainer_resumes_from_its_checkpoints(  # noqa: PLR0
     status = done["status"]
 
     logs = all_trainer_logs(cluster, namespace)
-    assert resumed_steps(logs) == [2, 4], logs[-4000:]  # never from step 0 again
+    assert sorted(resumed_steps(logs)) == [2, 4], logs[-4000:]  # never from step 0 again
     assert status["progress"]["resumedFrom"] == 4 and status["progress"]["step"] == STEPS
     # only the newest spec.checkpoint.keep (2) are listed, and they are what the claim holds
     assert checkpoint_steps(done) == [4, 6]
@@ -135,6 +135,7 @@ def claim_dir(cluster: Cluster, namespace: str, claim: str) -> str:
 
 
 def trained_steps(log: str) -> list[int]:
+    """Steps the loop logged (at most one line a second: a subset of what it ran)."""
     return sorted({int(m) for m in re.findall(r"\bstep (\d+)/\d+ examples", log)})
 
 
@@ -162,9 +163,9 @@ def test_failed_upload_is_retried_by_the_next_pod_without_training_again(
         for p in sorted(children(cluster, namespace, name)["pods"], key=lambda p: p["metadata"]["creationTimestamp"])
     ]
     assert len(logs) >= 2
-    assert trained_steps(logs[0][1]) == list(range(1, STEPS + 1)), logs[0][1][-3000:]
+    assert "training dpo" in logs[0][1] and f"step {STEPS}/{STEPS}" in logs[0][1], logs[0][1][-3000:]
     for pod, log in logs[1:]:  # every later pod only uploaded the export kept on the claim
-        assert trained_steps(log) == [], f"{pod} trained again:\n{log[-3000:]}"
+        assert "training dpo" not in log and not trained_steps(log), f"{pod} trained again:\n{log[-3000:]}"
         assert f"found the complete export of step {STEPS} of job {name}" in log
     succeeded = next(p for p in children(cluster, namespace, name)["pods"] if p["status"].get("phase") == "Succeeded")
     message = json.loads(succeeded["status"]["containerStatuses"][0]["state"]["terminated"]["message"])

@@ -133,7 +133,7 @@ def test_a_killed_rank_restarts_every_rank_from_the_checkpoint(  # noqa: PLR0917
     status = done["status"]
     assert status["restarts"] == 1 and status["countedFailures"] == 1, status
     assert status["lastRestart"]["reason"] == Reason.GANG_RESTART and status["lastRestart"]["jobUid"] == first_job
-    assert "rank 1" in status["lastRestart"]["message"]
+    assert "restarting every rank from the last checkpoint" in status["lastRestart"]["message"]
     assert census.jobs == 1 and census.rank_pods == 1, (census.jobs, census.rank_pods)  # never two at once
     assert len(census.job_uids) == 2  # the Job was replaced once
     new_job = children(cluster, namespace, name)["jobs"][0]
