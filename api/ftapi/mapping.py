@@ -318,8 +318,8 @@ def to_checkpoints(ftj: dict[str, Any]) -> list[dict[str, Any]]:
                 "object": "fine_tuning.job.checkpoint",
                 "id": f"ftckpt-{job}-{step}",
                 "created_at": epoch(ck.get("createdAt")) or created,
-                # the uploaded weights when spec.checkpoint.uploadWeights, else the durable checkpoint's location
-                "fine_tuned_model_checkpoint": ck.get("uri") or ck.get("path") or f"{job}:ckpt-step-{step}",
+                # where the durable checkpoint lives (pvc://<claim>/<dir>/step-<N>: docs/operations.md)
+                "fine_tuned_model_checkpoint": ck.get("path") or f"{job}:ckpt-step-{step}",
                 "fine_tuning_job_id": job,
                 "metrics": metrics,
                 "step_number": step,

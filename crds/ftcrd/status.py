@@ -115,13 +115,6 @@ class CheckpointRecord(CamelModel):
             description="Where the checkpoint lives: pvc://<claim>/<dir>/step-<N> on durable storage, else the pod's path.",
         ),
     ]
-    uri: Annotated[
-        str | None,
-        Field(
-            default=None,
-            description="gs:// folder of the checkpoint's uploaded, verified weights (spec.checkpoint.uploadWeights).",
-        ),
-    ]
     created_at: Annotated[str | None, Field(default=None, description="When it was saved (RFC 3339).")]
     metrics: Annotated[Metrics | None, Field(default=None, description="Metrics at that step.")]
 

@@ -126,14 +126,3 @@ class CheckpointSpec(CamelModel):
             ),
         ),
     ]
-    upload_weights: Annotated[
-        bool,
-        Field(
-            default=False,
-            description=(
-                "Also export each checkpoint's policy weights and upload them, with a manifest, to "
-                "<artifact folder>checkpoints/step-<N>/: each checkpoint becomes a model users can fetch and start "
-                "a new job from (spec.model.from.uri). Costs one weight gather and upload per checkpoint."
-            ),
-        ),
-    ]

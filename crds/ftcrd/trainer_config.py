@@ -104,7 +104,6 @@ class TrainerRun(CamelModel):
         default=None,
         description="How users find checkpoint_dir (pvc://<claim>/<dir>); None: it is the pod's own (an emptyDir).",
     )
-    upload_checkpoint_weights: bool = crd_field(CheckpointSpec, "upload_weights")
     eval_batch_size: int = Field(default=16, ge=1, description="Examples per evaluation forward.")
     n_eval_examples: int | None = Field(
         default=256, ge=1, description="Held-out examples evaluated; None: the whole split."

@@ -173,7 +173,6 @@ def trainer_config(
             checkpoint_dir=CHECKPOINT_DIR,
             keep_checkpoints=spec.checkpoint.keep,
             checkpoint_location=(storage or CheckpointStorage()).location,
-            upload_checkpoint_weights=spec.checkpoint.upload_weights,
         ),
     )
 

@@ -225,14 +225,15 @@ class Reporter:
             self._wake.notify()
 
     def checkpoints(self, records: list[dict[str, Any]]) -> None:
-        """Replace the listed checkpoints with ``records`` (``step``, ``path``, ``createdAt``, ``metrics``, ``uri``):
+        """Replace the listed checkpoints with ``records`` (``step``, ``path``, ``createdAt``, ``metrics``):
         what the checkpoint storage holds now, after pruning, including an earlier attempt's checkpoints."""
         if not self.enabled:
             return
         listed = []
         for rec in records[-MAX_CHECKPOINTS:]:
             item: dict[str, Any] = {"step": int(rec["step"]), "path": str(rec["path"])}
-            item.update({k: rec[k] for k in ("createdAt", "uri") if rec.get(k)})
+            if rec.get("createdAt"):
+                item["createdAt"] = rec["createdAt"]
             m = status_metrics(rec.get("metrics") or {})
             if m:
                 item["metrics"] = m
