@@ -152,6 +152,13 @@ def estimated_finish(ftj: dict[str, Any]) -> int | None:
     return base + int(eta)
 
 
+def fine_tuned_model(ftj: dict[str, Any]) -> str | None:
+    """OpenAI's ``fine_tuned_model``: the verified artifact's gs:// folder once the job succeeded. Passing it as
+    ``model`` of a new job starts that job from it (spec.model.from)."""
+    artifact = _status(ftj).get("artifact") or {}
+    return artifact.get("uri") if openai_status(ftj) == "succeeded" else None
+
+
 def to_openai_job(ftj: dict[str, Any], organization: str = "") -> dict[str, Any]:
     meta = _meta(ftj)
     ann = _annotations(ftj)
@@ -160,7 +167,6 @@ def to_openai_job(ftj: dict[str, Any], organization: str = "") -> dict[str, Any]
     dataset = spec.get("dataset") or {}
     metrics = status.get("metrics") or {}
     state = openai_status(ftj)
-    artifact = status.get("artifact") or {}
     try:
         metadata = json.loads(ann[ANN_METADATA]) if ANN_METADATA in ann else None
     except ValueError:
@@ -175,12 +181,12 @@ def to_openai_job(ftj: dict[str, Any], organization: str = "") -> dict[str, Any]
         "model": ann.get(ANN_OPENAI_MODEL) or (spec.get("model") or {}).get("name", ""),
         "organization_id": organization or f"org-{meta.get('namespace', '')}",
         "status": state,
-        "fine_tuned_model": artifact.get("uri") if state == "succeeded" else None,
+        "fine_tuned_model": fine_tuned_model(ftj),
         "finished_at": finished,
         "error": job_error(ftj),
         "hyperparameters": hyperparameters(ftj),
         "method": method(ftj),
-        "result_files": [results_file_id(meta.get("name", ""))] if state == "succeeded" and artifact.get("uri") else [],
+        "result_files": [results_file_id(meta.get("name", ""))] if fine_tuned_model(ftj) else [],
         "seed": int((spec.get("hyperparameters") or {}).get("seed", 0)),
         "trained_tokens": metrics.get("tokens"),
         "training_file": ann.get(ANN_TRAINING_FILE) or (dataset.get("configMap") or {}).get("name", ""),
@@ -337,6 +343,7 @@ def to_checkpoints(ftj: dict[str, Any]) -> list[dict[str, Any]]:
                 "object": "fine_tuning.job.checkpoint",
                 "id": f"ftckpt-{job}-{step}",
                 "created_at": epoch(ck.get("createdAt")) or created,
+                # where the durable checkpoint lives (pvc://<claim>/<dir>/step-<N>: docs/operations.md)
                 "fine_tuned_model_checkpoint": ck.get("path") or f"{job}:ckpt-step-{step}",
                 "fine_tuning_job_id": job,
                 "metrics": metrics,

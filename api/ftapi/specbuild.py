@@ -92,15 +92,19 @@ def build_job(
     labels: dict[str, str],
     annotations: dict[str, str],
     tracking: TrackingSpec | None = None,
+    model_from: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The FineTuneJob as a wire dict; ``hyperparameters`` (camelCase) override the configured defaults."""
+    """The FineTuneJob as a wire dict; ``hyperparameters`` (camelCase) override the configured defaults;
+    ``model_from``: spec.model.from (start from a previous job's artifact)."""
     try:
         hp = HyperparametersSpec.model_validate({**settings.hyperparameters, **hyperparameters})
         # model_validate (not keyword construction) so mypy, without the pydantic plugin, sees the defaults
         spec = FineTuneJobSpec.model_validate(
             {
                 "community_id": community_id,
-                "model": ModelSpec.model_validate({"name": model.name, "preset": model.preset}),
+                "model": ModelSpec.model_validate(
+                    {"name": model.name, "preset": model.preset, **({"from": model_from} if model_from else {})}
+                ),
                 "method": method,
                 "hyperparameters": hp,
                 "dataset": dataset,

@@ -51,6 +51,11 @@ class Reason:
     VOLUME_CLAIM_MISSING: Final = "VolumeClaimMissing"
     UNSCHEDULABLE_TIMEOUT: Final = "UnschedulableTimeout"
     INIT_CONTAINER_CRASH_LOOP: Final = "InitContainerCrashLoop"
+    GANG_RESTART: Final = "GangRestart"
+    PROGRESS_DEADLINE_EXCEEDED: Final = "ProgressDeadlineExceeded"
+    WAITING_FOR_MODEL: Final = "WaitingForModel"
+    MODEL_SOURCE_FAILED: Final = "ModelSourceFailed"
+    INVALID_MODEL: Final = "InvalidModel"
 
 
 # Reasons, with the text that explains them to a user.
@@ -97,6 +102,21 @@ REASONS: Final[dict[str, str]] = {
     ),
     Reason.INIT_CONTAINER_CRASH_LOOP: "An init container of a trainer pod kept crashing beyond the operator's "
     "grace period.",
+    Reason.GANG_RESTART: (
+        "A rank of a multi-node job failed: the operator replaces the whole Job, so every rank restarts together "
+        "from the last checkpoint (counted against backoffLimit unless the pod was disrupted)."
+    ),
+    Reason.PROGRESS_DEADLINE_EXCEEDED: (
+        "The trainer's progress did not advance for spec.runPolicy.progressDeadlineSeconds: every pod is restarted "
+        "from the last checkpoint (counted against backoffLimit), or the job fails when backoffLimit is used up."
+    ),
+    Reason.WAITING_FOR_MODEL: "spec.model.from.job names a job that has not succeeded yet; no pods run until it has.",
+    Reason.MODEL_SOURCE_FAILED: "spec.model.from.job names a job that failed, does not exist or has no verified "
+    "artifact.",
+    Reason.INVALID_MODEL: (
+        "The model to start from (spec.model.from) could not be verified: a file differs from its manifest, the "
+        "manifest is missing or differs from the pinned sha256 (exit code 2); retrying cannot help."
+    ),
 }
 
 
@@ -132,6 +152,7 @@ EXIT_CODE_MEANING: Final[dict[ExitCode, str]] = {
 TRAINER_REASONS: Final[dict[str, ExitCode | None]] = {
     Reason.INVALID_DATASET: ExitCode.INVALID_INPUT,
     Reason.INVALID_SPEC: ExitCode.INVALID_INPUT,
+    Reason.INVALID_MODEL: ExitCode.INVALID_INPUT,
     Reason.UPLOAD_FAILED: ExitCode.UPLOAD_FAILED,
     Reason.TRAINER_FAILED: None,  # a crash: whatever code the process died with
 }

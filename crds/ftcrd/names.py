@@ -104,6 +104,8 @@ ENV_UPLOAD_RETRIES: Final = "FTJ_UPLOAD_RETRIES"
 """Upload attempts per object after the first (trainer; default 6)."""
 ENV_UPLOAD_BACKOFF: Final = "FTJ_UPLOAD_BACKOFF"
 """First wait between upload attempts in seconds, doubling (trainer; default 2)."""
+ENV_TEST_HOOKS: Final = "FTJ_TEST_HOOKS"
+"""Tests only: a JSON object of trainer test hooks (``ftcrd.trainer_config.TestHooks``) for a pod's trainer."""
 
 RESERVED_ENV: Final = (
     "PET_NNODES",
@@ -132,3 +134,9 @@ MANIFEST_NAME: Final = "manifest.json"
 METRICS_FILE: Final = "metrics.jsonl"
 """Per-step training metrics (ftcrd.results.StepMetrics, one JSON object per optimizer step), written by the
 trainer into the export directory, so it is uploaded with the model and listed in the manifest."""
+CHECKPOINT_CLAIM_SUFFIX: Final = "-checkpoints"
+"""The operator-created checkpoint PersistentVolumeClaim of job ``<job>`` is ``<job>-checkpoints``."""
+CHECKPOINT_URI_SCHEME: Final = "pvc://"
+"""status.checkpoints[].path of a durable checkpoint: ``pvc://<claim>/<dir>/step-<N>``."""
+UPLOADED_CHECKPOINTS: Final = "checkpoints"
+"""Uploaded checkpoint weights live under ``<artifact folder>checkpoints/step-<N>/``."""

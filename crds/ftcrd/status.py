@@ -48,6 +48,10 @@ class Progress(CamelModel):
         Field(default=None, description="What the trainer is doing; 'uploading' shows as phase Uploading."),
     ]
     updated_at: Annotated[str | None, Field(default=None, description="When the trainer last reported (RFC 3339).")]
+    resumed_from: Annotated[
+        int | None,
+        Field(default=None, description="Step of the checkpoint this attempt resumed from (absent: from step 0)."),
+    ]
 
 
 class Metrics(CamelModel):
@@ -104,9 +108,27 @@ class CheckpointRecord(CamelModel):
     model_config = ConfigDict(extra="allow")
 
     step: Annotated[int, Field(description="Optimizer step of the checkpoint.")]
-    path: Annotated[str | None, Field(default=None, description="Where the checkpoint lives inside the trainer pod.")]
+    path: Annotated[
+        str | None,
+        Field(
+            default=None,
+            description="Where the checkpoint lives: pvc://<claim>/<dir>/step-<N> on durable storage, else the pod's path.",
+        ),
+    ]
     created_at: Annotated[str | None, Field(default=None, description="When it was saved (RFC 3339).")]
     metrics: Annotated[Metrics | None, Field(default=None, description="Metrics at that step.")]
+
+
+class RestartRecord(CamelModel):
+    """The operator's last restart of every trainer pod together (gang restart, progress watchdog)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    reason: Annotated[str, Field(description="GangRestart or ProgressDeadlineExceeded.")]
+    message: Annotated[str, Field(default="", description="What failed or stalled.")]
+    time: Annotated[str | None, Field(default=None, description="When the operator decided it (RFC 3339).")]
+    job_uid: Annotated[str | None, Field(default=None, description="uid of the Job that was replaced.")]
+    counted: Annotated[bool, Field(default=True, description="Whether it counted against backoffLimit.")]
 
 
 class FineTuneJobStatus(CamelModel):
@@ -151,6 +173,22 @@ class FineTuneJobStatus(CamelModel):
         int | None, Field(default=None, description="metadata.generation the operator last acted on.")
     ]
     attempts: Annotated[int | None, Field(default=None, description="Trainer attempts started so far.")]
+    restarts: Annotated[
+        int | None,
+        Field(
+            default=None,
+            description="Times the operator restarted every trainer pod together from the last checkpoint (a rank "
+            "of a multi-node job failed, or the progress watchdog fired).",
+        ),
+    ]
+    counted_failures: Annotated[
+        int | None,
+        Field(
+            default=None,
+            description="Failures counted against spec.runPolicy.backoffLimit by the Jobs the operator replaced.",
+        ),
+    ]
+    last_restart: Annotated[RestartRecord | None, Field(default=None, description="The last such restart.")]
     job_name: Annotated[str | None, Field(default=None, description="Name of the batch/v1 Job running the trainer.")]
     kopf: Annotated[
         dict[str, Any] | None,

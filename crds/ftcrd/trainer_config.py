@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from ftcrd.types import (
     CamelModel,
+    CheckpointSpec,
     Compression,
     DatasetFormat,
     DatasetSpec,
@@ -59,6 +60,12 @@ class TrainerModel(CamelModel):
     archive: str | None = Field(
         default=None, description="A reference-format policy.pt, or an export directory, to start from."
     )
+    source_uri: str | None = Field(
+        default=None,
+        description="gs:// export folder (or a policy.pt in one) to download, verify against its manifest and start "
+        "from (spec.model.from, resolved by the operator).",
+    )
+    source_sha256: str | None = Field(default=None, description="sha256 the export's manifest.json must have.")
     block_name: str | None = Field(default=None, description="Transformer block class FSDP2 shards.")
     policy_dtype: Dtype | None = None
     fsdp_policy_mp: Dtype | None = None
@@ -92,6 +99,11 @@ class TrainerRun(CamelModel):
         min_length=1,
         description="Resumable checkpoints and the export (kept there so a retried upload needs no training).",
     )
+    keep_checkpoints: int = crd_field(CheckpointSpec, "keep")
+    checkpoint_location: str | None = Field(
+        default=None,
+        description="How users find checkpoint_dir (pvc://<claim>/<dir>); None: it is the pod's own (an emptyDir).",
+    )
     eval_batch_size: int = Field(default=16, ge=1, description="Examples per evaluation forward.")
     n_eval_examples: int | None = Field(
         default=256, ge=1, description="Held-out examples evaluated; None: the whole split."
@@ -109,6 +121,21 @@ class TrainerRun(CamelModel):
     crash_rank_after_upload: int | None = Field(
         default=None, ge=0, description="Test hook: this rank aborts (SIGABRT) once the upload is verified."
     )
+    hold_at_steps: list[int] | None = Field(
+        default=None,
+        description="Test hook: after the checkpoint of each of these steps (reached in this attempt, not resumed "
+        "at), stop making progress until SIGTERM, then exit 143: a stalled or preempted trainer at a known step.",
+    )
+    exit_during_checkpoint: int | None = Field(
+        default=None,
+        ge=1,
+        description="Test hook: hard exit (75) while the checkpoint of this step is being written, before it is "
+        "complete (in an attempt that started from step 0).",
+    )
+
+
+TEST_HOOKS: Final = ("exit_after_step", "crash_rank_after_upload", "hold_at_steps", "exit_during_checkpoint")
+"""TrainerRun's test hooks: the only fields ``FTJ_TEST_HOOKS`` (ftcrd.names.ENV_TEST_HOOKS) may set in a pod."""
 
 
 class TrainerConfig(CamelModel):

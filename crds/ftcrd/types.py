@@ -64,6 +64,13 @@ from ftcrd.status import (  # noqa: F401 (re-exported)
     FineTuneJobStatus,
     Metrics,
     Progress,
+    RestartRecord,
+)
+from ftcrd.storage import (  # noqa: F401 (re-exported)
+    JOB_NAME_PATTERN,
+    SHA256_PATTERN,
+    CheckpointSpec,
+    ModelSource,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +133,18 @@ class ModelSpec(CamelModel):
     hf_token_secret: Annotated[
         SecretKeyRef | None,
         Field(default=None, description="Secret with a Hugging Face token for gated models (exposed as HF_TOKEN)."),
+    ]
+    from_: Annotated[
+        ModelSource | None,
+        Field(
+            default=None,
+            alias="from",
+            description=(
+                "Start from a trained model (an earlier job's artifact or an export in the bucket) instead of the "
+                "base weights: SFT first, then DPO from the SFT policy. name and preset still describe the "
+                "architecture."
+            ),
+        ),
     ]
 
 
@@ -457,6 +476,20 @@ class RunPolicySpec(CamelModel):
         str | None,
         Field(default=None, max_length=63, description="Kueue LocalQueue; set as the kueue.x-k8s.io/queue-name label."),
     ]
+    progress_deadline_seconds: Annotated[
+        int,
+        Field(
+            default=3600,
+            ge=0,
+            le=7 * 86400,
+            description=(
+                "Progress watchdog: a trainer whose progress (status.progress.updatedAt) has not advanced for this "
+                "long while loading, training or evaluating is restarted (every pod) from its last checkpoint, "
+                "counting against backoffLimit, with a ProgressDeadlineExceeded Event; 0 disables it. Must exceed "
+                "model loading and the slowest step or evaluation."
+            ),
+        ),
+    ]
 
 
 # Limits of the W&B settings, shared with the API's request schema (ftapi.schemas).
@@ -558,6 +591,10 @@ class FineTuneJobSpec(CamelModel):
     ]
     run_policy: Annotated[RunPolicySpec, Field(default_factory=RunPolicySpec, description="Retries and lifecycle.")]
     tracking: Annotated[TrackingSpec | None, Field(default=None, description="Experiment tracking (Weights & Biases).")]
+    checkpoint: Annotated[
+        CheckpointSpec,
+        Field(default_factory=CheckpointSpec, description="Durable checkpoint storage, retention, grace period."),
+    ]
 
 
 class FineTuneJob(CamelModel):

@@ -10,6 +10,8 @@ rather than duplicates.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import shlex
 from collections.abc import Mapping
 from typing import Any
@@ -44,12 +46,42 @@ from ftcrd.names import (
 from ftcrd.trainer_config import TrainerConfig, TrainerDataset, TrainerModel, TrainerOutput, TrainerRun
 from ftcrd.types import API_VERSION, KIND, RESERVED_ENV, FineTuneJob, FineTuneJobSpec
 
+from ftoperator.checkpointing import CheckpointStorage, checkpoint_storage, grace_seconds
+from ftoperator.objects import parse_time
 from ftoperator.settings import Settings
 
 # Re-exported for the operator's other modules (handlers select children by it).
 __all__ = ["LABEL_JOB", "TRAINER_IDENTITY"]
 
 RUN_DIR = f"{WORKSPACE_DIR}/run"
+SHUTDOWN_MARGIN_SECONDS = 5
+"""torchrun's --shutdown-timeout is the pod's grace period minus this: the workers' SIGTERM checkpoint gets
+(nearly) all of it, and torchrun still exits before the kubelet's SIGKILL."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """spec.model.from, resolved (ftoperator.sources): the export the trainer downloads and verifies."""
+
+    uri: str
+    sha256: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Carryover:
+    """What the Jobs this FineTuneJob already replaced used up (gang and watchdog restarts): failures counted
+    against backoffLimit, and seconds of activeDeadlineSeconds."""
+
+    failures: int = 0
+    elapsed_seconds: int = 0
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any], now: dt.datetime) -> Carryover:
+        """What status.countedFailures and, once the operator restarted the job, the time since status.startTime
+        say was used (none for the first Job, whose manifest stays deterministic)."""
+        started = parse_time(status.get("startTime")) if status.get("restarts") else None
+        elapsed = int((now - started).total_seconds()) if started else 0
+        return cls(failures=int(status.get("countedFailures") or 0), elapsed_seconds=max(0, elapsed))
 
 
 def parse(body: Mapping[str, Any]) -> FineTuneJob:
@@ -107,8 +139,15 @@ def dataset_path(spec: FineTuneJobSpec) -> str:
     return f"{DATA_DIR}/{ds.volume.path}"
 
 
-def trainer_config(spec: FineTuneJobSpec, name: str) -> TrainerConfig:
-    """The trainer's resolved configuration: the spec's own models, the pod's paths."""
+def trainer_config(
+    spec: FineTuneJobSpec,
+    name: str,
+    *,
+    storage: CheckpointStorage | None = None,
+    source: ModelSource | None = None,
+) -> TrainerConfig:
+    """The trainer's resolved configuration: the spec's own models, the pod's paths, where the checkpoints live
+    and the verified model to start from."""
     model = spec.model
     return TrainerConfig(
         job=name,
@@ -117,6 +156,8 @@ def trainer_config(spec: FineTuneJobSpec, name: str) -> TrainerConfig:
             name_or_path=f"{MODELS_DIR}/{model.name}" if model.claim_name else model.name,
             revision=model.revision,
             tokenizer_name_or_path=model.tokenizer,
+            source_uri=source.uri if source else None,
+            source_sha256=source.sha256 if source else None,
         ),
         method=spec.method,
         hyperparameters=spec.hyperparameters,
@@ -127,7 +168,12 @@ def trainer_config(spec: FineTuneJobSpec, name: str) -> TrainerConfig:
             validation_fraction=spec.dataset.validation_fraction,
         ),
         output=TrainerOutput(bucket=spec.output.bucket, prefix=spec.output.prefix, community_id=spec.community_id),
-        run=TrainerRun(run_dir=RUN_DIR, checkpoint_dir=CHECKPOINT_DIR),
+        run=TrainerRun(
+            run_dir=RUN_DIR,
+            checkpoint_dir=CHECKPOINT_DIR,
+            keep_checkpoints=spec.checkpoint.keep,
+            checkpoint_location=(storage or CheckpointStorage()).location,
+        ),
     )
 
 
@@ -137,9 +183,12 @@ def trainer_command(spec: FineTuneJobSpec, name: str, settings: Settings | None 
     Single node: ``--standalone`` (torchrun picks a free port; pods on the process node share the
     host network). Multi-node: static rendezvous on pod 0 through the headless Service; the node rank
     is the Indexed Job's completion index, ``$(JOB_COMPLETION_INDEX)`` expanded by the kubelet.
+    ``--shutdown-timeout``: on SIGTERM torchrun gives its workers (writing their checkpoint) the pod's grace
+    period, not its own default of 30 s.
     """
     settings = settings or Settings()
     nodes = spec.resources.nodes
+    shutdown = max(1, grace_seconds(spec, settings) - SHUTDOWN_MARGIN_SECONDS)
     cmd = ["torchrun", "--nnodes", str(nodes), "--nproc-per-node", str(processes_per_node(spec))]
     if nodes == 1:
         cmd += ["--standalone"]
@@ -152,7 +201,7 @@ def trainer_command(spec: FineTuneJobSpec, name: str, settings: Settings | None 
             "--master-port",
             str(settings.master_port),
         ]
-    return [*cmd, "-m", "fttrainer.train", "--config", TRAINER_CONFIG_PATH]
+    return [*cmd, "--shutdown-timeout", str(shutdown), "-m", "fttrainer.train", "--config", TRAINER_CONFIG_PATH]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,8 +242,11 @@ def scratch_volume(size_limit: str) -> dict[str, Any]:
     return {"sizeLimit": size_limit} if size_limit else {}
 
 
-def _volumes(ftj: FineTuneJob, settings: Settings | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(
+    ftj: FineTuneJob, settings: Settings | None = None, storage: CheckpointStorage | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     settings = settings or Settings()
+    storage = storage or checkpoint_storage(ftj, settings)
     spec = ftj.spec
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
@@ -220,8 +272,15 @@ def _volumes(ftj: FineTuneJob, settings: Settings | None = None) -> tuple[list[d
             {"name": "models", "persistentVolumeClaim": {"claimName": spec.model.claim_name, "readOnly": True}}
         )
         mounts.append({"name": "models", "mountPath": MODELS_DIR, "readOnly": True})
+    if storage.claim is not None:
+        checkpoints: dict[str, Any] = {"name": "checkpoints", "persistentVolumeClaim": {"claimName": storage.claim}}
+    else:
+        checkpoints = {"name": "checkpoints", "emptyDir": scratch_volume(settings.checkpoint_size_limit)}
+    checkpoint_mount: dict[str, Any] = {"name": "checkpoints", "mountPath": CHECKPOINT_DIR}
+    if storage.sub_path:
+        checkpoint_mount["subPath"] = storage.sub_path
     volumes += [
-        {"name": "checkpoints", "emptyDir": scratch_volume(settings.checkpoint_size_limit)},
+        checkpoints,
         {"name": "workspace", "emptyDir": scratch_volume(settings.workspace_size_limit)},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}},
         {
@@ -237,7 +296,7 @@ def _volumes(ftj: FineTuneJob, settings: Settings | None = None) -> tuple[list[d
         },
     ]
     mounts += [
-        {"name": "checkpoints", "mountPath": CHECKPOINT_DIR},
+        checkpoint_mount,
         {"name": "workspace", "mountPath": WORKSPACE_DIR},
         {"name": "dshm", "mountPath": SHM_DIR},
         {"name": "trainer-config", "mountPath": TRAINER_CONFIG_DIR, "readOnly": True},
@@ -263,10 +322,11 @@ def _resources(spec: FineTuneJobSpec) -> dict[str, Any]:
     return out
 
 
-def pod_template(ftj: FineTuneJob, settings: Settings) -> dict[str, Any]:
+def pod_template(ftj: FineTuneJob, settings: Settings, source: ModelSource | None = None) -> dict[str, Any]:
     spec = ftj.spec
     name = ftj.metadata["name"]
-    volumes, mounts = _volumes(ftj, settings)
+    storage = checkpoint_storage(ftj, settings)
+    volumes, mounts = _volumes(ftj, settings, storage)
     command = trainer_command(spec, name, settings)
     entrypoint = list(settings.trainer_entrypoint)
     override = (ftj.metadata.get("annotations") or {}).get(ANN_ENTRYPOINT)
@@ -294,6 +354,7 @@ def pod_template(ftj: FineTuneJob, settings: Settings) -> dict[str, Any]:
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": grace_seconds(spec, settings),
         "serviceAccountName": spec.service_account_name or TRAINER_IDENTITY,
         "automountServiceAccountToken": True,
         "enableServiceLinks": False,
@@ -317,16 +378,21 @@ def pod_template(ftj: FineTuneJob, settings: Settings) -> dict[str, Any]:
         pod_spec["tolerations"] = [t.wire() for t in res.tolerations]
     if res.priority_class_name:
         pod_spec["priorityClassName"] = res.priority_class_name
-    annotations = {ANN_TRAINER_CONFIG: trainer_config(spec, name).render()}
+    annotations = {ANN_TRAINER_CONFIG: trainer_config(spec, name, storage=storage, source=source).render()}
     return {"metadata": {"labels": labels(ftj), "annotations": annotations}, "spec": pod_spec}
 
 
-def pod_failure_policy() -> dict[str, Any]:
+def pod_failure_policy(nodes: int = 1) -> dict[str, Any]:
     """Disruptions (preemption, eviction, node drain) are not the trainer's fault: they do not count against
-    backoffLimit. Invalid input (exit 2) fails the Job at once: retrying the same data cannot help."""
+    backoffLimit. Invalid input (exit 2) fails the Job at once: retrying the same data cannot help.
+
+    A multi-node Job restarts as a whole (gang semantics, ftoperator.restarts): any failed rank fails the Job (a
+    disrupted one too, through FailJob, so the operator sees it was a disruption and does not count it), the Job
+    controller stops the other ranks, and the operator replaces the Job."""
+    disruption = "Ignore" if nodes == 1 else "FailJob"
     return {
         "rules": [
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {"action": disruption, "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             {
                 "action": "FailJob",
                 "onExitCodes": {
@@ -344,14 +410,31 @@ def job_suspended(spec: FineTuneJobSpec) -> bool:
     return bool(spec.run_policy.suspend or spec.run_policy.queue_name)
 
 
-def active_deadline_seconds(spec: FineTuneJobSpec, settings: Settings) -> int | None:
-    """spec.runPolicy.activeDeadlineSeconds, else the operator's default: no Job retries for ever."""
-    return spec.run_policy.active_deadline_seconds or settings.default_active_deadline_seconds or None
+def active_deadline_seconds(spec: FineTuneJobSpec, settings: Settings, elapsed: int = 0) -> int | None:
+    """spec.runPolicy.activeDeadlineSeconds, else the operator's default: no Job retries for ever. ``elapsed``: what
+    replaced Jobs already used of it (the deadline is the whole job's, across restarts)."""
+    deadline = spec.run_policy.active_deadline_seconds or settings.default_active_deadline_seconds or None
+    return max(1, deadline - elapsed) if deadline else None
 
 
-def render_job(ftj: FineTuneJob, settings: Settings | None = None) -> dict[str, Any]:
+def job_backoff_limit(spec: FineTuneJobSpec, carry: Carryover) -> int:
+    """The Job controller's own retries: a one-node job's pod is replaced by it (what is left of backoffLimit);
+    a multi-node Job never retries a single rank (0): the operator restarts every rank together."""
+    if spec.resources.nodes > 1:
+        return 0
+    return max(0, spec.run_policy.backoff_limit - carry.failures)
+
+
+def render_job(
+    ftj: FineTuneJob,
+    settings: Settings | None = None,
+    *,
+    source: ModelSource | None = None,
+    carry: Carryover | None = None,
+) -> dict[str, Any]:
     """The batch/v1 Indexed Job: ``nodes`` completions and parallelism, one torchrun node per pod."""
     settings = settings or Settings()
+    carry = carry or Carryover()
     spec = ftj.spec
     extra = {LABEL_QUEUE: spec.run_policy.queue_name} if spec.run_policy.queue_name else None
     nodes = spec.resources.nodes
@@ -359,13 +442,13 @@ def render_job(ftj: FineTuneJob, settings: Settings | None = None) -> dict[str, 
         "completionMode": "Indexed",
         "completions": nodes,
         "parallelism": nodes,
-        "backoffLimit": spec.run_policy.backoff_limit,
-        "podFailurePolicy": pod_failure_policy(),
+        "backoffLimit": job_backoff_limit(spec, carry),
+        "podFailurePolicy": pod_failure_policy(nodes),
         "podReplacementPolicy": "Failed",
         "suspend": job_suspended(spec),
-        "template": pod_template(ftj, settings),
+        "template": pod_template(ftj, settings, source),
     }
-    deadline = active_deadline_seconds(spec, settings)
+    deadline = active_deadline_seconds(spec, settings, carry.elapsed_seconds)
     if deadline:
         job_spec["activeDeadlineSeconds"] = deadline
     return {
@@ -436,8 +519,34 @@ def needs_service(ftj: FineTuneJob) -> bool:
     return ftj.spec.resources.nodes > 1
 
 
-def render_children(ftj: FineTuneJob, settings: Settings | None = None) -> list[dict[str, Any]]:
-    """The job's own children: the headless Service (multi-node only) and the Job. The namespace's trainer
-    identity (:func:`render_trainer_identity`) is shared and must exist before the Job's pods."""
+def render_checkpoint_claim(ftj: FineTuneJob, settings: Settings | None = None) -> dict[str, Any] | None:
+    """The PersistentVolumeClaim ``<job>-checkpoints`` the operator creates (owned by the FineTuneJob, so deleted
+    with it and kept across pods and Jobs), or None when the checkpoints go to a user's claim or an emptyDir."""
+    storage = checkpoint_storage(ftj, settings)
+    if not storage.owned or storage.claim is None:
+        return None
+    mode = "ReadWriteMany" if ftj.spec.resources.nodes > 1 else "ReadWriteOnce"
+    spec: dict[str, Any] = {"accessModes": [mode], "resources": {"requests": {"storage": storage.size}}}
+    if storage.storage_class is not None:
+        spec["storageClassName"] = storage.storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(ftj, storage.claim),
+        "spec": spec,
+    }
+
+
+def render_children(
+    ftj: FineTuneJob,
+    settings: Settings | None = None,
+    *,
+    source: ModelSource | None = None,
+    carry: Carryover | None = None,
+) -> list[dict[str, Any]]:
+    """The job's own children: the checkpoint claim (when the operator makes one), the headless Service
+    (multi-node only) and the Job, last. The namespace's trainer identity (:func:`render_trainer_identity`) is
+    shared and must exist before the Job's pods."""
+    claim = render_checkpoint_claim(ftj, settings)
     service = [render_service(ftj, settings)] if needs_service(ftj) else []
-    return [*service, render_job(ftj, settings)]
+    return [*([claim] if claim else []), *service, render_job(ftj, settings, source=source, carry=carry)]

@@ -23,13 +23,13 @@ from ftcrd.conditions import Reason as R
 from ftcrd.names import KIND
 from ftcrd.types import TERMINAL_PHASES
 
-from ftoperator import builders, metrics
+from ftoperator import builders, metrics, sources
 from ftoperator import status as st
 from ftoperator.kube import ApiError
 from ftoperator.objects import rfc3339, short
 from ftoperator.reconciler import Logger, Reconciler
 from ftoperator.settings import Settings
-from ftoperator.snapshots import key_of, owner_uid, slim, slim_job, uid_of
+from ftoperator.snapshots import Key, ftj_logger, key_of, owner_uid, slim, slim_job, uid_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +70,15 @@ class Attempts:
     """time.monotonic() of the retry kopf has scheduled (until then the resync leaves the job alone)."""
     gave_up: str = ""
     """The failure message once the budget ran out."""
+    gave_up_reason: str = R.CHILD_CREATE_FAILED
 
 
 class Permanent(Exception):
-    """Retrying cannot help (an invalid object, a child owned by someone else)."""
+    """Retrying cannot help (an invalid object, a child owned by someone else, a model source that failed)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Conflict(Exception):
@@ -99,6 +104,8 @@ class Workloads:
         self.identities: dict[str, asyncio.Future[int]] = {}  # namespace -> its trainer identity's creation
         self.attempts: dict[str, Attempts] = {}
         self.in_flight: set[str] = set()
+        self.waiting: dict[Key, set[Key]] = {}  # model source (ns, name) -> jobs waiting for it to finish
+        reconciler.on_final.append(self.source_finished)
 
     def forget(self, uid: str) -> None:
         self.attempts.pop(uid, None)
@@ -185,6 +192,9 @@ class Workloads:
         else:
             raise Conflict(f"{obj['kind']} {md['name']} keeps conflicting")
         owner = owner_uid(existing, KIND)
+        if owner == uid and (existing.get("metadata") or {}).get("deletionTimestamp"):
+            # ours, but on its way out (a restart replaces the Job): never adopt it; create anew once it is gone
+            raise Conflict(f"{obj['kind']} {md['name']} is being deleted; waiting for it to go")
         if owner != uid:
             if existing.get("metadata", {}).get("deletionTimestamp") or owner:
                 raise Conflict(
@@ -194,7 +204,14 @@ class Workloads:
         logger.info("adopted existing %s %s", obj["kind"], md["name"])
         return existing
 
-    async def create_children(self, ftj: builders.FineTuneJob, logger: Logger) -> dict[str, Any]:
+    async def create_children(
+        self,
+        ftj: builders.FineTuneJob,
+        logger: Logger,
+        *,
+        source: builders.ModelSource | None = None,
+        carry: builders.Carryover | None = None,
+    ) -> dict[str, Any]:
         """Create every child, adopting those that already exist and are ours; returns the Job."""
         uid = ftj.metadata["uid"]
         with self.reconciler.creation():
@@ -203,7 +220,7 @@ class Workloads:
                 await self.ensure_identity(ftj.metadata["namespace"])
             # The Service (multi-node only) is needed once pods resolve their peers, not by the Job: one round
             # trip for both.
-            children = builders.render_children(ftj, self.settings)
+            children = builders.render_children(ftj, self.settings, source=source, carry=carry)
             *_, job = await asyncio.gather(*(self._create_or_adopt(o, uid, logger) for o in children))
             return job
 
@@ -234,7 +251,7 @@ class Workloads:
             return None
         rec = self.attempts.setdefault(uid, Attempts(first=time.monotonic()))
         if rec.gave_up:  # decided already; only the Failed status was lost
-            await self._fail_logged(raw, R.CHILD_CREATE_FAILED, rec.gave_up, logger)
+            await self._fail_logged(raw, rec.gave_up_reason, rec.gave_up, logger)
             return None
         started = time.perf_counter()
         self.in_flight.add(uid)
@@ -244,13 +261,18 @@ class Workloads:
             except pydantic.ValidationError as exc:
                 msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
                 raise Permanent(f"invalid spec: {msg}") from exc
+            source = await self._model_source(raw, logger)
+            if isinstance(source, sources.Unresolved):
+                self.attempts.pop(uid, None)  # waiting is not a failed attempt: the budget starts when it ends
+                return None
+            carry = builders.Carryover.from_status(raw.get("status") or {}, dt.datetime.now(dt.UTC))
             # Always the whole set: a previous attempt may have died between two creations (409 → adopt).
-            job = slim_job(await self.create_children(ftj, logger))
+            job = slim_job(await self.create_children(ftj, logger, source=source, carry=carry))
             await self.reconcile_suspend(raw, job, logger)
         except Permanent as exc:
             metrics.ERRORS.labels(handler).inc()
-            reason = R.INVALID_SPEC if str(exc).startswith("invalid spec") else R.CHILD_CREATE_FAILED
-            rec.gave_up = str(exc)
+            reason = exc.reason or (R.INVALID_SPEC if str(exc).startswith("invalid spec") else R.CHILD_CREATE_FAILED)
+            rec.gave_up, rec.gave_up_reason = str(exc), reason
             await self._fail_logged(raw, reason, str(exc), logger)
             return None
         except ApiError as exc:
@@ -268,6 +290,42 @@ class Workloads:
         # The debounced sync reads the Job from the index (the Job's ADDED event triggers one too).
         self.reconciler.trigger(*key_of(raw), logger=logger, handler=handler)
         return None
+
+    async def _model_source(
+        self, raw: Mapping[str, Any], logger: Logger
+    ) -> builders.ModelSource | sources.Unresolved | None:
+        """spec.model.from resolved (:mod:`ftoperator.sources`); a job that must wait says so in its status and
+        is attempted again when its source finishes (or by the resync), one whose source failed fails."""
+        namespace, _ = key_of(raw)
+        name = sources.source_job(raw)
+        found = self.reconciler.ftj((namespace, name)) if name else None
+        now = dt.datetime.now(dt.UTC)
+        resolved = sources.resolve(raw, found, now, self.settings.missing_config_grace_seconds)
+        if not isinstance(resolved, sources.Unresolved):
+            return resolved
+        if resolved.final:
+            raise Permanent(resolved.message, resolved.reason)
+        assert name is not None
+        self.waiting.setdefault((namespace, name), set()).add(key_of(raw))
+        conditions = self.reconciler.effective_status(raw).get("conditions")
+        pending = {
+            "phase": "Pending",
+            "reason": resolved.reason,
+            "message": short(resolved.message),
+            "conditions": [st.set_condition(conditions, C.CREATED, False, resolved.reason, resolved.message, now)],
+        }
+        if st.changed(self.reconciler.effective_status(raw), pending):
+            await self._write_logged(raw, pending, logger)
+        return resolved
+
+    def source_finished(self, key: Key) -> None:
+        """A FineTuneJob reached a final phase: attempt the jobs waiting for it as their model source again."""
+        for waiting in self.waiting.pop(key, set()):
+            body = self.reconciler.ftj(waiting)
+            if body is None or self.busy(uid_of(body)):
+                continue
+            logger = ftj_logger(body)
+            asyncio.get_running_loop().create_task(self._logged(self.ensure(body, logger, "model-source"), logger))
 
     async def _failed_attempt(
         self, raw: Mapping[str, Any], rec: Attempts, exc: Exception, logger: Logger, handler: str
@@ -321,7 +379,7 @@ class Workloads:
         await self._logged(self.reconciler.write_status(raw, patch, logger), logger)
 
     @staticmethod
-    async def _logged(write: Awaitable[None], logger: Logger) -> None:
+    async def _logged(write: Awaitable[Any], logger: Logger) -> None:
         """A status write whose failure is logged, not raised: the resync writes it again."""
         try:
             await write

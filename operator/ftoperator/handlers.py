@@ -28,6 +28,7 @@ from ftoperator import metrics, ttl
 from ftoperator.children import Workloads, describe
 from ftoperator.kube import ApiError, Kube, connection_info
 from ftoperator.reconciler import Logger, Reconciler
+from ftoperator.restarts import Restarter
 from ftoperator.resync import Resync
 from ftoperator.settings import Settings
 from ftoperator.snapshots import Key, owner_uid, slim, slim_job, slim_pod
@@ -40,6 +41,7 @@ PROGRESS = MemoryProgressStorage()
 RECONCILER = Reconciler(SETTINGS, on_forget=[DIFFBASE.forget, PROGRESS.forget])
 WORKLOADS = Workloads(RECONCILER, SETTINGS)
 RECONCILER.on_forget.append(WORKLOADS.forget)
+RECONCILER.restarter = Restarter(RECONCILER, WORKLOADS)  # gang restarts and the progress watchdog
 RESYNC = Resync(RECONCILER, WORKLOADS, SETTINGS)
 TASKS: list[asyncio.Task[None]] = []
 

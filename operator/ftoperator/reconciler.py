@@ -13,9 +13,10 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import kopf
@@ -32,7 +33,25 @@ from ftoperator.snapshots import Key, first, ftj_logger, owner_uid, uid_of
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 EVENTS_REFRESH_SECONDS = 15.0
 """A stuck pod's Events are read again at most this often."""
-WARNING_REASONS = frozenset({R.UNSCHEDULABLE, R.CHILD_CREATE_FAILED, R.JOB_MISSING})
+WARNING_REASONS = frozenset(
+    {R.UNSCHEDULABLE, R.CHILD_CREATE_FAILED, R.JOB_MISSING, R.GANG_RESTART, R.PROGRESS_DEADLINE_EXCEEDED}
+)
+
+
+class Hook(Protocol):
+    """What the reconciler asks before it maps a job's status (:class:`ftoperator.restarts.Restarter`)."""
+
+    async def step(
+        self,
+        key: Key,
+        *,
+        ftj: Mapping[str, Any],
+        status: Mapping[str, Any],
+        job: Mapping[str, Any] | None,
+        pods: Sequence[Mapping[str, Any]],
+        now: dt.datetime,
+        logger: Logger,
+    ) -> tuple[bool, float]: ...
 
 
 @dataclasses.dataclass
@@ -64,6 +83,8 @@ class Reconciler:
     def __init__(self, settings: Settings, on_forget: Sequence[Callable[[str], None]] = ()) -> None:
         self.settings = settings
         self.on_forget = list(on_forget)
+        self.on_final: list[Callable[[Key], None]] = []  # called when this replica writes a final phase
+        self.restarter: Hook | None = None  # gang restarts and the progress watchdog, asked before each mapping
         self.kube: Kube | None = None
         self.indexes: Mapping[str, kopf.Index[Key, Any]] = {}  # kopf's live indexes, set at startup
         self.locks: dict[Key, asyncio.Lock] = {}
@@ -198,6 +219,9 @@ class Reconciler:
         mine.resource_version = str((written.get("metadata") or {}).get("resourceVersion") or "")
         phase, reason = delta.get("phase", before.get("phase")), delta.get("reason", before.get("reason"))
         metrics.PHASE_TRACKER.set(uid, phase)
+        if phase in TERMINAL_PHASES and before.get("phase") not in TERMINAL_PHASES:
+            for callback in self.on_final:
+                callback((md["namespace"], md["name"]))
         if (phase, reason) != (before.get("phase"), before.get("reason")):
             metrics.TRANSITIONS.labels(phase or "", reason or "").inc()
             message = str(delta.get("message", before.get("message")) or "")
@@ -320,6 +344,15 @@ class Reconciler:
         # since: users see every job pass through Pending; the next sync catches up.
         pods = [] if first_status else self.pods_of(key, job_uid)
         now = dt.datetime.now(dt.UTC)
+        watch_due = math.inf
+        if self.restarter is not None and not first_status:
+            handled, watch_due = await self.restarter.step(
+                key, ftj=ftj, status=status, job=job, pods=pods, now=now, logger=logger
+            )
+            if handled:  # a restart in progress: the restarter wrote what there was to write
+                return False
+            if watch_due != math.inf:
+                self.wake_after(key, watch_due + 0.5, logger)
         events, events_due = await self.pod_events(key, pods, now)
         view = {**ftj, "status": status}
         patch = st.derive_status(view, job, pods, now, self.settings, events)

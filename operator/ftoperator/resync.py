@@ -22,6 +22,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from ftcrd.conditions import Reason as R
 from ftcrd.types import TERMINAL_PHASES
 
 from ftoperator import metrics, peering
@@ -106,6 +107,9 @@ class Resync:
             namespaces.add(key[0])
         if job is None:
             if self.workloads.busy(uid):
+                return
+            if status.get("reason") == R.WAITING_FOR_MODEL:  # not lost: waiting for its model source
+                await self.workloads.ensure(ftj, logger, "resync")
                 return
             if uid not in self.missing:
                 missing.add(uid)  # acted on if still missing in the next round (the index may lag a creation)

@@ -96,8 +96,16 @@ class Settings:
     """The Job's activeDeadlineSeconds when spec.runPolicy.activeDeadlineSeconds is unset (0: none), so no job
     retries for ever."""
     checkpoint_size_limit: str = dataclasses.field(default="500Gi", metadata=_parse(_quantity))
-    """sizeLimit of the trainer's /checkpoints emptyDir (``none``: unlimited). Beyond it the kubelet evicts
-    the pod instead of filling the node's disk."""
+    """sizeLimit of the trainer's /checkpoints emptyDir (``none``: unlimited; beyond it the kubelet evicts the pod
+    instead of filling the node's disk), and the request of an operator-created checkpoint claim."""
+    checkpoint_storage_class: str = dataclasses.field(default="", metadata=_parse(_optional))
+    """Durable checkpoints for jobs whose spec.checkpoint names no storage: the operator creates a
+    PersistentVolumeClaim ``<job>-checkpoints`` of this StorageClass (``default``: the cluster's default class),
+    sized ``FTO_CHECKPOINT_SIZE_LIMIT``, ReadWriteMany for multi-node jobs, owned by the FineTuneJob. Empty or
+    ``none``: an emptyDir, which does not survive the pod (a replaced pod starts from step 0)."""
+    termination_grace_seconds: int = 300
+    """terminationGracePeriodSeconds of trainer pods when spec.checkpoint.terminationGracePeriodSeconds is unset:
+    the time the checkpoint written on SIGTERM (preemption, eviction, pause, restart) has."""
     workspace_size_limit: str = dataclasses.field(default="100Gi", metadata=_parse(_quantity))
     """sizeLimit of the trainer's /workspace emptyDir (the exported model is written there before upload)."""
     master_port: int = 29500

@@ -31,6 +31,8 @@ from ftoperator.objects import short as _short
 from ftoperator.settings import Settings
 from ftoperator.stuck import PodEvents, stuck_verdict
 
+JOB_DEADLINE_EXCEEDED = "DeadlineExceeded"
+"""The Job controller's Failed reason when activeDeadlineSeconds elapsed (Kubernetes' word, not ours)."""
 CONDITION_TYPES = (C.CREATED, C.SCHEDULED, C.RUNNING, C.SUSPENDED, C.SUCCEEDED, C.FAILED)
 
 # Status keys the operator owns (and compares when deciding whether to patch).
@@ -250,7 +252,7 @@ def _failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> tuple
             return reason or R.INVALID_DATASET, message or job_message
         return pod_reason or R.TRAINER_FAILED, pod_message or job_message
     # Job condition reasons (Kubernetes' vocabulary), not ours: ours happen to share their spelling.
-    if job_reason == "DeadlineExceeded":
+    if job_reason == JOB_DEADLINE_EXCEEDED:
         limit = _get(job, "spec", "activeDeadlineSeconds")
         return R.DEADLINE_EXCEEDED, f"spec.runPolicy.activeDeadlineSeconds ({limit}s) elapsed" + (
             f"; last attempt: {pod_message}" if pod_message else ""
@@ -286,8 +288,8 @@ def derive_status(  # noqa: PLR0917
     extra: dict[str, Any] = {}
     if job is None:
         created = next((c for c in existing if c.get("type") == C.CREATED), None)
-        if created and created.get("reason") == R.CHILD_CREATE_FAILED:
-            phase, reason, message = "Pending", R.CHILD_CREATE_FAILED, str(created.get("message") or "")
+        if created and created.get("reason") in (R.CHILD_CREATE_FAILED, R.WAITING_FOR_MODEL):
+            phase, reason, message = "Pending", str(created["reason"]), str(created.get("message") or "")
         elif status.get("jobName"):
             phase, reason = "Pending", R.JOB_MISSING
             message = f"Job {status['jobName']} was deleted before the job finished; the operator creates it again"
@@ -302,6 +304,8 @@ def derive_status(  # noqa: PLR0917
     elif _true(job, "Failed") or _true(job, "FailureTarget"):
         phase = "Failed"
         reason, message = _failure(job, pods)
+        if status.get("restarts"):
+            message = _short(f"{message}; after {status['restarts']} restart(s) of every pod")
     elif _get(job, "spec", "suspend") or _true(job, "Suspended"):  # the Job's condition type
         phase, reason = "Suspended", R.SUSPENDED
         queue = _get(ftj, "spec", "runPolicy", "queueName")
@@ -321,7 +325,8 @@ def derive_status(  # noqa: PLR0917
         patch["jobName"] = _get(job, "metadata", "name") or name
     if generation is not None:
         patch["observedGeneration"] = generation
-    attempts = _attempts(pods)
+    # the pods of the Jobs replaced by restarts are gone: their attempts are in status.restarts
+    attempts = _attempts(pods) + int(status.get("restarts") or 0)
     if attempts or status.get("attempts"):
         patch["attempts"] = max(attempts, int(status.get("attempts") or 0))
     if not status.get("startTime"):

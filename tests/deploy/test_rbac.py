@@ -37,6 +37,8 @@ OPERATOR_TABLE = [
     ("watch", "pods", None, None, True),
     ("create", "events", "tenant-x", None, True),
     ("patch", "clusterkopfpeerings.kopf.dev", None, None, True),
+    ("delete", "jobs.batch", "tenant-x", None, True),  # a gang or watchdog restart replaces the whole Job
+    ("create", "persistentvolumeclaims", "tenant-x", None, True),  # the checkpoint claim <job>-checkpoints
     # never
     ("get", "secrets", "tenant-x", None, False),
     ("list", "secrets", None, None, False),
@@ -44,7 +46,6 @@ OPERATOR_TABLE = [
     ("create", "pods", "tenant-x", None, False),
     ("delete", "pods", "tenant-x", None, False),
     ("create", "pods/exec", "tenant-x", None, False),
-    ("delete", "jobs.batch", "tenant-x", None, False),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io", None, None, False),
     ("bind", "clusterroles.rbac.authorization.k8s.io", None, None, False),
     ("escalate", "roles.rbac.authorization.k8s.io", "tenant-x", None, False),

@@ -104,11 +104,11 @@ def test_job_shape_and_failure_policy():
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] == 3
-    assert spec["backoffLimit"] == 1
+    assert spec["backoffLimit"] == 0  # a multi-node Job never retries one rank: the operator restarts the gang
     assert spec["activeDeadlineSeconds"] == 1800
     assert spec["suspend"] is False
     rules = spec["podFailurePolicy"]["rules"]
-    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[0] == {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     assert rules[1]["action"] == "FailJob"
     assert rules[1]["onExitCodes"] == {"containerName": "trainer", "operator": "In", "values": [2]}
     pod = spec["template"]["spec"]

@@ -1,42 +1,52 @@
-"""Resumable distributed checkpoints (torch.distributed.checkpoint).
+"""Resumable distributed checkpoints (torch.distributed.checkpoint) on durable storage.
 
-Layout under ``checkpoint_dir``::
+Layout under ``checkpoint_dir`` (a PersistentVolumeClaim in a pod, docs/operations.md)::
 
-    step-40/            # complete: every rank's shard + .metadata + COMPLETE
+    step-40/            # complete: every rank's shard + .metadata + record.json + COMPLETE
     step-60/
-    .tmp-step-80/       # being written (or abandoned by a killed pod: ignored, then removed)
+    .tmp-step-80/       # being written (or abandoned by a pod that died: never resumed from, removed)
+    export/ export.json # the kept export (fttrainer.export), source/ (fttrainer.source): not touched here
 
-A checkpoint holds the sharded model and optimizer state (``get_state_dict``/``set_state_dict``, so
-each rank writes only its own shards), the learning-rate scheduler and the loop state (step,
-examples seen, RNG). All ranks write into ``.tmp-step-N``; after a barrier the first process of each
-node renames it to ``step-N`` and writes ``COMPLETE``, so a pod killed mid-write leaves no
-checkpoint that looks valid. On start the latest complete checkpoint is loaded automatically. The
-last ``keep`` (default 2) are kept.
+A checkpoint holds the sharded model and optimizer state (``get_state_dict``/``set_state_dict``: each rank
+writes only its own shards), the learning-rate scheduler and the loop state (step, examples, tokens, RNG).
+Every rank writes into ``.tmp-step-N``; after a barrier **one process per directory** (the :class:`Store`'s
+owner) writes ``record.json`` and ``COMPLETE`` into it, syncs them and renames it to ``step-N``: the rename
+is the commit, so a checkpoint whose writer died is never taken for a complete one. The owner alone then
+deletes all but the newest ``keep`` checkpoints and any abandoned ``.tmp-step-*``. On shared storage (one
+claim mounted by every node) the owner is global rank 0, so two nodes never rename or ``rmtree`` the same
+directory; on per-node storage it is each node's first process (:func:`open_store` finds out which).
 
-DCP expects ``checkpoint_dir`` to be one filesystem shared by all nodes (a ReadWriteMany PVC) when
-there is more than one node.
+On start the newest checkpoint every rank can read is loaded (:func:`agreed_latest`). Multi-node resume
+needs ``checkpoint_dir`` on storage shared by all nodes (a ReadWriteMany claim).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import shutil
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from ftcrd.conditions import ExitCode
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from fttrainer.parallel import Dist, all_reduce_min
+from fttrainer.parallel import Dist, all_reduce_min, broadcast_from_main
 
 log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
+RECORD = "record.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_PROBE = ".shared-probe"
 
 
 @dataclass
@@ -47,6 +57,62 @@ class LoopState:
 
     def to_dict(self) -> dict[str, int]:
         return {"step": self.step, "examples": self.examples, "tokens": self.tokens}
+
+
+@dataclass(frozen=True)
+class Store:
+    """A checkpoint directory and who may rename and delete in it."""
+
+    root: Path
+    owner: bool
+    """This process commits (renames) and prunes: global rank 0 on shared storage, else each node's first."""
+    keep: int = 2
+    location: str | None = None
+    """How users find ``root`` (``pvc://<claim>/<dir>``), for the status records; None: the path itself."""
+
+    def where(self, path: Path) -> str:
+        return f"{self.location.rstrip('/')}/{path.name}" if self.location else str(path)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or directory entry to the storage (a node crash right after the rename keeps the commit)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories; the rename stays atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def open_store(root: Path, d: Dist, *, keep: int = 2, location: str | None = None) -> Store:
+    """The store at ``root`` (collective): whether every node sees the same directory decides the owner.
+
+    Global rank 0 writes a fresh token into ``root``; every node's first process reads it back. If all of
+    them see it, the directory is shared and only rank 0 renames and deletes there."""
+    token = broadcast_from_main(uuid.uuid4().hex, d)
+    probe = root / _PROBE
+    if d.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f"{_PROBE}.{token}"
+        tmp.write_text(token)
+        tmp.rename(probe)
+    d.barrier()
+    sees = 1
+    if d.is_local_main:
+        try:
+            sees = int(probe.read_text() == token)
+        except OSError:
+            sees = 0
+    shared = all_reduce_min(sees, d) == 1
+    if not shared and d.is_local_main:
+        root.mkdir(parents=True, exist_ok=True)
+    owner = d.is_main if shared else d.is_local_main
+    if d.is_main:
+        log.info(
+            "checkpoints in %s (%s storage), keeping %d", location or root, "shared" if shared else "per-node", keep
+        )
+    return Store(root=root, owner=owner, keep=keep, location=location)
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -65,9 +131,16 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest(root: Path) -> tuple[int, Path] | None:
-    found = complete_checkpoints(root)
-    return found[-1] if found else None
+def records(store: Store) -> list[dict[str, Any]]:
+    """The status records (``status.checkpoints``) of the complete checkpoints in ``store``, oldest first."""
+    out = []
+    for step, path in complete_checkpoints(store.root):
+        try:
+            rec = json.loads((path / RECORD).read_text())
+        except (OSError, ValueError):
+            rec = {}
+        out.append({**rec, "step": step, "path": store.where(path)})
+    return out
 
 
 def agreed_latest(root: Path, d: Dist) -> tuple[int, Path] | None:
@@ -78,6 +151,9 @@ def agreed_latest(root: Path, d: Dist) -> tuple[int, Path] | None:
     some ranks loading while others start over (which would hang in the first collective).
     """
     found = dict(complete_checkpoints(root))
+    abandoned = sorted(p.name for p in root.glob(".tmp-step-*")) if root.is_dir() else []
+    if abandoned and d.is_main:
+        log.warning("ignoring incomplete checkpoint(s) %s (their writer died before the commit)", ", ".join(abandoned))
     step = all_reduce_min(max(found, default=-1), d)
     if step < 0:
         return None
@@ -102,20 +178,45 @@ def _state(
     return {"model": model_sd, "optim": optim_sd, "scheduler": scheduler.state_dict()}
 
 
+def _commit(store: Store, tmp: Path, final: Path, record: dict[str, Any]) -> None:
+    """Owner only: the record and the marker into the written directory, synced, then the rename (the commit)."""
+    (tmp / RECORD).write_text(json.dumps(record, sort_keys=True))
+    marker = tmp / COMPLETE
+    marker.write_text(f"{record['step']}\n")
+    for p in (tmp / RECORD, marker, tmp):
+        _fsync(p)
+    shutil.rmtree(final, ignore_errors=True)  # a same-step leftover (never resumed: this step is newer)
+    tmp.rename(final)
+    _fsync(store.root)
+
+
+def prune(store: Store, keep_tmp: Path | None = None) -> None:
+    """Owner only: delete all but the newest ``keep`` complete checkpoints and abandoned ``.tmp-step-*``."""
+    if not store.owner:
+        return
+    for _, old in complete_checkpoints(store.root)[: -store.keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in store.root.glob(".tmp-step-*"):
+        if stale != keep_tmp:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def save(
-    root: Path,
+    store: Store,
     loop: LoopState,
     *,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     d: Dist,
-    keep: int = 2,
+    metrics: dict[str, float] | None = None,
+    die_before_commit: bool = False,
 ) -> Path:
-    """Collective: every rank must call it at the same step."""
-    final = step_dir(root, loop.step)
-    tmp = root / f".tmp-step-{loop.step}"
-    if d.is_local_main:
+    """Collective: every rank must call it at the same step. ``die_before_commit`` is the test hook
+    ``exit_during_checkpoint``: every rank exits hard once its shards are written, before the commit."""
+    final = step_dir(store.root, loop.step)
+    tmp = store.root / f".tmp-step-{loop.step}"
+    if store.owner:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True, exist_ok=True)
     d.barrier()
@@ -123,20 +224,20 @@ def save(
     state["loop"] = {**loop.to_dict(), **_rng_state()}
     dcp.save(state, checkpoint_id=str(tmp))
     d.barrier()
-    if d.is_local_main and tmp.exists():
-        try:
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            (final / COMPLETE).write_text(f"{loop.step}\n")
-        except FileNotFoundError:  # another node's first process renamed the shared directory first
-            pass
-        for _, old in complete_checkpoints(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        for stale in root.glob(".tmp-step-*"):
-            if stale != tmp:
-                shutil.rmtree(stale, ignore_errors=True)
+    if die_before_commit:
+        log.warning("exit_during_checkpoint=%d: exiting before the checkpoint is complete (test hook)", loop.step)
+        logging.shutdown()
+        os._exit(ExitCode.STOPPED_AFTER_STEP)
+    if store.owner:
+        record = {
+            "step": loop.step,
+            "createdAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+        }
+        _commit(store, tmp, final, record)
+        prune(store)
     d.barrier()
-    log.info("checkpoint: saved step %d to %s", loop.step, final)
+    log.info("checkpoint: saved step %d to %s", loop.step, store.where(final))
     return final
 
 

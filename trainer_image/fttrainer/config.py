@@ -16,6 +16,7 @@ it. Torch-free: a bad configuration fails in about a second, before any model is
 
 from __future__ import annotations
 
+import json
 import os
 import typing
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 import yaml
 from ftcrd import names
 from ftcrd.conditions import Reason
-from ftcrd.trainer_config import TrainerConfig, default
+from ftcrd.trainer_config import TEST_HOOKS, TrainerConfig, TrainerRun, default
 from ftcrd.types import DatasetFormat
 from pydantic import ValidationError
 
@@ -73,6 +74,7 @@ HYDRA_KEYS: tuple[tuple[str, str], ...] = (
         for k in (
             "run_dir",
             "checkpoint_dir",
+            "keep_checkpoints",
             "eval_batch_size",
             "n_eval_examples",
             "do_first_eval",
@@ -80,6 +82,8 @@ HYDRA_KEYS: tuple[tuple[str, str], ...] = (
             "tiny_cache_dir",
             "exit_after_step",
             "crash_rank_after_upload",
+            "hold_at_steps",
+            "exit_during_checkpoint",
         )
     ),
 )
@@ -224,6 +228,30 @@ def with_preset(cfg: TrainerConfig) -> TrainerConfig:
     if missing:
         raise invalid_spec(f"model.{missing[0]} is required (or name a model.preset that sets it)")
     return cfg.model_copy(update={"model": model})
+
+
+def with_test_hooks(cfg: TrainerConfig, raw: str | None) -> TrainerConfig:
+    """``cfg`` with the test hooks of ``FTJ_TEST_HOOKS`` (a JSON object, camelCase) set in ``run``; only the hooks
+    of :data:`ftcrd.trainer_config.TEST_HOOKS` may be set this way. Raises InvalidInput."""
+    if not raw:
+        return cfg
+    try:
+        hooks = json.loads(raw)
+        if not isinstance(hooks, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        raise invalid_spec(f"{names.ENV_TEST_HOOKS}: {exc}") from None
+    alias = {k: TrainerRun.model_fields[k].alias or k for k in TEST_HOOKS}
+    spelled = alias | {a: a for a in alias.values()}  # snake_case or camelCase
+    unknown = sorted(set(hooks) - set(spelled))
+    if unknown:
+        raise invalid_spec(f"{names.ENV_TEST_HOOKS}: not a test hook: {', '.join(unknown)}")
+    data = cfg.run.model_dump(by_alias=True) | {spelled[k]: v for k, v in hooks.items()}
+    try:
+        run = TrainerRun.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_spec(f"{names.ENV_TEST_HOOKS}: {describe(exc, hydra=False)}") from None
+    return cfg.model_copy(update={"run": run})
 
 
 def check_world_size(cfg: TrainerConfig, world_size: int) -> None:

@@ -34,7 +34,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from fttrainer import checkpoint
-from fttrainer.checkpoint import LoopState
+from fttrainer.checkpoint import LoopState, Store
 from fttrainer.data import Example, Schedule, shard_for_eval
 from fttrainer.logprobs import sequence_logps
 from fttrainer.losses import preference_loss, sft_loss
@@ -48,10 +48,18 @@ OPTIMIZERS: tuple[Optimizer, ...] = typing.get_args(Optimizer)
 
 class ProgressSink(Protocol):
     def progress(
-        self, *, step: int, total_steps: int, epoch: float, examples: int, stage: Stage, metrics: dict[str, float]
+        self,
+        *,
+        step: int,
+        total_steps: int,
+        epoch: float,
+        examples: int,
+        stage: Stage,
+        metrics: dict[str, float],
+        resumed_from: int | None = None,
     ) -> None: ...
 
-    def checkpoint(self, step: int, path: str, metrics: dict[str, float]) -> None: ...
+    def checkpoints(self, records: list[dict[str, Any]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -78,12 +86,16 @@ class LoopConfig:
     checkpoint_every: int
     checkpoint_dir: Path
     minimum_log_interval_secs: float = 1.0
+    keep_checkpoints: int = 2
+    checkpoint_location: str | None = None  # pvc://<claim>/<dir>: how users find checkpoint_dir (status records)
     exit_after_step: int | None = None  # test hook: hard-exit right after the checkpoint of this step
     # Throughput (docs/trainer.md#performance). All change how the same examples are computed, not which:
     packing: bool = False  # padding-free forwards: a micro-batch's sequences concatenated, attention per sequence
     max_tokens_per_micro_batch: int | None = None  # cut each rank's share of a step by tokens, not a fixed count
     chunked_logps: bool = True  # score labelled tokens chunk by chunk from the hidden states (no full logits)
     logits_chunk_tokens: int = 0  # tokens per chunk; 0: automatic (<= 64 MiB of float32 logits per chunk)
+    hold_at_steps: tuple[int, ...] = ()  # test hook: stop making progress after these steps' checkpoints
+    exit_during_checkpoint: int | None = None  # test hook: hard-exit while this step's checkpoint is written
 
 
 @dataclass
@@ -142,6 +154,7 @@ class Trainer:
         pad_token_id: int,
         reporter: ProgressSink,
         reference_logps: torch.Tensor | None = None,
+        store: Store | None = None,
     ) -> None:
         if loss.needs_reference and reference is None and reference_logps is None:
             raise ValueError(f"loss {loss.name} needs a reference model or precomputed reference log-probs")
@@ -154,6 +167,8 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.optimizer, self.params, cfg.lr)
         self.scheduler = warmup_schedule(self.optimizer, cfg.warmup_steps)
         self.state = LoopState()
+        self.store = store  # None: opened (collectively) when the run starts
+        self.resumed_from: int | None = None
         self.metrics: dict[str, float] = {}
         self._last_log = 0.0
         self._sigterm = False  # set by the handler on this rank
@@ -319,13 +334,22 @@ class Trainer:
         return metrics
 
     def resume(self) -> int | None:
-        found = checkpoint.agreed_latest(self.cfg.checkpoint_dir, self.d)
-        if found is None:
-            return None
-        step, path = found
-        self.state = checkpoint.load(path, self.policy, self.optimizer, self.scheduler)
-        log.info("resumed from step %d (%s, %d examples seen)", self.state.step, path, self.state.examples)
-        return step
+        """Open the checkpoint store and load its newest complete checkpoint (collective); the step or None."""
+        cfg = self.cfg
+        if self.store is None:
+            self.store = checkpoint.open_store(
+                cfg.checkpoint_dir, self.d, keep=cfg.keep_checkpoints, location=cfg.checkpoint_location
+            )
+        found = checkpoint.agreed_latest(cfg.checkpoint_dir, self.d)
+        if found is not None:
+            step, path = found
+            self.state = checkpoint.load(path, self.policy, self.optimizer, self.scheduler)
+            self.resumed_from = step
+            log.info("resumed from step %d (%s, %d examples seen)", step, self.store.where(path), self.state.examples)
+        checkpoint.prune(self.store)  # checkpoints a dead attempt left half-written, before new ones are made
+        if self.d.is_main:
+            self.reporter.checkpoints(checkpoint.records(self.store))  # status lists what is on the storage
+        return self.resumed_from
 
     def _report(self, stage: Stage) -> None:
         self.reporter.progress(
@@ -335,7 +359,38 @@ class Trainer:
             examples=self.state.examples,
             stage=stage,
             metrics=self.metrics,
+            resumed_from=self.resumed_from,
         )
+
+    def _checkpoint(self) -> None:
+        """Save this step (collective), list the kept checkpoints in the status, run the test hooks."""
+        assert self.store is not None
+        step = self.state.step
+        reached = self.resumed_from is None or self.resumed_from < step  # not the step this attempt started at
+        checkpoint.save(
+            self.store,
+            self.state,
+            model=self.policy,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            d=self.d,
+            metrics=self.metrics,
+            die_before_commit=self.resumed_from is None and self.cfg.exit_during_checkpoint == step,
+        )
+        if self.d.is_main:
+            self.reporter.checkpoints(checkpoint.records(self.store))
+        if reached and step in self.cfg.hold_at_steps and not self.preempted:
+            self._hold(step)
+
+    def _hold(self, step: int) -> None:
+        """Test hook ``hold_at_steps``: no more progress (a stalled trainer) until SIGTERM; this step's checkpoint
+        is complete, so the process exits 143 at once and the next attempt resumes from it."""
+        log.warning("hold_at_steps: holding at step %d until SIGTERM (test hook)", step)
+        while not self._sigterm:
+            time.sleep(0.2)
+        log.warning("SIGTERM while holding at step %d (checkpointed): exiting", step)
+        logging.shutdown()
+        os._exit(ExitCode.PREEMPTED)
 
     def _log(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -382,16 +437,7 @@ class Trainer:
             self._report("training")
             self._log(force=self.state.step == total)
             if self.state.step % self.cfg.checkpoint_every == 0 or self.state.step == total or self.preempted:
-                path = checkpoint.save(
-                    self.cfg.checkpoint_dir,
-                    self.state,
-                    model=self.policy,
-                    optimizer=self.optimizer,
-                    scheduler=self.scheduler,
-                    d=self.d,
-                )
-                if self.d.is_main:
-                    self.reporter.checkpoint(self.state.step, str(path), dict(self.metrics))
+                self._checkpoint()
                 if self.cfg.exit_after_step == self.state.step:
                     log.warning("exit_after_step=%d: exiting hard after the checkpoint", self.state.step)
                     dist.barrier()

@@ -162,7 +162,15 @@ class Reporter:
     # -- called from the training loop (never blocks on the network) -------------------------------
 
     def progress(
-        self, *, step: int, total_steps: int, epoch: float, examples: int, stage: Stage, metrics: dict[str, float]
+        self,
+        *,
+        step: int,
+        total_steps: int,
+        epoch: float,
+        examples: int,
+        stage: Stage,
+        metrics: dict[str, float],
+        resumed_from: int | None = None,
     ) -> None:
         if not self.enabled:
             return
@@ -190,6 +198,8 @@ class Reporter:
         }
         if eta is not None:
             progress["etaSeconds"] = eta
+        if resumed_from is not None:
+            progress["resumedFrom"] = int(resumed_from)
         with self._lock:
             self._progress = progress
             self._metrics.update(status_metrics(metrics))
@@ -211,6 +221,25 @@ class Reporter:
             self._checkpoints = [c for c in self._checkpoints if c["step"] != rec["step"]]
             self._checkpoints.append(rec)
             self._checkpoints = self._checkpoints[-MAX_CHECKPOINTS:]
+            self._dirty = self._urgent = True
+            self._wake.notify()
+
+    def checkpoints(self, records: list[dict[str, Any]]) -> None:
+        """Replace the listed checkpoints with ``records`` (``step``, ``path``, ``createdAt``, ``metrics``):
+        what the checkpoint storage holds now, after pruning, including an earlier attempt's checkpoints."""
+        if not self.enabled:
+            return
+        listed = []
+        for rec in records[-MAX_CHECKPOINTS:]:
+            item: dict[str, Any] = {"step": int(rec["step"]), "path": str(rec["path"])}
+            if rec.get("createdAt"):
+                item["createdAt"] = rec["createdAt"]
+            m = status_metrics(rec.get("metrics") or {})
+            if m:
+                item["metrics"] = m
+            listed.append(item)
+        with self._lock:
+            self._checkpoints = listed
             self._dirty = self._urgent = True
             self._wake.notify()
 

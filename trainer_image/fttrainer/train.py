@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ftcrd.conditions import ExitCode, Reason
+from ftcrd.names import ENV_TEST_HOOKS
 from ftcrd.termination import TerminationMessage
 from ftcrd.trainer_config import TrainerConfig
 
@@ -53,6 +54,7 @@ from fttrainer.config import (
     from_hydra,
     register_resolver,
     with_preset,
+    with_test_hooks,
 )
 
 log = logging.getLogger("fttrainer")
@@ -106,6 +108,8 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
     optimizer steps this attempt ran)."""
     import torch
 
+    from fttrainer import source
+    from fttrainer.checkpoint import open_store
     from fttrainer.data import Schedule, split_indices, tokenize_rows
     from fttrainer.export import export, export_dir, mark_complete
     from fttrainer.loop import LoopConfig, LossSpec, Trainer, precompute_reference_logps
@@ -136,7 +140,15 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
     except ValueError as exc:
         raise InvalidInput(Reason.INVALID_SPEC, str(exc)) from None
 
+    run = cfg.run
+    store = open_store(Path(run.checkpoint_dir), d, keep=run.keep_checkpoints, location=run.checkpoint_location)
+
+    def loading(_: str) -> None:  # a long download is progress too (the operator's progress watchdog)
+        reporter.progress(step=0, total_steps=0, epoch=0.0, examples=0, stage="loading", metrics={})
+
+    cfg = source.fetch(cfg, store, d, on_file=loading)
     models = load_models(cfg, rows, d, needs_reference=loss.needs_reference)
+    loading("models")
     if hp.packing:
         from fttrainer import varlen
 
@@ -148,6 +160,7 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
             raise InvalidInput(Reason.INVALID_SPEC, f"hyperparameters.packing: {exc}") from None
     tok = models.tokenizer
     examples = tokenize_rows(rows, tok, hp.max_length, hp.max_prompt_length, truncation_side=hp.truncation_side)
+    loading("tokenized")
     reference_logps = None
     if models.reference is not None and hp.precompute_reference:
         t0 = time.monotonic()
@@ -168,12 +181,17 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
             eval_batch_size=cfg.run.eval_batch_size,
             do_first_eval=cfg.run.do_first_eval,
             checkpoint_every=hp.checkpoint_every,
-            checkpoint_dir=Path(cfg.run.checkpoint_dir),
-            minimum_log_interval_secs=cfg.run.minimum_log_interval_secs,
-            exit_after_step=cfg.run.exit_after_step,
+            checkpoint_dir=Path(run.checkpoint_dir),
+            minimum_log_interval_secs=run.minimum_log_interval_secs,
+            exit_after_step=run.exit_after_step,
             packing=hp.packing,
             max_tokens_per_micro_batch=hp.max_tokens_per_micro_batch,
+            keep_checkpoints=run.keep_checkpoints,
+            checkpoint_location=run.checkpoint_location,
+            hold_at_steps=tuple(run.hold_at_steps or ()),
+            exit_during_checkpoint=run.exit_during_checkpoint,
         ),
+        store=store,
         loss=loss,
         d=d,
         policy=models.policy,
@@ -340,7 +358,7 @@ def run(cfg: TrainerConfig) -> int:
     if _rank() != 0:  # one log stream per job: rank 0's (others still log warnings and errors)
         logging.getLogger("fttrainer").setLevel(logging.WARNING)
     try:
-        cfg = with_preset(cfg)
+        cfg = with_test_hooks(with_preset(cfg), os.environ.get(ENV_TEST_HOOKS))
         check_world_size(cfg, _world())
         rows = read_dataset(cfg)
     except InvalidInput as exc:

@@ -10,7 +10,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from ftcrd import names
 from ftcrd.dataset import DatasetError, load_rows
-from ftcrd.types import ConfigMapSource, DatasetSource, MethodSpec, TrackingSpec, WandbSpec
+from ftcrd.types import ConfigMapSource, DatasetSource, MethodSpec, ModelSpec, TrackingSpec, WandbSpec
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from ftapi import hyper, mapping
 from ftapi.auth import Tenant as TenantInfo
@@ -21,7 +22,7 @@ from ftapi.responses import CheckpointList, EventList, FineTuningJob, JobList, e
 from ftapi.routers.common import IdempotencyKey, Limit, clamp, create_idempotent, get_job, update_job
 from ftapi.routers.files import dataset_error, get_file
 from ftapi.schemas import JobCreate
-from ftapi.settings import Settings
+from ftapi.settings import CatalogModel, Settings
 from ftapi.specbuild import (
     base_learning_rate,
     build_job,
@@ -101,6 +102,30 @@ def _annotations(body: JobCreate, tenant: TenantInfo, base_lr: float, digest: st
     return out
 
 
+async def _model(
+    settings: Settings, k8s: K8s, namespace: str, model: str
+) -> tuple[CatalogModel, dict[str, Any] | None]:
+    """(the base model, spec.model.from) of an OpenAI ``model``: a catalog name, or a previous job of the caller's
+    namespace to start from, named by its ``fine_tuned_model`` (its artifact's gs:// URI) or by its id. The
+    operator resolves the job to its verified artifact (and waits while that job still runs)."""
+    if model in settings.models:
+        return settings.models[model], None
+    source: dict[str, Any] | None = None
+    if model.startswith("gs://"):
+        found = [j for j in await k8s.list_ftj(namespace) if mapping.fine_tuned_model(j) == model]
+        source = found[0] if found else None
+    elif mapping.valid_job_name(model):
+        try:
+            source = await k8s.get_ftj(namespace, model)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    if source is None:
+        return resolve_model(settings, model), None  # 400 model_not_found, listing the catalog
+    base = ModelSpec.model_validate((source.get("spec") or {}).get("model") or {})
+    return CatalogModel(name=base.name, preset=base.preset), {"job": source["metadata"]["name"]}
+
+
 @router.post(
     "",
     summary="Create a fine-tuning job (supervised by default; Idempotency-Key supported)",
@@ -116,7 +141,7 @@ async def create_job(
     state: State,
     idempotency: IdempotencyKey = None,
 ) -> dict[str, Any]:
-    model = resolve_model(settings, body.model)
+    model, model_from = await _model(settings, k8s, tenant.namespace, body.model)
     method_type = body.method_type()
     pairs = method_type in PREFERENCE_METHODS
     rows = await _rows(k8s, settings, tenant.namespace, body.training_file, param="training_file", pairs=pairs)
@@ -166,6 +191,7 @@ async def create_job(
         labels=labels,
         annotations=annotations,
         tracking=_tracking(body, settings, name),
+        model_from=model_from,
     )
     job, created = await create_idempotent(
         k8s, tenant.namespace, ftj, None, idempotent=idempotency is not None, digest=digest
