@@ -40,7 +40,7 @@ MethodType = Literal["dpo", "ipo", "cdpo", "sft"]
 Optimizer = Literal["RMSprop", "AdamW", "Adam", "SGD"]
 DatasetFormat = Literal["novalto", "jsonl", "openai"]
 Compression = Literal["auto", "none", "gzip"]
-Phase = Literal["Pending", "Running", "Uploading", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Pending", "Queued", "Running", "Uploading", "Succeeded", "Failed", "Suspended"]
 TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
 
 
@@ -590,7 +590,8 @@ class FineTuneJobStatus(CamelModel):
         Phase | None,
         Field(
             default=None,
-            description="Pending, Running, Uploading, Succeeded, Failed or Suspended (Succeeded and Failed are final).",
+            description="Pending, Queued (Kueue holds the job), Running, Uploading, Succeeded, Failed or Suspended "
+            "(Succeeded and Failed are final).",
         ),
     ]
     reason: Annotated[
@@ -612,6 +613,10 @@ class FineTuneJobStatus(CamelModel):
     ]
     completion_time: Annotated[
         str | None, Field(default=None, description="When the job reached Succeeded or Failed (RFC 3339).")
+    ]
+    admission_time: Annotated[
+        str | None,
+        Field(default=None, description="When Kueue last admitted the job (spec.runPolicy.queueName; RFC 3339)."),
     ]
     progress: Annotated[Progress | None, Field(default=None, description="Training progress.")]
     metrics: Annotated[Metrics | None, Field(default=None, description="Latest training metrics.")]

@@ -318,7 +318,9 @@ class Reconciler:
                 elif pods is None:
                     pods = [p for p in indexes["pod_index"].get(key, ()) if job_uid and _owner_uid(p, "Job") == job_uid]
                 view = {**ftj, "status": status}
-                patch = st.derive_status(view, job, pods, dt.datetime.now(dt.UTC), SETTINGS)
+                workloads = indexes["workload_index"].get(key) if "workload_index" in indexes else None
+                workload = next((w for w in workloads or () if job and _owner_uid(w, "Job") == job_uid), None)
+                patch = st.derive_status(view, job, pods, dt.datetime.now(dt.UTC), SETTINGS, workload)
                 delta = st.changed(status, patch)
                 if not delta:
                     return
@@ -436,7 +438,8 @@ PROGRESS = MemoryProgressStorage()
 
 
 def _indexes(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Key, Any]]:
-    return {k: kwargs[k] for k in ("ftj_index", "job_index", "pod_index")}
+    # workload_index: Kueue's Workloads (ftoperator.kueue), when that module is loaded.
+    return {k: kwargs[k] for k in ("ftj_index", "job_index", "pod_index", "workload_index") if k in kwargs}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ OPERATOR_KEYS = (
     "attempts",
     "jobName",
     "observedGeneration",
+    "admissionTime",
 )
 
 
@@ -328,8 +329,10 @@ def derive_status(
     pods: Sequence[Mapping[str, Any]],
     now: dt.datetime,
     settings: Settings | None = None,
+    workload: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The status patch for ``ftj`` (operator-owned keys, full conditions list); ``{}`` when final."""
+    """The status patch for ``ftj`` (operator-owned keys, full conditions list); ``{}`` when final. ``workload`` is
+    Kueue's Workload of the Job, when Kueue manages it."""
     settings = settings or Settings()
     status: Mapping[str, Any] = ftj.get("status") or {}
     if status.get("phase") in TERMINAL_PHASES:
@@ -354,14 +357,7 @@ def derive_status(
         phase = "Failed"
         reason, message = _failure(job, pods)
     elif _get(job, "spec", "suspend") or _true(job, "Suspended"):
-        phase, reason = "Suspended", "Suspended"
-        queue = _get(ftj, "spec", "runPolicy", "queueName")
-        if _get(ftj, "spec", "runPolicy", "suspend"):
-            message = "spec.runPolicy.suspend is true; no trainer pods run"
-        elif queue:
-            message = f"waiting for Kueue to admit the job (queue {queue})"
-        else:
-            message = "the Job is suspended"
+        phase, reason, message = held_phase(ftj, workload)
     else:
         phase, reason, message = _phase_from_pods(job, pods, status, now, settings)
 
@@ -384,6 +380,9 @@ def derive_status(
         ]
         if started:
             patch["startTime"] = rfc3339(min(started))
+    admitted = admission_time(workload)
+    if admitted:
+        patch["admissionTime"] = admitted
     if phase in TERMINAL_PHASES:
         done = parse_time(_get(job, "status", "completionTime")) if phase == "Succeeded" else None
         patch["completionTime"] = rfc3339(done or now)
@@ -410,13 +409,61 @@ def derive_status(
         created,
         scheduled,
         set_condition(existing, C.RUNNING, phase in ("Running", "Uploading"), reason, message, now, generation),
-        set_condition(existing, C.SUSPENDED, phase == "Suspended", reason, message, now, generation),
+        set_condition(existing, C.SUSPENDED, phase in ("Suspended", "Queued"), reason, message, now, generation),
         set_condition(existing, C.SUCCEEDED, phase == "Succeeded", reason, message, now, generation),
         set_condition(existing, C.FAILED, phase == "Failed", reason, message, now, generation),
     ]
     patch["conditions"] = conds
     patch.update(extra)
     return patch
+
+
+# ---------------------------------------------------------------------------------------------
+# Kueue: a Job with spec.runPolicy.queueName is created suspended; Kueue admits it (un-suspends it) within
+# its ClusterQueue's quota, and may preempt it later (suspends it again). Its Workload says why.
+# ---------------------------------------------------------------------------------------------
+
+
+def _after(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Condition ``a`` changed no earlier than ``b`` (RFC 3339 seconds compare as strings)."""
+    return str((a or {}).get("lastTransitionTime") or "") >= str((b or {}).get("lastTransitionTime") or "")
+
+
+def admission_time(workload: Mapping[str, Any] | None) -> str | None:
+    """When Kueue last admitted the workload (its Admitted condition turned True), or None while it is not."""
+    admitted = _cond(workload, "Admitted")
+    if not admitted or admitted.get("status") != "True":
+        return None
+    return str(admitted.get("lastTransitionTime") or "") or None
+
+
+def queued_phase(ftj: Mapping[str, Any], workload: Mapping[str, Any] | None) -> tuple[str, str, str]:
+    """(Queued, reason, message) of a Job Kueue holds: Kueue's own reason and message, the queue named."""
+    queue = _get(ftj, "spec", "runPolicy", "queueName")
+    if workload is None:
+        return "Queued", "Queued", f"waiting for Kueue to create the job's Workload (queue {queue})"
+    evicted = _cond(workload, "Evicted")
+    reserved = _cond(workload, "QuotaReserved")
+    if evicted and evicted.get("status") == "True" and _after(evicted, reserved):
+        kueue_reason = str(evicted.get("reason") or "Evicted")
+        reason = "Preempted" if kueue_reason == "Preempted" else "Evicted"
+        return "Queued", reason, _short(f"Kueue {kueue_reason}: {evicted.get('message') or ''} (queue {queue})")
+    if admission_time(workload):
+        return "Pending", "Admitted", f"Kueue admitted the job (queue {queue}); waiting for the Job to start"
+    if reserved and reserved.get("status") == "False":
+        kueue_reason = str(reserved.get("reason") or "Pending")
+        reason = "Inadmissible" if kueue_reason == "Inadmissible" else "Queued"
+        return "Queued", reason, _short(f"Kueue {kueue_reason}: {reserved.get('message') or ''} (queue {queue})")
+    return "Queued", "Queued", f"waiting for Kueue to admit the job (queue {queue})"
+
+
+def held_phase(ftj: Mapping[str, Any], workload: Mapping[str, Any] | None) -> tuple[str, str, str]:
+    """(phase, reason, message) of a suspended Job: the user's suspend, or Kueue's queue."""
+    if _get(ftj, "spec", "runPolicy", "suspend"):
+        return "Suspended", "Suspended", "spec.runPolicy.suspend is true; no trainer pods run"
+    if _get(ftj, "spec", "runPolicy", "queueName"):
+        return queued_phase(ftj, workload)
+    return "Suspended", "Suspended", "the Job is suspended"
 
 
 def changed(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
