@@ -44,13 +44,13 @@ BUILD_TOOL = ROOT / "localcluster" / "build-tool.sh"
 NAMESPACE = "kueue-system"
 SERVICE_ACCOUNT = "kueue-controller-manager"
 USER = f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"
-CLUSTER_ROLE = "kueue-manager-role"
 MUTATING = "kueue-mutating-webhook-configuration"
 VALIDATING = "kueue-validating-webhook-configuration"
 FIELD_MANAGER = "finetune-localcluster"
 INTEGRATIONS = ("batch/job",)
 # The release's webhooks we register: Kueue's own kinds and the batch/job integration.
 WEBHOOK_TARGETS = {("kueue.x-k8s.io", None), ("batch", "jobs")}
+METRICS_CERTS = "/etc/kueue/metrics/certs"
 
 
 def apiserver_port() -> int:
@@ -151,26 +151,28 @@ def webhook_configurations(config: Path, url: str, ca_bundle: str) -> list[Obj]:
     return out
 
 
+# The manager's own RBAC as the release's config/default makes it (namePrefix kueue-, namespace kueue-system).
+RBAC_FILES = ("role.yaml", "role_binding.yaml", "manager_secrets_role.yaml", "manager_secrets_role_binding.yaml")
+
+
 def rbac(config: Path) -> list[Obj]:
-    """Namespace, ServiceAccount, the release's manager ClusterRole and its binding."""
-    role = next(d for d in _load(config / "components" / "rbac" / "role.yaml") if d["kind"] == "ClusterRole")
-    role["metadata"] = {"name": CLUSTER_ROLE}
-    return [
+    """Namespace, ServiceAccount and the release's manager (Cluster)Roles and bindings, named as a release
+    install names them."""
+    out: list[Obj] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": SERVICE_ACCOUNT, "namespace": NAMESPACE},
-        },
-        role,
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": CLUSTER_ROLE},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CLUSTER_ROLE},
-            "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}],
-        },
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SERVICE_ACCOUNT, "namespace": NAMESPACE}},
     ]
+    for name in RBAC_FILES:
+        for doc in _load(config / "components" / "rbac" / name):
+            doc["metadata"]["name"] = "kueue-" + doc["metadata"]["name"]
+            if "namespace" in doc["metadata"]:
+                doc["metadata"]["namespace"] = NAMESPACE
+            if "roleRef" in doc:
+                doc["roleRef"]["name"] = "kueue-" + doc["roleRef"]["name"]
+            for subject in doc.get("subjects") or []:
+                subject.update(name="kueue-" + subject["name"], namespace=NAMESPACE)
+            out.append(doc)
+    return out
 
 
 def manager_configuration(certs: Path, webhook: int, health: int) -> Obj:
@@ -251,6 +253,15 @@ def _apply(paths: Paths, docs: list[Obj]) -> None:
              stdin=body)  # fmt: skip
 
 
+def in_private_mounts(binds: dict[str, Path]) -> list[str]:
+    """A command prefix that runs the command in its own mount namespace with ``binds`` (target -> source) bind-
+    mounted, as the process node runs containers. Kueue reads a metrics certificate from a fixed path
+    (METRICS_CERTS) whenever it does not manage certificates itself; this gives it ours there, per cluster, without
+    writing into the host's /etc (only the empty mount point is created, as the process node creates its pods')."""
+    script = "; ".join(f'mkdir -p "{t}" && mount --bind "{s}" "{t}"' for t, s in binds.items()) + '; exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-ec", script, "kueue"]
+
+
 def _pid(paths: Paths) -> int | None:
     try:
         pid = int(paths.pid.read_text().strip())
@@ -315,8 +326,8 @@ def up(log: Any = print) -> Path:
     if _pid(paths) is None:
         with paths.log.open("ab") as out:
             proc = subprocess.Popen(
-                [str(release / "bin" / "kueue"), f"--config={paths.config}", f"--kubeconfig={paths.kubeconfig}",
-                 "--zap-log-level=2"],  # fmt: skip
+                [*in_private_mounts({METRICS_CERTS: paths.certs}), str(release / "bin" / "kueue"),
+                 f"--config={paths.config}", f"--kubeconfig={paths.kubeconfig}", "--zap-log-level=2"],  # fmt: skip
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
