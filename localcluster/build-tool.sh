@@ -20,7 +20,14 @@ case "${1:-}" in
     ldflags="-X sigs.k8s.io/kueue/pkg/version.GitVersion=$version" ;;
   helm)
     version=$HELM_VERSION module=helm.sh/helm/v3 pkg=helm.sh/helm/v3/cmd/helm
-    ldflags="-X helm.sh/helm/v3/internal/version.version=$version" ;;
+    # As helm's Makefile: the Kubernetes version `helm template`/`lint` assume is the client-go it is built with
+    # (without it, v1.20, and a chart's kubeVersion constraint fails offline).
+    gomod="$(go mod download -json "$module@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+    k8s_minor=$(sed -n 's#^\s*k8s.io/client-go v0\.\([0-9]*\)\..*#\1#p' "$gomod" | head -n1)
+    ldflags="-X helm.sh/helm/v3/internal/version.version=$version"
+    for pkgvar in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+      ldflags+=" -X $pkgvar.k8sVersionMajor=1 -X $pkgvar.k8sVersionMinor=$k8s_minor"
+    done ;;
   *) echo "usage: $0 kueue|helm" >&2; exit 2 ;;
 esac
 tool=$1

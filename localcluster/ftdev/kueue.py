@@ -209,8 +209,24 @@ def _cert(paths: Paths, out: Path, subject: str, ext: str) -> None:
     _openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
     extfile.write_text(ext + "\n")
     ca, ca_key = paths.pki / "ca.crt", paths.pki / "ca.key"
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
-             "-days", "3650", "-sha256", "-extfile", str(extfile), "-out", str(out))  # fmt: skip
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-days",
+        "3650",
+        "-sha256",
+        "-extfile",
+        str(extfile),
+        "-out",
+        str(out),
+    )
     csr.unlink()
 
 
@@ -220,18 +236,30 @@ def _credentials(paths: Paths) -> None:
     paths.certs.mkdir(parents=True, exist_ok=True)
     serving = paths.certs / "tls.crt"
     if not serving.exists():
-        _cert(paths, serving, "/CN=kueue-webhook", "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,"
-              "keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost")  # fmt: skip
+        _cert(
+            paths,
+            serving,
+            "/CN=kueue-webhook",
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,"
+            "keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost",
+        )
     client = paths.dir / "client.crt"
     if not client.exists():
-        _cert(paths, client, f"/CN={USER}", "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,"
-              "keyEncipherment\nextendedKeyUsage=clientAuth")  # fmt: skip
+        _cert(
+            paths,
+            client,
+            f"/CN={USER}",
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,"
+            "keyEncipherment\nextendedKeyUsage=clientAuth",
+        )
     admin = yaml.safe_load(paths.admin.read_text())
     kubeconfig = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": admin["clusters"],
-        "users": [{"name": USER, "user": {"client-certificate": str(client), "client-key": str(client.with_suffix(".key"))}}],
+        "users": [
+            {"name": USER, "user": {"client-certificate": str(client), "client-key": str(client.with_suffix(".key"))}}
+        ],
         "contexts": [{"name": "kueue", "context": {"cluster": admin["clusters"][0]["name"], "user": USER}}],
         "current-context": "kueue",
     }
@@ -239,7 +267,9 @@ def _credentials(paths: Paths) -> None:
     paths.kubeconfig.chmod(0o600)
 
 
-def _kubectl(paths: Paths, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _kubectl(
+    paths: Paths, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     cmd = [kubectl_bin(), "--kubeconfig", str(paths.admin), *args]
     proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=False, timeout=300)
     if check and proc.returncode != 0:
@@ -249,8 +279,9 @@ def _kubectl(paths: Paths, *args: str, stdin: str | None = None, check: bool = T
 
 def _apply(paths: Paths, docs: list[Obj]) -> None:
     body = yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": docs})
-    _kubectl(paths, "apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-",
-             stdin=body)  # fmt: skip
+    _kubectl(
+        paths, "apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-", stdin=body
+    )
 
 
 def in_private_mounts(binds: dict[str, Path]) -> list[str]:
@@ -326,8 +357,13 @@ def up(log: Any = print) -> Path:
     if _pid(paths) is None:
         with paths.log.open("ab") as out:
             proc = subprocess.Popen(
-                [*in_private_mounts({METRICS_CERTS: paths.certs}), str(release / "bin" / "kueue"),
-                 f"--config={paths.config}", f"--kubeconfig={paths.kubeconfig}", "--zap-log-level=2"],  # fmt: skip
+                [
+                    *in_private_mounts({METRICS_CERTS: paths.certs}),
+                    str(release / "bin" / "kueue"),
+                    f"--config={paths.config}",
+                    f"--kubeconfig={paths.kubeconfig}",
+                    "--zap-log-level=2",
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -320,7 +320,7 @@ class Reconciler:
                 view = {**ftj, "status": status}
                 workloads = indexes["workload_index"].get(key) if "workload_index" in indexes else None
                 workload = next((w for w in workloads or () if job and _owner_uid(w, "Job") == job_uid), None)
-                patch = st.derive_status(view, job, pods, dt.datetime.now(dt.UTC), SETTINGS, workload)
+                patch = st.derive_status(view, job, pods, dt.datetime.now(dt.UTC), SETTINGS, workload=workload)
                 delta = st.changed(status, patch)
                 if not delta:
                     return

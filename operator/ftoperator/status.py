@@ -329,6 +329,7 @@ def derive_status(
     pods: Sequence[Mapping[str, Any]],
     now: dt.datetime,
     settings: Settings | None = None,
+    *,
     workload: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The status patch for ``ftj`` (operator-owned keys, full conditions list); ``{}`` when final. ``workload`` is

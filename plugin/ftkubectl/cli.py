@@ -22,9 +22,14 @@ POLL_SECONDS = 1.0
 
 def _rank0(pods: Sequence[Obj]) -> Obj | None:
     """The newest pod of completion index 0 (rank 0 of torchrun: the one that logs progress and uploads)."""
+
     def index(pod: Obj) -> str:
         md = pod.get("metadata") or {}
-        return str((md.get("annotations") or {}).get(names.ANN_COMPLETION_INDEX, (md.get("labels") or {}).get(names.ANN_COMPLETION_INDEX, "0")))
+        return str(
+            (md.get("annotations") or {}).get(
+                names.ANN_COMPLETION_INDEX, (md.get("labels") or {}).get(names.ANN_COMPLETION_INDEX, "0")
+            )
+        )
 
     zero = [p for p in pods if index(p) == "0"]
     return max(zero, key=lambda p: str(p["metadata"].get("creationTimestamp") or ""), default=None)
@@ -32,13 +37,17 @@ def _rank0(pods: Sequence[Obj]) -> Obj | None:
 
 def _started(pod: Obj) -> bool:
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if cs.get("name") == names.CONTAINER and ("running" in (cs.get("state") or {}) or "terminated" in (cs.get("state") or {})):
+        if cs.get("name") == names.CONTAINER and (
+            "running" in (cs.get("state") or {}) or "terminated" in (cs.get("state") or {})
+        ):
             return True
     return False
 
 
 def cmd_list(k: Kubectl, args: argparse.Namespace, out: TextIO) -> int:
-    jobs = sorted(k.jobs(args.all_namespaces), key=lambda j: (j["metadata"].get("namespace", ""), j["metadata"]["name"]))
+    jobs = sorted(
+        k.jobs(args.all_namespaces), key=lambda j: (j["metadata"].get("namespace", ""), j["metadata"]["name"])
+    )
     if not jobs:
         print("No FineTuneJobs found.", file=out)
         return 0
@@ -75,7 +84,9 @@ def cmd_watch(k: Kubectl, args: argparse.Namespace, out: TextIO) -> int:
     if final is None:
         return 1
     if render.phase(final) == "Failed":
-        print(f"Failed ({render.field(final, 'status', 'reason')}): {render.field(final, 'status', 'message')}", file=out)
+        print(
+            f"Failed ({render.field(final, 'status', 'reason')}): {render.field(final, 'status', 'message')}", file=out
+        )
         return 1
     print(f"Artifact: {render.artifact(final)}", file=out)
     return 0

@@ -209,6 +209,8 @@ def describe(ftj: Obj) -> str:
         rows = [["TYPE", "STATUS", "REASON", "MESSAGE"]]
         order = {t: i for i, t in enumerate(conditions.CONDITION_TYPES)}
         for c in sorted(conds, key=lambda c: order.get(c.get("type"), len(order))):
-            rows.append([str(c.get("type")), str(c.get("status")), str(c.get("reason") or ""), str(c.get("message") or "")])
+            rows.append(
+                [str(c.get("type")), str(c.get("status")), str(c.get("reason") or ""), str(c.get("message") or "")]
+            )
         lines += [line.rstrip() for line in _table(rows, "  ")]
     return "\n".join(lines)

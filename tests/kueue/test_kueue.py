@@ -22,7 +22,9 @@ def _queued_for_quota(q: Queues, name: str) -> bool:
     return st.get("phase") == "Queued" and st.get("reason") == "Queued" and QUOTA_MESSAGE in (st.get("message") or "")
 
 
-def _snapshot(q: Queues, names: list[str], running: int, queued: int, succeeded: int = 0) -> dict[str, list[str]] | None:
+def _snapshot(
+    q: Queues, names: list[str], running: int, queued: int, succeeded: int = 0
+) -> dict[str, list[str]] | None:
     """The jobs by phase when exactly ``running`` run and ``queued`` wait for quota (and the rest succeeded)."""
     phases = q.by_phase(names)
     ok = (
@@ -71,7 +73,9 @@ def test_quota_admits_two_of_five_and_the_rest_as_gpus_free_up(queues: Queues, r
         assert st["admissionTime"] and st["artifact"]["uri"]
 
 
-def test_higher_priority_job_preempts_and_the_preempted_one_resumes_to_succeeded(queues: Queues, running_operator) -> None:
+def test_higher_priority_job_preempts_and_the_preempted_one_resumes_to_succeeded(
+    queues: Queues, running_operator
+) -> None:
     q = queues.create(gpus=2, preempt_lower_priority=True)
     low, high = q.priority_class(100), q.priority_class(1000)
     seen: list[str] = []
@@ -88,8 +92,12 @@ def test_higher_priority_job_preempts_and_the_preempted_one_resumes_to_succeeded
     assert "admissionTime" not in st or st["admissionTime"] == first_admission
     assert _suspended(q.cluster.get_json("job", victim, namespace=q.namespace))
     wait_phase(q.cluster, q.namespace, boss, "Running", timeout=120)
-    wait_for(lambda: not [p for p in q.pods(victim) if p["status"].get("phase") in ("Pending", "Running")], 60, 0.5,
-             "the preempted job's pods gone")  # fmt: skip
+    wait_for(
+        lambda: not [p for p in q.pods(victim) if p["status"].get("phase") in ("Pending", "Running")],
+        60,
+        0.5,
+        "the preempted job's pods gone",
+    )
 
     q.release(boss)
     wait_phase(q.cluster, q.namespace, boss, "Succeeded", timeout=120)
@@ -120,8 +128,10 @@ def test_two_node_job_is_admitted_only_when_both_nodes_gpus_fit(queues: Queues, 
     wait_phase(q.cluster, q.namespace, big, "Running", timeout=120)
     running = wait_for(
         lambda: (pods := [p for p in q.pods(big) if p["status"].get("phase") == "Running"]) and len(pods) == 2 and pods,
-        60, 0.5, "both pods Running",
-    )  # fmt: skip
+        60,
+        0.5,
+        "both pods Running",
+    )
     assert {p["spec"]["nodeName"] for p in running} == {"process-node", SECOND_NODE}, "2 GPUs per node: one pod each"
     q.release(big)
     st = wait_phase(q.cluster, q.namespace, big, "Succeeded", timeout=120)["status"]

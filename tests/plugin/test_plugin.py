@@ -47,9 +47,16 @@ def finetune(cluster: Cluster, *args: str, check: bool = True) -> subprocess.Com
 
 def patch_status(cluster: Cluster, namespace: str, name: str, status: dict[str, Any]) -> None:
     cluster.kubectl(
-        "patch", "finetunejob", name, "-n", namespace, "--subresource=status", "--type=merge",
-        "-p", json.dumps({"status": status}),
-    )  # fmt: skip
+        "patch",
+        "finetunejob",
+        name,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+    )
 
 
 def golden(file: str, **fill: str) -> str:
@@ -61,7 +68,13 @@ def golden(file: str, **fill: str) -> str:
 
 def conditions(phase: str, reason: str, message: str) -> list[dict[str, str]]:
     def cond(ctype: str, status: bool, r: str = reason, m: str = message) -> dict[str, str]:
-        return {"type": ctype, "status": "True" if status else "False", "reason": r, "message": m, "lastTransitionTime": NOW}
+        return {
+            "type": ctype,
+            "status": "True" if status else "False",
+            "reason": r,
+            "message": m,
+            "lastTransitionTime": NOW,
+        }
 
     return [
         cond("Created", True, "JobCreated", "Job and Service exist"),
@@ -80,10 +93,19 @@ RUNNING = {
     "startTime": "2026-03-01T11:50:00Z",
     "admissionTime": "2026-03-01T11:49:58Z",
     "attempts": 1,
-    "progress": {"step": 60, "totalSteps": 100, "percent": 60.0, "etaSeconds": 245, "stage": "training",
-                 "summary": "60% (60/100)"},  # fmt: skip
+    "progress": {
+        "step": 60,
+        "totalSteps": 100,
+        "percent": 60.0,
+        "etaSeconds": 245,
+        "stage": "training",
+        "summary": "60% (60/100)",
+    },
     "metrics": {"loss": 0.3125, "rewardAccuracy": 0.75, "rewardMargin": 1.25, "learningRate": 5e-07},
-    "checkpoints": [{"step": s, "metrics": {"loss": loss}} for s, loss in ((10, 0.69), (20, 0.62), (30, 0.55), (40, 0.47), (50, 0.4))],
+    "checkpoints": [
+        {"step": s, "metrics": {"loss": loss}}
+        for s, loss in ((10, 0.69), (20, 0.62), (30, 0.55), (40, 0.47), (50, 0.4))
+    ],
     "conditions": conditions("Running", "Training", "1/1 trainer pods running"),
 }
 
@@ -135,12 +157,30 @@ def test_watch_prints_a_line_per_change_until_the_job_ends(cluster: Cluster, nam
     try:
         assert "Pending" in (out.next() or "")  # no status yet
         steps = [
-            {"phase": "Running", "reason": "Training", "progress": {"step": 25, "totalSteps": 100, "percent": 25.0, "etaSeconds": 300}, "metrics": {"loss": 0.69}},
+            {
+                "phase": "Running",
+                "reason": "Training",
+                "progress": {"step": 25, "totalSteps": 100, "percent": 25.0, "etaSeconds": 300},
+                "metrics": {"loss": 0.69},
+            },
             {"progress": {"step": 50, "percent": 50.0, "etaSeconds": 200}, "metrics": {"loss": 0.5}},
             {"progress": {"step": 75, "percent": 75.0, "etaSeconds": 100}, "metrics": {"loss": 0.25}},
-            {"phase": "Uploading", "reason": "Uploading", "progress": {"step": 100, "percent": 100.0, "etaSeconds": 0, "stage": "uploading"}},
-            {"phase": "Succeeded", "reason": "Completed", "artifact": {"uri": "gs://bucket/models/x/", "sizeBytes": 3 * 1024 * 1024, "sha256": "ab" * 32, "files": 4}},
-        ]  # fmt: skip
+            {
+                "phase": "Uploading",
+                "reason": "Uploading",
+                "progress": {"step": 100, "percent": 100.0, "etaSeconds": 0, "stage": "uploading"},
+            },
+            {
+                "phase": "Succeeded",
+                "reason": "Completed",
+                "artifact": {
+                    "uri": "gs://bucket/models/x/",
+                    "sizeBytes": 3 * 1024 * 1024,
+                    "sha256": "ab" * 32,
+                    "files": 4,
+                },
+            },
+        ]
         for status in steps:
             patch_status(cluster, namespace, job, status)
             assert out.next() is not None, "watch printed nothing for a status change"
@@ -177,7 +217,10 @@ def test_logs_follow_rank_zero_while_it_runs(cluster: Cluster, namespace: str, j
             namespace,
         )
     proc = subprocess.Popen(
-        [KUBECTL, "finetune", "logs", "-f", job, "-n", namespace], env=plugin_env(cluster), stdout=subprocess.PIPE, text=True
+        [KUBECTL, "finetune", "logs", "-f", job, "-n", namespace],
+        env=plugin_env(cluster),
+        stdout=subprocess.PIPE,
+        text=True,
     )
     out = Lines(proc)
     try:
@@ -189,8 +232,10 @@ def test_logs_follow_rank_zero_while_it_runs(cluster: Cluster, namespace: str, j
         assert out.next(60) == "training done\n"
         wait_for(
             lambda: cluster.get_json("pod", f"{job}-0-abcde", namespace=namespace)["status"]["phase"] == "Succeeded",
-            60, 0.5, "rank 0 Succeeded",
-        )  # fmt: skip
+            60,
+            0.5,
+            "rank 0 Succeeded",
+        )
         patch_status(cluster, namespace, job, {"phase": "Succeeded", "reason": "Completed"})
         assert proc.wait(30) == 0, "logs -f ends with the job"
     finally:
@@ -201,7 +246,9 @@ def test_logs_follow_rank_zero_while_it_runs(cluster: Cluster, namespace: str, j
 def test_cancel_suspend_resume_write_what_the_api_writes(cluster: Cluster, namespace: str, job: str) -> None:
     def spec_and_annotations() -> tuple[bool, str | None]:
         ftj = cluster.get_json("finetunejob", job, namespace=namespace)
-        return ftj["spec"]["runPolicy"].get("suspend", False), ftj["metadata"].get("annotations", {}).get(names.ANN_CANCELLED)
+        return ftj["spec"]["runPolicy"].get("suspend", False), ftj["metadata"].get("annotations", {}).get(
+            names.ANN_CANCELLED
+        )
 
     assert "suspended" in finetune(cluster, "suspend", job, "-n", namespace).stdout
     assert spec_and_annotations() == (True, None)

@@ -51,7 +51,11 @@ def test_loss_history_is_checkpoints_then_the_latest_step():
 
 def test_job_table_lists_phase_progress_and_loss():
     jobs = [
-        {"metadata": {"name": "a", "namespace": "n"}, "spec": {"model": {"name": "tiny"}}, "status": {"phase": "Running", "progress": {"percent": 50, "etaSeconds": 30}, "metrics": {"loss": 0.5}}},
+        {
+            "metadata": {"name": "a", "namespace": "n"},
+            "spec": {"model": {"name": "tiny"}},
+            "status": {"phase": "Running", "progress": {"percent": 50, "etaSeconds": 30}, "metrics": {"loss": 0.5}},
+        },
         {"metadata": {"name": "bb", "namespace": "n"}, "spec": {"model": {"name": "zephyr"}}},
     ]
     assert render.job_table(jobs).splitlines() == [

@@ -52,7 +52,12 @@ class Queues:
         self.cluster.apply(
             [
                 {"apiVersion": KUEUE_API, "kind": "ResourceFlavor", "metadata": {"name": self.flavor}},
-                {"apiVersion": KUEUE_API, "kind": "ClusterQueue", "metadata": {"name": self.cluster_queue}, "spec": cq_spec},
+                {
+                    "apiVersion": KUEUE_API,
+                    "kind": "ClusterQueue",
+                    "metadata": {"name": self.cluster_queue},
+                    "spec": cq_spec,
+                },
                 {
                     "apiVersion": KUEUE_API,
                     "kind": "LocalQueue",
@@ -61,9 +66,7 @@ class Queues:
                 },
             ]
         )
-        self.cluster.kubectl(
-            "wait", "--for=condition=Active", f"clusterqueue/{self.cluster_queue}", "--timeout=60s"
-        )
+        self.cluster.kubectl("wait", "--for=condition=Active", f"clusterqueue/{self.cluster_queue}", "--timeout=60s")
         self.cluster.kubectl(
             "wait", "--for=condition=Active", f"localqueue/{self.local_queue}", "-n", self.namespace, "--timeout=60s"
         )
@@ -71,13 +74,21 @@ class Queues:
 
     def priority_class(self, value: int) -> str:
         name = unique_name(f"fto-prio-{value}")
-        self.cluster.apply({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name}, "value": value})
+        self.cluster.apply(
+            {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name}, "value": value}
+        )
         self.priority_classes.append(name)
         return name
 
     def submit(self, name: str, *, nodes: int = 1, gpus: int = 2, priority_class: str | None = None) -> str:
         """A fake-trainer FineTuneJob on the LocalQueue that runs until :meth:`release`."""
-        resources: dict[str, Any] = {"nodes": nodes, "gpusPerNode": gpus, "processesPerNode": 1, "cpu": "1", "memory": "1Gi"}
+        resources: dict[str, Any] = {
+            "nodes": nodes,
+            "gpusPerNode": gpus,
+            "processesPerNode": 1,
+            "cpu": "1",
+            "memory": "1Gi",
+        }
         if priority_class:
             resources["priorityClassName"] = priority_class
         body = tiny_ftj(
@@ -112,7 +123,11 @@ class Queues:
     def workload(self, job: str) -> dict[str, Any]:
         """The Workload Kueue made for the FineTuneJob's Job."""
         items = self.cluster.get_json("workloads.kueue.x-k8s.io", namespace=self.namespace)["items"]
-        mine = [w for w in items if any(r.get("kind") == "Job" and r.get("name") == job for r in w["metadata"].get("ownerReferences") or [])]
+        mine = [
+            w
+            for w in items
+            if any(r.get("kind") == "Job" and r.get("name") == job for r in w["metadata"].get("ownerReferences") or [])
+        ]
         assert len(mine) == 1, [w["metadata"]["name"] for w in items]
         return mine[0]
 
@@ -120,9 +135,15 @@ class Queues:
         for path in self.gates.iterdir():
             path.unlink()
         self.gates.rmdir()  # a trainer still waiting ends with its namespace
-        self.cluster.kubectl("delete", "finetunejobs", "--all", "-n", self.namespace, "--wait=true", "--timeout=60s", check=False)
-        self.cluster.kubectl("delete", "localqueue", self.local_queue, "-n", self.namespace, "--ignore-not-found", check=False)
-        self.cluster.kubectl("delete", "clusterqueue", self.cluster_queue, "--ignore-not-found", "--wait=false", check=False)
+        self.cluster.kubectl(
+            "delete", "finetunejobs", "--all", "-n", self.namespace, "--wait=true", "--timeout=60s", check=False
+        )
+        self.cluster.kubectl(
+            "delete", "localqueue", self.local_queue, "-n", self.namespace, "--ignore-not-found", check=False
+        )
+        self.cluster.kubectl(
+            "delete", "clusterqueue", self.cluster_queue, "--ignore-not-found", "--wait=false", check=False
+        )
         self.cluster.kubectl("delete", "resourceflavor", self.flavor, "--ignore-not-found", "--wait=false", check=False)
         for name in self.priority_classes:
             self.cluster.kubectl("delete", "priorityclass", name, "--ignore-not-found", check=False)
