@@ -7,7 +7,8 @@ and ``tests/deploy/test_helm.py`` fails when the committed chart differs from a 
 
 What becomes a value (everything else is the base, verbatim):
 
-* ``namespace``: every ``finetune-system`` in the objects (metadata, subjects, the Namespace itself);
+* ``namespace``: every ``finetune-system`` in the objects (metadata, subjects, the Namespace itself), and
+  ``createNamespace``: whether the chart creates it;
 * ``images.<container>`` (repository, tag, pullPolicy) of each Deployment's containers, and ``images.trainer`` (the
   operator's FTO_TRAINER_IMAGE); ``<container>.replicas`` and ``<container>.resources``;
 * ``bucket`` (FTAPI_OUTPUT_BUCKET) and ``defaults``: the rest of ConfigMap finetune-defaults, JSON settings as YAML;
@@ -46,6 +47,7 @@ TRAINER_IMAGE_ENV = "FTO_TRAINER_IMAGE"
 BUCKET_KEY = "FTAPI_OUTPUT_BUCKET"
 DEFAULTS_PREFIX = "FTAPI_"
 TOGGLES = {
+    "Namespace": "createNamespace",
     "ValidatingAdmissionPolicy": "admissionPolicies.enabled",
     "ValidatingAdmissionPolicyBinding": "admissionPolicies.enabled",
     "NetworkPolicy": "networkPolicies.enabled",
@@ -199,7 +201,11 @@ def _template(doc: Obj, values: Values) -> tuple[str, str | None]:
 
 def _values_yaml(values: Values) -> str:
     sections = [
-        ("Namespace of every namespaced object (the chart creates it).", {"namespace": NAMESPACE}),
+        (
+            "Namespace of every namespaced object; the chart creates it unless createNamespace is false (say it\n"
+            "exists already, with your Firebase Secret in it).",
+            {"namespace": NAMESPACE, "createNamespace": True},
+        ),
         (
             "Images: operator and api run the control plane; trainer is what the operator starts for each job\n"
             "(FTO_TRAINER_IMAGE). An empty tag means the repository is used as given.",

@@ -51,6 +51,9 @@ INTEGRATIONS = ("batch/job",)
 # The release's webhooks we register: Kueue's own kinds and the batch/job integration.
 WEBHOOK_TARGETS = {("kueue.x-k8s.io", None), ("batch", "jobs")}
 METRICS_CERTS = "/etc/kueue/metrics/certs"
+GROUP = "kueue.x-k8s.io"
+WORKLOADS_VERSION = "v1beta2"
+SERVED_ANNOTATION = "finetune.dev/served-since"
 
 
 def apiserver_port() -> int:
@@ -332,6 +335,22 @@ def _wait(predicate: Any, seconds: float, what: str, paths: Paths) -> None:
         time.sleep(0.3)
 
 
+def _announce_workloads(paths: Paths) -> None:
+    """Make operators that run already see the Workloads API. kopf re-reads API discovery when a CRD of the group
+    changes; the apiserver serves a new CRD in discovery a moment after it is Established, so the last of the
+    release's CRD events can come before that and leave a running operator blind to Workloads until the next
+    one. Once discovery serves them, one more change (this annotation) is that next event."""
+    served = f"/apis/{GROUP}/{WORKLOADS_VERSION}"
+    _wait(
+        lambda: '"workloads"' in _kubectl(paths, "get", "--raw", served, check=False).stdout,
+        60,
+        f"{served} in API discovery",
+        paths,
+    )
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _kubectl(paths, "annotate", "--overwrite", "crd", f"workloads.{GROUP}", f"{SERVED_ANNOTATION}={stamp}")
+
+
 def up(log: Any = print) -> Path:
     """Start Kueue against the running local cluster (idempotent); returns the admin kubeconfig."""
     paths = Paths()
@@ -373,6 +392,7 @@ def up(log: Any = print) -> Path:
     _wait(ready, 120, "Kueue /readyz", paths)
     # Registered only now: a webhook whose server is not up fails every Job creation in the cluster.
     _apply(paths, webhook_configurations(config, url, ca_bundle))
+    _announce_workloads(paths)
     log(f">> Kueue {release.name} ready after {time.monotonic() - t0:.0f}s (log {paths.log})")
     return paths.admin
 

@@ -39,8 +39,7 @@ def main() -> None:
         # child creation and every failure are still logged.
         for handler in logging.getLogger().handlers:
             handler.addFilter(_drop_event_handler_success)
-    import ftoperator.handlers  # registers the handlers
-    import ftoperator.kueue  # noqa: F401  (follows Kueue's Workloads where Kueue is installed)
+    import ftoperator.handlers  # noqa: F401  (registers the handlers)
 
     kopf.run(
         clusterwide=not settings.namespaces,

@@ -30,9 +30,9 @@ import kopf
 import pydantic
 from ftcrd.types import GROUP, KIND, PLURAL, TERMINAL_PHASES, VERSION
 
-from ftoperator import builders, metrics
+from ftoperator import builders, kueue, metrics
 from ftoperator import status as st
-from ftoperator.kube import ApiError, Kube, connection_info
+from ftoperator.kube import MERGE_PATCH, ApiError, Kube, connection_info
 from ftoperator.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -318,16 +318,18 @@ class Reconciler:
                 elif pods is None:
                     pods = [p for p in indexes["pod_index"].get(key, ()) if job_uid and _owner_uid(p, "Job") == job_uid]
                 view = {**ftj, "status": status}
-                workloads = indexes["workload_index"].get(key) if "workload_index" in indexes else None
+                workloads = indexes[kueue.INDEX].get(key) if kueue.INDEX in indexes else None
                 workload = next((w for w in workloads or () if job and _owner_uid(w, "Job") == job_uid), None)
                 patch = st.derive_status(view, job, pods, dt.datetime.now(dt.UTC), SETTINGS, workload=workload)
+                if workload is not None and kueue.needs_activation_change(ftj, workload, patch.get("phase")):
+                    await self.activate(workload, kueue.wanted_active(ftj, patch.get("phase")), logger)
                 delta = st.changed(status, patch)
                 if not delta:
                     return
                 await self.write_status(ftj, delta, logger)
                 if first:
                     self.trigger(namespace, name, indexes=indexes, logger=logger, handler=handler)
-                if job is not None and st.needs_suspend(patch, job):
+                if job is not None and workload is None and st.needs_suspend(patch, job):
                     assert self.kube is not None
                     logger.warning("suspending Job %s: %s", name, patch.get("reason"))
                     await self.kube.merge_patch("batch/v1", "Job", namespace, name, {"spec": {"suspend": True}})
@@ -336,6 +338,15 @@ class Reconciler:
             raise
         finally:
             metrics.RECONCILE_SECONDS.labels(handler).observe(time.perf_counter() - started)
+
+    async def activate(
+        self, workload: Mapping[str, Any], active: bool, logger: logging.Logger | logging.LoggerAdapter[Any]
+    ) -> None:
+        """Hold (or release) a job Kueue manages through its Workload: Kueue would undo a Job suspend."""
+        assert self.kube is not None
+        path, patch = kueue.activation_patch(workload, active)
+        await self.kube.request("PATCH", path, patch, content_type=MERGE_PATCH)
+        logger.info("%s Kueue Workload %s", "activated" if active else "deactivated", workload["metadata"]["name"])
 
 
 RECONCILER = Reconciler()
@@ -438,8 +449,7 @@ PROGRESS = MemoryProgressStorage()
 
 
 def _indexes(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Key, Any]]:
-    # workload_index: Kueue's Workloads (ftoperator.kueue), when that module is loaded.
-    return {k: kwargs[k] for k in ("ftj_index", "job_index", "pod_index", "workload_index") if k in kwargs}
+    return {k: kwargs[k] for k in ("ftj_index", "job_index", "pod_index", kueue.INDEX)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,6 +542,23 @@ async def job_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Bo
     if _owner_uid(body, "FineTuneJob") is None:
         return None
     return {(namespace or "", labels[builders.LABEL_JOB]): _slim_job(body)}
+
+
+@kopf.index(kueue.GROUP, kueue.PLURAL, id=kueue.INDEX)
+async def workload_index(
+    *,
+    namespace: str | None,
+    body: kopf.Body,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **kwargs: Any,
+) -> dict[Key, Any] | None:
+    """Kueue's Workloads by their Job's key (ftoperator.kueue); like pods, each event schedules the job's sync."""
+    job = kueue.job_owner(body)
+    if job is None:
+        return None
+    key = (namespace or "", job)
+    RECONCILER.trigger(*key, indexes=_indexes(kwargs), logger=logger, handler="workload-events")
+    return {key: kueue.slim(body)}
 
 
 @kopf.index("v1", "pods", labels={builders.LABEL_JOB: kopf.PRESENT}, id="pod_index")
@@ -677,7 +704,7 @@ async def _reconcile_suspend(
     """spec.runPolicy.suspend onto an adopted Job. ``suspend-resume`` follows changes while the operator runs;
     one made while it was down arrives as a new object (the diff base is in memory) and is applied here."""
     want, have = ftj.spec.run_policy.suspend, bool((job.get("spec") or {}).get("suspend"))
-    if want == have or (not want and ftj.spec.run_policy.queue_name):  # with Kueue, admission un-suspends
+    if want == have or ftj.spec.run_policy.queue_name:  # with Kueue, its Workload is held instead (sync)
         return
     assert RECONCILER.kube is not None
     md = ftj.metadata
@@ -764,13 +791,12 @@ async def suspend_resume(
     **_: Any,
 ) -> None:
     """spec.runPolicy.suspend → the Job's spec.suspend (its pods stop; resume starts new ones).
-    With a Kueue queue, resuming is Kueue's decision (it un-suspends on admission)."""
+    With a Kueue queue, the status sync holds or releases its Workload instead (ftoperator.kueue)."""
     if (body.get("status") or {}).get("phase") in TERMINAL_PHASES:
         return
     suspend = bool(new)
-    if not suspend and ((body.get("spec") or {}).get("runPolicy") or {}).get("queueName"):
-        logger.info("resume requested; Kueue un-suspends the Job when it admits it")
-        return
+    if ((body.get("spec") or {}).get("runPolicy") or {}).get("queueName"):
+        return  # Kueue owns the Job's suspend: the status sync (de)activates its Workload (ftoperator.kueue)
     kube = RECONCILER.kube
     assert kube is not None
     try:

@@ -1,26 +1,27 @@
-"""Kueue's Workloads, followed so a FineTuneJob with ``spec.runPolicy.queueName`` shows why it waits.
+"""Kueue's Workloads: why a FineTuneJob with ``spec.runPolicy.queueName`` waits, and how it is paused.
 
-Kueue creates one Workload per Job it manages (owned by the Job, all of its pods as one unit) and records its
-decisions there: ``QuotaReserved``/``Admitted`` (with the reason it is not admitted yet: insufficient quota,
-a missing LocalQueue, ...) and ``Evicted`` (preemption). The index keeps the conditions of every Job-owned
-Workload by the Job's key, which is the FineTuneJob's (the Job is named after it), and each event schedules that
-FineTuneJob's status sync; :func:`ftoperator.status.queued_phase` turns them into phase ``Queued``.
+Kueue creates one Workload per Job it manages (owned by the Job; all of its pods as one pod set) and records its
+decisions there: ``QuotaReserved``/``Admitted`` with the reason it is not admitted yet (insufficient quota, a
+missing LocalQueue, ...) and ``Evicted`` (preemption). The operator indexes every Job-owned Workload by its Job's
+key, which is the FineTuneJob's (the Job is named after it; ``workload_index`` in handlers.py), and
+:func:`ftoperator.status.queued_phase` turns the conditions into phase ``Queued``.
 
-The selector names no version: kopf watches the cluster's preferred one (v1beta2 in Kueue 0.17; the
-conditions are the same in v1beta1). Without Kueue's CRDs nothing is watched and nothing waits for this index.
+Kueue owns a managed Job's ``spec.suspend``: it un-suspends an admitted Job that anyone else suspends. So the
+operator holds a queued job (``spec.runPolicy.suspend``, the API's pause and cancel, a failure that must free the
+GPUs) by deactivating its Workload (``spec.active: false``), which makes Kueue evict it and suspend the Job, and
+resumes it by activating the Workload again (Kueue re-queues it).
+
+The index's selector names no version: kopf watches the cluster's preferred one (v1beta2 in Kueue 0.17; the
+fields read here are the same in v1beta1). Without Kueue's CRDs nothing is watched.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
-import kopf
-
-from ftoperator.handlers import RECONCILER, Key, _indexes
-
 GROUP = "kueue.x-k8s.io"
+PLURAL = "workloads"
 INDEX = "workload_index"
 
 
@@ -33,28 +34,34 @@ def job_owner(workload: Mapping[str, Any]) -> str | None:
 
 
 def slim(workload: Mapping[str, Any]) -> dict[str, Any]:
-    """What the status mapping reads: the owner (to match the Job's uid) and the conditions."""
+    """What the operator reads: where it is (to patch it), its owner (to match the Job's uid), whether it is
+    active, and the conditions."""
     md = workload.get("metadata") or {}
-    status = workload.get("status") or {}
     return {
+        "apiVersion": workload.get("apiVersion"),
         "metadata": {k: md.get(k) for k in ("name", "namespace", "uid", "ownerReferences")},
-        "status": {"conditions": status.get("conditions") or []},
+        "spec": {"active": (workload.get("spec") or {}).get("active", True)},
+        "status": {"conditions": (workload.get("status") or {}).get("conditions") or []},
     }
 
 
-@kopf.index(GROUP, "workloads", id=INDEX)
-async def workload_index(
-    *,
-    namespace: str | None,
-    body: kopf.Body,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    **kwargs: Any,
-) -> dict[Key, Any] | None:
-    """Also schedules the FineTuneJob's status sync (as the pod index does): an admission, a preemption or a new
-    reason to wait changes its phase or message."""
-    job = job_owner(body)
-    if job is None:
-        return None
-    key = (namespace or "", job)
-    RECONCILER.trigger(*key, indexes=_indexes(kwargs), logger=logger, handler="workload-events")
-    return {key: slim(body)}
+def wanted_active(ftj: Mapping[str, Any], phase: str | None) -> bool:
+    """Whether the Workload should compete for quota: not while the user holds the job, nor after the operator
+    failed it (its GPUs go back to the queue)."""
+    suspend = bool(((ftj.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
+    return not suspend and phase != "Failed"
+
+
+def needs_activation_change(ftj: Mapping[str, Any], workload: Mapping[str, Any] | None, phase: str | None) -> bool:
+    if workload is None or not ((ftj.get("spec") or {}).get("runPolicy") or {}).get("queueName"):
+        return False
+    return bool((workload.get("spec") or {}).get("active", True)) != wanted_active(ftj, phase)
+
+
+def activation_patch(workload: Mapping[str, Any], active: bool) -> tuple[str, dict[str, Any]]:
+    """(API path, merge patch) that sets ``spec.active`` of ``workload``."""
+    md = workload["metadata"]
+    path = (
+        f"/apis/{workload.get('apiVersion') or GROUP + '/v1beta2'}/namespaces/{md['namespace']}/{PLURAL}/{md['name']}"
+    )
+    return path, {"spec": {"active": active}}

@@ -439,22 +439,26 @@ def admission_time(workload: Mapping[str, Any] | None) -> str | None:
 
 
 def queued_phase(ftj: Mapping[str, Any], workload: Mapping[str, Any] | None) -> tuple[str, str, str]:
-    """(Queued, reason, message) of a Job Kueue holds: Kueue's own reason and message, the queue named."""
+    """(phase, reason, message) of a Job Kueue holds: Kueue's own reason and message, the queue named. A preempted
+    job says so until it is admitted again, and what it waits for now."""
     queue = _get(ftj, "spec", "runPolicy", "queueName")
     if workload is None:
         return "Queued", "Queued", f"waiting for Kueue to create the job's Workload (queue {queue})"
     evicted = _cond(workload, "Evicted")
+    evicted = evicted if evicted and evicted.get("status") == "True" else None
+    admitted = _cond(workload, "Admitted")
     reserved = _cond(workload, "QuotaReserved")
-    if evicted and evicted.get("status") == "True" and _after(evicted, reserved):
-        kueue_reason = str(evicted.get("reason") or "Evicted")
-        reason = "Preempted" if kueue_reason == "Preempted" else "Evicted"
-        return "Queued", reason, _short(f"Kueue {kueue_reason}: {evicted.get('message') or ''} (queue {queue})")
-    if admission_time(workload):
+    waiting = reserved if reserved and reserved.get("status") == "False" else None
+    if admission_time(workload) and (evicted is None or _after(admitted, evicted)):
         return "Pending", "Admitted", f"Kueue admitted the job (queue {queue}); waiting for the Job to start"
-    if reserved and reserved.get("status") == "False":
-        kueue_reason = str(reserved.get("reason") or "Pending")
-        reason = "Inadmissible" if kueue_reason == "Inadmissible" else "Queued"
-        return "Queued", reason, _short(f"Kueue {kueue_reason}: {reserved.get('message') or ''} (queue {queue})")
+    now = f"{waiting.get('reason') or 'Pending'}: {waiting.get('message') or ''}" if waiting else ""
+    if evicted is not None:
+        why = str(evicted.get("reason") or "Evicted")
+        text = f"Kueue {why}: {evicted.get('message') or ''}" + (f"; now {now}" if now else "")
+        return "Queued", "Preempted" if why == "Preempted" else "Evicted", _short(f"{text} (queue {queue})")
+    if waiting is not None:
+        reason = "Inadmissible" if waiting.get("reason") == "Inadmissible" else "Queued"
+        return "Queued", reason, _short(f"Kueue {now} (queue {queue})")
     return "Queued", "Queued", f"waiting for Kueue to admit the job (queue {queue})"
 
 

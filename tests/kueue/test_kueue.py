@@ -136,3 +136,50 @@ def test_two_node_job_is_admitted_only_when_both_nodes_gpus_fit(queues: Queues, 
     q.release(big)
     st = wait_phase(q.cluster, q.namespace, big, "Succeeded", timeout=120)["status"]
     assert st["admissionTime"]
+
+
+def test_suspend_holds_a_queued_job_and_resume_requeues_it(queues: Queues, running_operator) -> None:
+    """Kueue un-suspends an admitted Job that anyone else suspends: the operator holds the Workload instead."""
+    q = queues.create(gpus=4)
+    name = q.submit("pause")
+    wait_phase(q.cluster, q.namespace, name, "Running", timeout=120)
+
+    q.cluster.kubectl(
+        "patch",
+        "finetunejob",
+        name,
+        "-n",
+        q.namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"runPolicy": {"suspend": true}}}',
+    )
+    wait_phase(q.cluster, q.namespace, name, "Suspended", timeout=120)
+    assert q.workload(name)["spec"]["active"] is False
+    wait_for(
+        lambda: (
+            _suspended(q.cluster.get_json("job", name, namespace=q.namespace))
+            and not [p for p in q.pods(name) if p["status"].get("phase") in ("Pending", "Running")]
+        ),
+        60,
+        0.5,
+        "Job suspended by Kueue and its pods gone",
+    )
+    # It stays held: Kueue does not re-admit an inactive Workload.
+    assert q.status(name)["phase"] == "Suspended"
+    assert _suspended(q.cluster.get_json("job", name, namespace=q.namespace))
+
+    q.cluster.kubectl(
+        "patch",
+        "finetunejob",
+        name,
+        "-n",
+        q.namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"runPolicy": {"suspend": false}}}',
+    )
+    wait_phase(q.cluster, q.namespace, name, "Running", timeout=120)
+    assert q.workload(name)["spec"]["active"] is True
+    q.release(name)
+    wait_phase(q.cluster, q.namespace, name, "Succeeded", timeout=120)

@@ -96,11 +96,13 @@ def test_preempted_job_is_queued_again_until_readmitted() -> None:
     patch = derive(preempted)
     assert (patch["phase"], patch["reason"]) == ("Queued", "Preempted")
     assert patch["message"].startswith("Kueue Preempted: Preempted to accommodate")
+    assert patch["message"].endswith("; now Pending: Preempted (queue team)")  # and what it waits for now
     readmitted = workload(
         ("QuotaReserved", "True", "QuotaReserved", "Quota reserved", "2026-11-26T11:59:30Z"),
         ("Admitted", "True", "Admitted", "The workload is admitted", "2026-11-26T11:59:30Z"),
         ("Evicted", "True", "Preempted", "Preempted to accommodate a workload", "2026-11-26T11:59:00Z"),
     )
+    assert (derive(readmitted)["phase"], derive(readmitted)["reason"]) == ("Pending", "Admitted")
     assert derive(readmitted, suspended=False)["admissionTime"] == "2026-11-26T11:59:30Z"
 
 
@@ -116,3 +118,19 @@ def test_workload_index_keys_by_the_owning_job() -> None:
     assert slim(wl)["status"]["conditions"][0]["type"] == "Admitted"
     wl["metadata"]["ownerReferences"][0]["kind"] = "JobSet"
     assert job_owner(wl) is None
+
+
+def test_the_workload_is_held_while_the_user_suspends_or_after_a_failure() -> None:
+    from ftoperator import kueue
+
+    wl = kueue.slim(workload())
+    assert wl["spec"]["active"] is True  # Kueue's default
+    assert not kueue.needs_activation_change(ftj(), wl, "Running")
+    assert kueue.needs_activation_change(ftj(suspend=True), wl, "Queued")
+    assert kueue.needs_activation_change(ftj(), wl, "Failed")
+    held = {**wl, "spec": {"active": False}}
+    assert kueue.needs_activation_change(ftj(), held, "Suspended")  # resumed: compete for quota again
+    assert not kueue.needs_activation_change({"spec": {"runPolicy": {}}}, held, "Running")  # not a queued job
+    path, patch = kueue.activation_patch({**wl, "apiVersion": "kueue.x-k8s.io/v1beta2"}, False)
+    assert path == "/apis/kueue.x-k8s.io/v1beta2/namespaces/ns/workloads/job-j-1a2b3"
+    assert patch == {"spec": {"active": False}}
