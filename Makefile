@@ -21,8 +21,7 @@ venv: ## Build the cached venv (first run only; downloads torch)
 .PHONY: setup
 setup: venv ## Build the cached venv, the Kubernetes binaries, Kueue and helm (first run only; slow)
 	@bash localcluster/build-k8s.sh >/dev/null
-	@bash localcluster/build-tool.sh kueue >/dev/null
-	@bash localcluster/build-tool.sh helm >/dev/null
+	@$(MAKE) --no-print-directory tools
 
 .PHONY: lint
 lint: venv ## ruff + mypy
@@ -64,8 +63,13 @@ test-unit: venv ## Pure tests only: no cluster, no Kubernetes build, no servers 
 	@start=$$(date +%s%N); rc=0; $(PYTEST) -m unit $(PYTEST_ARGS) || rc=$$?; \
 	  ms=$$(( ($$(date +%s%N) - start) / 1000000 )); echo ">> test-unit: $$((ms / 1000)).$$((ms % 1000 / 100))s wall"; exit $$rc
 
+.PHONY: tools
+tools: ## Build Kueue and helm from their Go modules (first run only; cached by version)
+	@bash localcluster/build-tool.sh kueue >/dev/null
+	@bash localcluster/build-tool.sh helm >/dev/null
+
 .PHONY: test-process
-test-process: venv ## Real local processes without a cluster: torchrun trainer runs, the GCS emulator
+test-process: venv tools ## Real local processes without a cluster: torchrun trainer runs, the GCS emulator, helm
 	$(PYTEST) -m process $(PYTEST_ARGS)
 
 .PHONY: test-cluster
