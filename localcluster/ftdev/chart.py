@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ftcrd import names
 
 from ftdev import deploy
 from ftdev.cluster import ROOT
@@ -42,7 +43,7 @@ BASE = ROOT / "deploy" / "base"
 CHART = ROOT / "deploy" / "chart"
 NAMESPACE = "finetune-system"
 DEFAULTS = "finetune-defaults"
-TEMPLATE_ANNOTATION = "finetune.dev/template"
+TEMPLATE_ANNOTATION = f"{names.GROUP}/template"  # marks the base's placeholder Secrets
 TRAINER_IMAGE_ENV = "FTO_TRAINER_IMAGE"
 BUCKET_KEY = "FTAPI_OUTPUT_BUCKET"
 DEFAULTS_PREFIX = "FTAPI_"

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ftcrd import names
 
 from ftdev.cluster import ROOT, kubectl_bin, state_dir
 
@@ -53,7 +54,7 @@ WEBHOOK_TARGETS = {("kueue.x-k8s.io", None), ("batch", "jobs")}
 METRICS_CERTS = "/etc/kueue/metrics/certs"
 GROUP = "kueue.x-k8s.io"
 WORKLOADS_VERSION = "v1beta2"
-SERVED_ANNOTATION = "finetune.dev/served-since"
+SERVED_ANNOTATION = f"{names.GROUP}/served-since"
 
 
 def apiserver_port() -> int:

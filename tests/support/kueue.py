@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ftcrd import names
+
 from tests.support.cluster import Cluster, unique_name
 from tests.support.ftj import get_ftj, submit, tiny_ftj
 
@@ -118,7 +120,7 @@ class Queues:
         return out
 
     def pods(self, name: str) -> list[dict[str, Any]]:
-        return self.cluster.get_json("pods", "-l", f"finetune.dev/job={name}", namespace=self.namespace)["items"]
+        return self.cluster.get_json("pods", "-l", f"{names.LABEL_JOB}={name}", namespace=self.namespace)["items"]
 
     def workload(self, job: str) -> dict[str, Any]:
         """The Workload Kueue made for the FineTuneJob's Job."""
