@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 for p in ("crds", "operator", "api", "trainer_image", "localcluster", ""):
     sys.path.insert(0, str(ROOT / p))
 
+from ftcrd.names import ANN_ENTRYPOINT, API_VERSION, GROUP, KIND, LABEL_JOB, PLURAL, VERSION
 from ftdev import cluster as localcluster
 from ftoperator import builders
 from ftoperator.settings import Settings
@@ -57,9 +58,9 @@ FAKE = f"{sys.executable} {ROOT / 'tests' / 'operator' / 'fake_trainer.py'}"
 
 def ftj_body(name: str) -> dict[str, Any]:
     return {
-        "apiVersion": "finetune.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name, "annotations": {builders.ANNOTATION_ENTRYPOINT: FAKE}},
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name, "annotations": {ANN_ENTRYPOINT: FAKE}},
         "spec": {
             "communityId": "bench",
             "model": {"name": "tiny", "preset": "tiny"},
@@ -109,13 +110,13 @@ class Recorder:
         while True:
             try:
                 resp = await fn(
-                    self.ns, label_selector=builders.LABEL_JOB, watch=True, timeout_seconds=600, _preload_content=False
+                    self.ns, label_selector=LABEL_JOB, watch=True, timeout_seconds=600, _preload_content=False
                 )
                 async with resp:
                     async for line in resp.content:
                         obj = json.loads(line)["object"]
                         now = time.monotonic()
-                        label = ((obj.get("metadata") or {}).get("labels") or {}).get(builders.LABEL_JOB)
+                        label = ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_JOB)
                         if not label:
                             continue
                         if kind == "jobs":
@@ -175,9 +176,7 @@ async def created(resp: Any) -> dict[str, Any]:
 async def create_ftj(api: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
     co = client.CustomObjectsApi(api)
     return await created(
-        await co.create_namespaced_custom_object(
-            "finetune.dev", "v1alpha1", ns, "finetunejobs", ftj_body(name), _preload_content=False
-        )
+        await co.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ftj_body(name), _preload_content=False)
     )
 
 
@@ -251,7 +250,7 @@ async def run(
         co = client.CustomObjectsApi(api)
 
         async def finished() -> int:
-            items = (await co.list_namespaced_custom_object("finetune.dev", "v1alpha1", ns, "finetunejobs"))["items"]
+            items = (await co.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL))["items"]
             return sum(1 for i in items if (i.get("status") or {}).get("phase") in ("Succeeded", "Failed"))
 
         deadline = time.monotonic() + 900

@@ -8,38 +8,45 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from ftcrd import conditions as cond
-from ftcrd.types import HyperparametersSpec
+from ftcrd.conditions import Reason
+from ftcrd.names import (
+    ANN_ACTIONS,
+    ANN_BASE_LR,
+    ANN_BYTES,
+    ANN_CANCELLED,
+    ANN_CREATED_AT,
+    ANN_FILENAME,
+    ANN_METADATA,
+    ANN_OPENAI_MODEL,
+    ANN_PURPOSE,
+    ANN_SUFFIX,
+    ANN_TRAINING_FILE,
+    ANN_VALIDATION_FILE,
+)
+from ftcrd.trainer_config import default
+from ftcrd.types import PHASE_RUNNING, PHASE_SUCCEEDED, PHASE_UPLOADING, TERMINAL_PHASES, HyperparametersSpec
 
-# Labels and annotations the API sets.
-LABEL_CREATED_BY = "finetune.dev/created-by"
-LABEL_FILE = "finetune.dev/file"
-LABEL_JOB = "finetune.dev/job"
-LABEL_COMMUNITY = "finetune.dev/community-id"
-LABEL_TRAINING_FILE = "finetune.dev/training-file"
-ANN_CANCELLED = "finetune.dev/cancelled"
-ANN_ACTIONS = "finetune.dev/api-actions"
-ANN_MODEL = "finetune.dev/openai-model"
-ANN_TRAINING_FILE = "finetune.dev/training-file"
-ANN_VALIDATION_FILE = "finetune.dev/validation-file"
-ANN_SUFFIX = "finetune.dev/suffix"
-ANN_METADATA = "finetune.dev/metadata"
-ANN_BASE_LR = "finetune.dev/base-learning-rate"
-ANN_IDEMPOTENCY = "finetune.dev/idempotency-request"
-ANN_FILENAME = "finetune.dev/filename"
-ANN_PURPOSE = "finetune.dev/purpose"
-ANN_CREATED_AT = "finetune.dev/created-at"
-ANN_BYTES = "finetune.dev/bytes"
-ANN_ROWS = "finetune.dev/rows"
-FILE_DATA_KEY = "data.jsonl.gz"
-DATASET_KEY = "dataset.json.gz"
+from ftapi import delivery
 
 DEFAULT_LR = HyperparametersSpec.model_validate({}).learning_rate
 OpenAIStatus = str  # validating_files | queued | running | succeeded | failed | cancelled
+RESULTS_FILE_PREFIX = "file-results-"
+"""A job's results file id is this prefix and the job's name (see ftapi.results)."""
+_JOB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def valid_job_name(name: str) -> bool:
+    return len(name) <= 253 and bool(_JOB_NAME.match(name))
+
+
+def results_file_id(job: str) -> str:
+    return RESULTS_FILE_PREFIX + job
 
 
 def epoch(ts: Any) -> int | None:
@@ -79,7 +86,7 @@ def is_suspended(ftj: dict[str, Any]) -> bool:
 
 
 def is_terminal(ftj: dict[str, Any]) -> bool:
-    return _status(ftj).get("phase") in ("Succeeded", "Failed")
+    return _status(ftj).get("phase") in TERMINAL_PHASES
 
 
 def openai_status(ftj: dict[str, Any]) -> OpenAIStatus:
@@ -90,7 +97,7 @@ def openai_status(ftj: dict[str, Any]) -> OpenAIStatus:
         return "failed"
     if is_cancelled(ftj):
         return "cancelled"
-    if phase in ("Running", "Uploading"):
+    if phase in (PHASE_RUNNING, PHASE_UPLOADING):
         return "running"
     # None, Pending, Suspended (paused: the 3.57 client's Literal has no "paused"; the job waits to run)
     return "queued"
@@ -107,28 +114,30 @@ def hyperparameters(ftj: dict[str, Any]) -> dict[str, Any]:
         base = float(_annotations(ftj).get(ANN_BASE_LR) or DEFAULT_LR)
     except ValueError:
         base = DEFAULT_LR
+    # What the apiserver defaulted is in the object; the contract's defaults only stand in for an older object.
     return {
-        "batch_size": int(hp.get("batchSize", 128)),
+        "batch_size": int(hp.get("batchSize", default("hyperparameters.batch_size"))),
         "learning_rate_multiplier": _round(lr / base) if base > 0 else 1.0,
-        "n_epochs": int(hp.get("epochs") or 1),
+        "n_epochs": int(hp.get("epochs") or default("hyperparameters.epochs") or 1),
     }
 
 
 def method(ftj: dict[str, Any]) -> dict[str, Any]:
     spec_method = (ftj.get("spec") or {}).get("method") or {}
     hp = hyperparameters(ftj)
-    if spec_method.get("type", "dpo") == "sft":
+    if spec_method.get("type", default("method.type")) == "sft":
         return {"type": "supervised", "supervised": {"hyperparameters": hp}}
-    return {"type": "dpo", "dpo": {"hyperparameters": {"beta": float(spec_method.get("beta", 0.1)), **hp}}}
+    beta = float(spec_method.get("beta", default("method.beta")))
+    return {"type": "dpo", "dpo": {"hyperparameters": {"beta": beta, **hp}}}
 
 
 def job_error(ftj: dict[str, Any]) -> dict[str, Any] | None:
     status = _status(ftj)
     if status.get("phase") != "Failed":
         return None
-    reason = status.get("reason") or "TrainerFailed"
+    reason = status.get("reason") or Reason.TRAINER_FAILED
     message = status.get("message") or cond.REASONS.get(reason, "The job failed.")
-    param = "training_file" if reason == "InvalidDataset" else None
+    param = "training_file" if reason == Reason.INVALID_DATASET else None
     return {"code": reason, "message": message, "param": param}
 
 
@@ -163,7 +172,7 @@ def to_openai_job(ftj: dict[str, Any], organization: str = "") -> dict[str, Any]
         "object": "fine_tuning.job",
         "id": meta.get("name", ""),
         "created_at": epoch(meta.get("creationTimestamp")) or 0,
-        "model": ann.get(ANN_MODEL) or (spec.get("model") or {}).get("name", ""),
+        "model": ann.get(ANN_OPENAI_MODEL) or (spec.get("model") or {}).get("name", ""),
         "organization_id": organization or f"org-{meta.get('namespace', '')}",
         "status": state,
         "fine_tuned_model": artifact.get("uri") if state == "succeeded" else None,
@@ -171,16 +180,24 @@ def to_openai_job(ftj: dict[str, Any], organization: str = "") -> dict[str, Any]
         "error": job_error(ftj),
         "hyperparameters": hyperparameters(ftj),
         "method": method(ftj),
-        "result_files": [],
+        "result_files": [results_file_id(meta.get("name", ""))] if state == "succeeded" and artifact.get("uri") else [],
         "seed": int((spec.get("hyperparameters") or {}).get("seed", 0)),
         "trained_tokens": metrics.get("tokens"),
         "training_file": ann.get(ANN_TRAINING_FILE) or (dataset.get("configMap") or {}).get("name", ""),
         "validation_file": ann.get(ANN_VALIDATION_FILE),
         "estimated_finish": estimated_finish(ftj),
-        "integrations": [],
+        "integrations": integrations(spec),
         "metadata": metadata,
         "user_provided_suffix": ann.get(ANN_SUFFIX),
     }
+
+
+def integrations(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """spec.tracking.wandb as OpenAI's integrations list (the API key Secret is not shown)."""
+    wandb = (spec.get("tracking") or {}).get("wandb")
+    if not wandb:
+        return []
+    return [{"type": "wandb", "wandb": {k: wandb.get(k) for k in ("project", "name", "entity", "tags")}}]
 
 
 def actions(ftj: dict[str, Any]) -> list[dict[str, Any]]:
@@ -223,7 +240,9 @@ _ACTION_MESSAGES = {
     "resumed": "Fine-tuning job resumed (spec.runPolicy.suspend=false)",
     "cancelled": "Fine-tuning job cancelled",
 }
-_WARN_REASONS = frozenset({"Unschedulable", "ImagePullFailed", "OOMKilled", "ChildCreateFailed"})
+_WARN_REASONS = frozenset(
+    {Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_FAILED, Reason.OOM_KILLED, Reason.CHILD_CREATE_FAILED}
+)
 
 
 def to_events(ftj: dict[str, Any], k8s_events: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
@@ -271,8 +290,11 @@ def to_events(ftj: dict[str, Any], k8s_events: Sequence[dict[str, Any]] = ()) ->
         }
         summary = progress.get("summary") or f"step {progress.get('step')}"
         out.append(_event(job, at, "info", f"Step {summary}", kind="metrics", data=data))
+    record = delivery.read(ftj)
+    for at, level, message, data in delivery.events(record) if record else ():
+        out.append(_event(job, at, level, message, data=data))
     artifact = status.get("artifact") or {}
-    if status.get("phase") == "Succeeded" and artifact.get("uri"):
+    if status.get("phase") == PHASE_SUCCEEDED and artifact.get("uri"):
         done = epoch(status.get("completionTime")) or created
         out.append(_event(job, done, "info", f"The job has successfully completed; model at {artifact['uri']}"))
     for ev in k8s_events:

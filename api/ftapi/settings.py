@@ -55,8 +55,8 @@ class Settings(BaseSettings):
     # --- defaults of created jobs
     models: dict[str, CatalogModel] = Field(default_factory=default_catalog)
     webhook_model: str = "zephyr"
-    webhook_method: str = "dpo"
-    webhook_beta: float = 0.1
+    webhook_method: str | None = Field(default=None, description="spec.method.type of webhook jobs; unset: the CRD's.")
+    webhook_beta: float | None = Field(default=None, description="spec.method.beta of webhook jobs; unset: the CRD's.")
     output_bucket: str = "finetune-models"
     output_prefix: str = "models"
     output_credentials_secret: str | None = Field(
@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     trainer_env: dict[str, str] = Field(default_factory=dict, description="Extra trainer environment (spec.env).")
     trainer_image: str | None = None
     validation_fraction: float | None = None
+    wandb_api_key_secret: str | None = Field(
+        default=None,
+        description="'<secret>/<key>' with a W&B API key, for jobs with a wandb integration; unset: runs are offline.",
+    )
 
     # --- limits
     max_body_bytes: int = 16 * 1024 * 1024
@@ -78,6 +82,19 @@ class Settings(BaseSettings):
     max_field_chars: int = 50_000
     configmap_budget_bytes: int = 900 * 1024
     max_list_limit: int = 100
+
+    # --- completion notifications (ftapi.notify)
+    notify_enabled: bool = Field(default=True, description="Deliver fine_tuning.job.* webhook events.")
+    notify_interval_seconds: float = Field(default=5.0, gt=0, description="How often jobs are checked for events.")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="Per delivery attempt.")
+    webhook_retry_seconds: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        description="Waits before the 2nd, 3rd, ... attempt (Standard Webhooks' schedule); then the delivery fails.",
+    )
+    webhook_allow_http: bool = Field(default=False, description="Allow http:// endpoints (tests, local runs).")
+    webhook_allow_private: bool = Field(
+        default=False, description="Allow endpoints on loopback, private and link-local addresses (tests)."
+    )
 
     # --- operations
     metrics_public: bool = Field(

@@ -21,6 +21,7 @@ from ftcrd.types import (
     ResourcesSpec,
     RunPolicySpec,
     SecretKeyRef,
+    TrackingSpec,
 )
 from pydantic import ValidationError
 
@@ -68,6 +69,12 @@ def _secret_ref(value: str | None) -> SecretKeyRef | None:
     return SecretKeyRef(name=name, key=key or "service-account.json")
 
 
+def webhook_method(settings: Settings) -> MethodSpec:
+    """The seed webhook's method: the configured loss and beta, the CRD's defaults for what is not configured."""
+    configured = {"type": settings.webhook_method, "beta": settings.webhook_beta}
+    return MethodSpec.model_validate({k: v for k, v in configured.items() if v is not None})
+
+
 def base_learning_rate(settings: Settings) -> float:
     return float(HyperparametersSpec.model_validate(settings.hyperparameters).learning_rate)
 
@@ -84,6 +91,7 @@ def build_job(
     community_id: str | None,
     labels: dict[str, str],
     annotations: dict[str, str],
+    tracking: TrackingSpec | None = None,
 ) -> dict[str, Any]:
     """The FineTuneJob as a wire dict; ``hyperparameters`` (camelCase) override the configured defaults."""
     try:
@@ -107,6 +115,7 @@ def build_job(
                 "image": settings.trainer_image,
                 "env": [EnvVar(name=k, value=v) for k, v in sorted(settings.trainer_env.items())] or None,
                 "run_policy": RunPolicySpec.model_validate(settings.run_policy),
+                "tracking": tracking,
             }
         )
     except ValidationError as exc:

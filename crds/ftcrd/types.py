@@ -2,20 +2,49 @@
 
 Every other artefact derives from these models: ``make manifests`` renders
 ``crds/finetunejob.yaml`` from them (see :mod:`ftcrd.generate`), the API builds
-specs with them, the operator parses objects with them and the trainer reads the
-same field names from its Hydra overrides. Field doc strings become the CRD's
-``description`` and therefore what ``kubectl explain`` prints.
+specs with them, the operator parses objects with them and the trainer's typed
+configuration (:mod:`ftcrd.trainer_config`) embeds them, so a default or a range
+is written once, here. Field doc strings become the CRD's ``description`` and
+therefore what ``kubectl explain`` prints.
 
 Names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, model_validator
 
+from ftcrd.base import (  # noqa: F401 (re-exported: ftcrd.types is the model's one import)
+    MAX_NAME_LENGTH,
+    PHASE_FAILED,
+    PHASE_PENDING,
+    PHASE_RUNNING,
+    PHASE_SUCCEEDED,
+    PHASE_SUSPENDED,
+    PHASE_UPLOADING,
+    STAGE_UPLOADING,
+    STATUS_METRIC_DIGITS,
+    TERMINAL_PHASES,
+    BatchSize,
+    Beta,
+    CamelModel,
+    CheckpointingPolicy,
+    CommunityId,
+    Compression,
+    DatasetFormat,
+    Epochs,
+    MethodType,
+    ModelPreset,
+    Optimizer,
+    Phase,
+    Quantity,
+    Stage,
+    cel,
+    immutable,
+    round_metric,
+)
 from ftcrd.dataset import TruncationSide
 from ftcrd.names import (  # noqa: F401 (re-exported: the identity lives with the other wire names)
     API_VERSION,
@@ -28,75 +57,14 @@ from ftcrd.names import (  # noqa: F401 (re-exported: the identity lives with th
     SINGULAR,
     VERSION,
 )
-
-# Children are named "<name>", "<name>-dataset" and pods "<name>-<index>-<5 random>" (hostname
-# "<name>-<index>"): 52 keeps every derived name inside the 63-character DNS label limit,
-# the same bound Kubernetes puts on CronJob names for the same reason.
-MAX_NAME_LENGTH = 52
-
-# The trainer's presets in config/model/*.yaml; a test keeps the two in step.
-ModelPreset = Literal["zephyr", "pythia28", "llama", "tiny"]
-MethodType = Literal["dpo", "ipo", "cdpo", "sft"]
-Optimizer = Literal["RMSprop", "AdamW", "Adam", "SGD"]
-DatasetFormat = Literal["novalto", "jsonl", "openai"]
-Compression = Literal["auto", "none", "gzip"]
-Phase = Literal["Pending", "Queued", "Running", "Uploading", "Succeeded", "Failed", "Suspended"]
-TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
-
-
-# A resource.Quantity ("8", "500m", "64Gi"): a string or a number on the wire, always a string in Python.
-QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+from ftcrd.status import (  # noqa: F401 (re-exported)
+    Artifact,
+    CheckpointRecord,
+    Condition,
+    FineTuneJobStatus,
+    Metrics,
+    Progress,
 )
-
-
-def _quantity_to_str(value: object) -> object:
-    if isinstance(value, bool):
-        return value
-    return str(value) if isinstance(value, int | float) else value
-
-
-Quantity = Annotated[
-    str,
-    BeforeValidator(_quantity_to_str),
-    Field(
-        max_length=64,
-        pattern=QUANTITY_PATTERN,
-        # The apiserver checks quantities with CEL's isQuantity (a clearer message than the regex).
-        json_schema_extra={
-            "x-kubernetes-int-or-string": True,
-            "x-kubernetes-validations": [
-                {
-                    "rule": "type(self) == int || isQuantity(self)",
-                    "message": "must be a Kubernetes quantity such as 8, 500m or 64Gi",
-                }
-            ],
-        },
-    ),
-]
-
-
-def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
-    """One ``x-kubernetes-validations`` entry; the message is what a kubectl user reads."""
-    entry: dict[str, Any] = {"rule": rule, "message": message}
-    if field_path:
-        entry["fieldPath"] = field_path
-    if reason:
-        entry["reason"] = reason
-    return entry
-
-
-def immutable(what: str) -> dict[str, Any]:
-    return cel("self == oldSelf", f"{what} is immutable once the job is created; create a new FineTuneJob")
-
-
-class CamelModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-    def wire(self) -> dict[str, Any]:
-        """The object as Kubernetes stores it: camelCase keys, unset fields omitted."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
-
 
 # ---------------------------------------------------------------------------------------------
 # spec
@@ -178,11 +146,9 @@ class MethodSpec(CamelModel):
         ),
     ]
     beta: Annotated[
-        float,
+        Beta,
         Field(
             default=0.1,
-            gt=0,
-            le=100,
             description="Temperature of the implicit reward; higher stays closer to the reference model. Must be > 0.",
         ),
     ]
@@ -201,6 +167,9 @@ class MethodSpec(CamelModel):
     ]
 
 
+PROMPT_SHORTER_THAN_MAX = "maxPromptLength must be smaller than maxLength"
+
+
 class HyperparametersSpec(CamelModel):
     """Optimisation settings. Defaults follow the reference DPO implementation."""
 
@@ -209,21 +178,19 @@ class HyperparametersSpec(CamelModel):
             "x-kubernetes-validations": [
                 cel(
                     "!has(self.maxPromptLength) || !has(self.maxLength) || self.maxPromptLength < self.maxLength",
-                    "maxPromptLength must be smaller than maxLength",
+                    PROMPT_SHORTER_THAN_MAX,
                 ),
             ]
         }
     )
 
-    epochs: Annotated[int | None, Field(default=1, ge=1, le=1000, description="Passes over the dataset.")]
+    epochs: Annotated[Epochs | None, Field(default=1, description="Passes over the dataset.")]
     examples: Annotated[
         int | None,
         Field(default=None, ge=1, description="Stop after this many training examples (overrides epochs when set)."),
     ]
     learning_rate: Annotated[float, Field(default=5e-7, gt=0, le=1, description="Peak learning rate.")]
-    batch_size: Annotated[
-        int, Field(default=128, ge=1, le=65536, description="Examples per optimizer step, across all ranks.")
-    ]
+    batch_size: Annotated[BatchSize, Field(default=128, description="Examples per optimizer step, across all ranks.")]
     gradient_accumulation_steps: Annotated[
         int, Field(default=1, ge=1, le=1024, description="Micro-batches accumulated per optimizer step.")
     ]
@@ -259,6 +226,52 @@ class HyperparametersSpec(CamelModel):
             description="Compute reference log-probs in a first pass and drop the reference model (saves memory).",
         ),
     ]
+    # Throughput knobs (docs/trainer.md#performance): how the same examples are computed, never which.
+    packing: Annotated[
+        bool,
+        Field(
+            default=False,
+            description=(
+                "Padding-free batches: each micro-batch's sequences are concatenated without padding, attention "
+                "kept inside each sequence. Same loss as padded batches; faster when lengths vary."
+            ),
+        ),
+    ]
+    max_tokens_per_micro_batch: Annotated[
+        int | None,
+        Field(
+            default=None,
+            ge=16,
+            le=16777216,
+            description=(
+                "Cut each rank's share of a step into forwards of at most this many tokens (real tokens with "
+                "packing, rows x longest without) instead of gradientAccumulationSteps equal parts. Unset: off."
+            ),
+        ),
+    ]
+    activation_checkpointing_policy: Annotated[
+        CheckpointingPolicy,
+        Field(
+            default="full",
+            description=(
+                "With activationCheckpointing: full (recompute whole blocks), selective (keep matmul and attention "
+                "outputs, recompute the rest) or every_other (full, on every second block)."
+            ),
+        ),
+    ]
+    compile: Annotated[
+        bool,
+        Field(
+            default=False, description="torch.compile the transformer blocks (first steps are slower while compiling)."
+        ),
+    ]
+
+    @model_validator(mode="after")
+    def _prompt_shorter_than_max(self) -> Self:
+        # The CEL rule above, for the API and the trainer, which validate without an apiserver.
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(PROMPT_SHORTER_THAN_MAX)
+        return self
 
 
 class ConfigMapSource(CamelModel):
@@ -285,17 +298,16 @@ class VolumeSource(CamelModel):
     ]
 
 
-class DatasetSpec(CamelModel):
-    """Where the preference pairs live: exactly one of configMap or volume."""
+class DatasetSource(CamelModel):
+    """A dataset file: exactly one of configMap or volume, and how to read it."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
                     "has(self.configMap) != has(self.volume)",
-                    "exactly one of spec.dataset.configMap or spec.dataset.volume must be set",
+                    "exactly one of spec.dataset.validation.configMap or spec.dataset.validation.volume must be set",
                 ),
-                immutable("spec.dataset"),
             ]
         }
     )
@@ -315,9 +327,41 @@ class DatasetSpec(CamelModel):
     compression: Annotated[
         Compression, Field(default="auto", description="auto detects gzip by its magic bytes; none or gzip force it.")
     ]
+
+
+class DatasetSpec(DatasetSource):
+    """Where the preference pairs live: exactly one of configMap or volume."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.configMap) != has(self.volume)",
+                    "exactly one of spec.dataset.configMap or spec.dataset.volume must be set",
+                ),
+                immutable("spec.dataset"),
+            ]
+        }
+    )
+
     validation_fraction: Annotated[
         float,
-        Field(default=0.05, ge=0, lt=1, description="Share of rows held out for evaluation metrics."),
+        Field(
+            default=0.05,
+            ge=0,
+            lt=1,
+            description="Share of rows held out for evaluation metrics (ignored when validation is set).",
+        ),
+    ]
+    validation: Annotated[
+        DatasetSource | None,
+        Field(
+            default=None,
+            description=(
+                "A separate validation dataset (the OpenAI API's validation_file): the trainer evaluates on all of "
+                "its rows and trains on every row of the training dataset (validationFraction is ignored)."
+            ),
+        ),
     ]
 
 
@@ -415,6 +459,41 @@ class RunPolicySpec(CamelModel):
     ]
 
 
+# Limits of the W&B settings, shared with the API's request schema (ftapi.schemas).
+WANDB_NAME_LIMITS = Field(min_length=1, max_length=128)
+WANDB_TAG_LIMITS = Field(min_length=1, max_length=64, description="A W&B run tag.")
+WANDB_MAX_TAGS = 50
+WandbName = Annotated[str, WANDB_NAME_LIMITS]
+WandbTag = Annotated[str, WANDB_TAG_LIMITS]
+
+
+class WandbSpec(CamelModel):
+    """A Weights & Biases run to report training metrics to (the OpenAI API's wandb integration)."""
+
+    project: Annotated[WandbName, Field(description="W&B project the run is created in.")]
+    name: Annotated[WandbName | None, Field(default=None, description="Display name of the run; default: the job.")]
+    entity: Annotated[
+        WandbName | None, Field(default=None, description="W&B team or user; default: the API key's default entity.")
+    ]
+    tags: Annotated[
+        list[WandbTag] | None, Field(default=None, max_length=WANDB_MAX_TAGS, description="Tags attached to the run.")
+    ]
+    api_key_secret: Annotated[
+        SecretKeyRef | None,
+        Field(
+            default=None,
+            description="Secret holding the W&B API key (exposed to the trainer as WANDB_API_KEY); without it the "
+            "run is recorded offline in the trainer's workspace.",
+        ),
+    ]
+
+
+class TrackingSpec(CamelModel):
+    """Experiment tracking: where the trainer reports its metrics besides the job's status."""
+
+    wandb: Annotated[WandbSpec | None, Field(default=None, description="Report to Weights & Biases.")]
+
+
 class FineTuneJobSpec(CamelModel):
     """What to fine-tune, on which data, with which resources, and where the result goes."""
 
@@ -430,11 +509,9 @@ class FineTuneJobSpec(CamelModel):
     )
 
     community_id: Annotated[
-        str | None,
+        CommunityId | None,
         Field(
             default=None,
-            max_length=63,
-            pattern=r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$",
             description="Tenant or community label, copied onto every child object as finetune.dev/community-id.",
         ),
     ]
@@ -480,159 +557,7 @@ class FineTuneJobSpec(CamelModel):
         ),
     ]
     run_policy: Annotated[RunPolicySpec, Field(default_factory=RunPolicySpec, description="Retries and lifecycle.")]
-
-
-# ---------------------------------------------------------------------------------------------
-# status
-# ---------------------------------------------------------------------------------------------
-
-
-class Condition(CamelModel):
-    """A standard metav1.Condition. Types and reasons are listed in ftcrd.conditions."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: Annotated[
-        str, Field(description="Condition type: Created, Scheduled, Running, Suspended, Succeeded or Failed.")
-    ]
-    status: Annotated[Literal["True", "False", "Unknown"], Field(description="True, False or Unknown.")]
-    reason: Annotated[str, Field(default="", description="CamelCase reason, listed in docs/conditions.md.")]
-    message: Annotated[str, Field(default="", description="Human-readable detail.")]
-    last_transition_time: Annotated[str | None, Field(default=None, description="When status last changed (RFC 3339).")]
-    observed_generation: Annotated[
-        int | None, Field(default=None, description="metadata.generation the condition was set for.")
-    ]
-
-
-class Progress(CamelModel):
-    """Training progress, reported by the trainer's rank 0 every few seconds."""
-
-    model_config = ConfigDict(extra="allow")
-
-    step: Annotated[int | None, Field(default=None, description="Optimizer steps done.")]
-    total_steps: Annotated[int | None, Field(default=None, description="Optimizer steps planned.")]
-    epoch: Annotated[float | None, Field(default=None, description="Fractional epoch.")]
-    percent: Annotated[float | None, Field(default=None, description="step / totalSteps in percent (0-100).")]
-    eta_seconds: Annotated[int | None, Field(default=None, description="Estimated seconds until training ends.")]
-    examples: Annotated[int | None, Field(default=None, description="Training examples consumed.")]
-    summary: Annotated[str | None, Field(default=None, description="Human form, e.g. '30% (120/400)'.")]
-    stage: Annotated[
-        Literal["loading", "training", "evaluating", "exporting", "uploading"] | None,
-        Field(default=None, description="What the trainer is doing; 'uploading' shows as phase Uploading."),
-    ]
-    updated_at: Annotated[str | None, Field(default=None, description="When the trainer last reported (RFC 3339).")]
-
-
-class Metrics(CamelModel):
-    """Latest training metrics (rank-0 view, averaged over the optimizer step)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    loss: Annotated[float | None, Field(default=None, description="Training loss.")]
-    reward_accuracy: Annotated[
-        float | None, Field(default=None, description="Share of pairs whose chosen reward exceeds the rejected one.")
-    ]
-    reward_margin: Annotated[
-        float | None, Field(default=None, description="Mean chosen minus rejected implicit reward.")
-    ]
-    rewards_chosen: Annotated[
-        float | None, Field(default=None, description="Mean implicit reward of chosen responses.")
-    ]
-    rewards_rejected: Annotated[
-        float | None, Field(default=None, description="Mean implicit reward of rejected responses.")
-    ]
-    logps_chosen: Annotated[
-        float | None, Field(default=None, description="Mean policy log-probability of chosen responses.")
-    ]
-    logps_rejected: Annotated[
-        float | None, Field(default=None, description="Mean policy log-probability of rejected responses.")
-    ]
-    grad_norm: Annotated[float | None, Field(default=None, description="Gradient norm before clipping.")]
-    learning_rate: Annotated[float | None, Field(default=None, description="Current learning rate.")]
-    eval_loss: Annotated[float | None, Field(default=None, description="Loss on the held-out split.")]
-    eval_reward_accuracy: Annotated[
-        float | None, Field(default=None, description="Reward accuracy on the held-out split.")
-    ]
-    tokens: Annotated[int | None, Field(default=None, description="Tokens processed so far.")]
-
-
-class Artifact(CamelModel):
-    """The uploaded, checksum-verified model."""
-
-    model_config = ConfigDict(extra="allow")
-
-    uri: Annotated[str, Field(description="gs:// URI of the uploaded model folder.")]
-    size_bytes: Annotated[int | None, Field(default=None, description="Total size of the uploaded files.")]
-    sha256: Annotated[str | None, Field(default=None, description="sha256 of the upload manifest.")]
-    manifest_uri: Annotated[
-        str | None, Field(default=None, description="gs:// URI of the manifest listing every file with its sha256.")
-    ]
-    files: Annotated[int | None, Field(default=None, description="Number of files uploaded.")]
-
-
-class CheckpointRecord(CamelModel):
-    """A checkpoint the trainer saved (listed by the OpenAI-compatible checkpoints endpoint)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    step: Annotated[int, Field(description="Optimizer step of the checkpoint.")]
-    path: Annotated[str | None, Field(default=None, description="Where the checkpoint lives inside the trainer pod.")]
-    created_at: Annotated[str | None, Field(default=None, description="When it was saved (RFC 3339).")]
-    metrics: Annotated[Metrics | None, Field(default=None, description="Metrics at that step.")]
-
-
-class FineTuneJobStatus(CamelModel):
-    """Observed state, written by the operator (phase, conditions) and the trainer (progress, metrics)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    phase: Annotated[
-        Phase | None,
-        Field(
-            default=None,
-            description="Pending, Queued (Kueue holds the job), Running, Uploading, Succeeded, Failed or Suspended "
-            "(Succeeded and Failed are final).",
-        ),
-    ]
-    reason: Annotated[
-        str | None, Field(default=None, description="Machine-readable reason of the phase (see docs/conditions.md).")
-    ]
-    message: Annotated[str | None, Field(default=None, description="Human-readable detail of the phase.")]
-    conditions: Annotated[
-        list[Condition] | None,
-        Field(
-            default=None,
-            description="Standard conditions (Created, Scheduled, Running, Suspended, Succeeded, Failed); "
-            "reasons are listed in docs/conditions.md.",
-            json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        ),
-    ]
-    start_time: Annotated[
-        str | None,
-        Field(default=None, description="When the first trainer pod started (RFC 3339); resources are then fixed."),
-    ]
-    completion_time: Annotated[
-        str | None, Field(default=None, description="When the job reached Succeeded or Failed (RFC 3339).")
-    ]
-    admission_time: Annotated[
-        str | None,
-        Field(default=None, description="When Kueue last admitted the job (spec.runPolicy.queueName; RFC 3339)."),
-    ]
-    progress: Annotated[Progress | None, Field(default=None, description="Training progress.")]
-    metrics: Annotated[Metrics | None, Field(default=None, description="Latest training metrics.")]
-    artifact: Annotated[Artifact | None, Field(default=None, description="The uploaded model, once verified.")]
-    checkpoints: Annotated[
-        list[CheckpointRecord] | None, Field(default=None, description="The most recent checkpoints (last 10).")
-    ]
-    observed_generation: Annotated[
-        int | None, Field(default=None, description="metadata.generation the operator last acted on.")
-    ]
-    attempts: Annotated[int | None, Field(default=None, description="Trainer attempts started so far.")]
-    job_name: Annotated[str | None, Field(default=None, description="Name of the batch/v1 Job running the trainer.")]
-    kopf: Annotated[
-        dict[str, Any] | None,
-        Field(default=None, description="Reserved for the kopf framework's own bookkeeping."),
-    ]
+    tracking: Annotated[TrackingSpec | None, Field(default=None, description="Experiment tracking (Weights & Biases).")]
 
 
 class FineTuneJob(CamelModel):

@@ -1,7 +1,8 @@
 """``python -m ftoperator``: run the operator (all namespaces unless FTO_NAMESPACES is set).
 
-Equivalent to ``kopf run -m ftoperator.handlers --all-namespaces --liveness=http://0.0.0.0:8080/healthz
---peering=finetune-operator --priority=$FTO_PRIORITY`` with structured (JSON) logs.
+Like ``kopf run -m ftoperator.handlers --all-namespaces --liveness=http://0.0.0.0:8080/healthz
+--peering=finetune-operator --priority=$FTO_PRIORITY`` with structured (JSON) logs, and with a peering identity
+of its own (``ftoperator.peering.IDENTITY``) so the resync can tell whether kopf lets this replica act.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main() -> None:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_drop_event_handler_success)
     import ftoperator.handlers  # noqa: F401  (registers the handlers)
+    from ftoperator import peering
 
     kopf.run(
         clusterwide=not settings.namespaces,
@@ -48,6 +50,8 @@ def main() -> None:
         priority=settings.priority,
         peering_name=settings.peering_name,
         liveness_endpoint=settings.liveness_endpoint or None,
+        # Ours, not a random one of kopf's: the resync recognises this replica's entry in the peering object.
+        identity=peering.IDENTITY,  # type: ignore[arg-type]  # kopf.Identity: a NewType of str, not exported
     )
 
 

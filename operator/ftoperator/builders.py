@@ -1,43 +1,55 @@
 """Pure builders: a FineTuneJob in, the child objects' manifests out (plain dicts, no API calls).
 
-Names, labels and the trainer command line follow docs/contract.md ("Child objects",
-"Trainer command line"). Every function here is deterministic, so creating the children twice
-yields the same objects and an operator restart adopts rather than duplicates.
+Names, labels and the trainer's configuration follow docs/contract.md ("Child objects", "Operator ->
+trainer"); every wire name comes from :mod:`ftcrd.names`. The trainer gets its resolved configuration as
+one JSON document (:func:`trainer_config`) in a pod-template annotation, which a downwardAPI volume
+exposes as a file: no extra API object per job, and no command-line quoting. Every function here is
+deterministic, so creating the children twice yields the same objects and an operator restart adopts
+rather than duplicates.
 """
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Mapping
 from typing import Any
 
+from ftcrd.conditions import ExitCode
+from ftcrd.names import (
+    ANN_ENTRYPOINT,
+    ANN_TRAINER_CONFIG,
+    CHECKPOINT_DIR,
+    CONTAINER,
+    DATA_DIR,
+    ENV_COMPLETION_INDEX,
+    ENV_JOB_NAME,
+    ENV_JOB_NAMESPACE,
+    FIREBASE_DIR,
+    GROUP,
+    LABEL_COMMUNITY,
+    LABEL_JOB,
+    LABEL_MANAGED_BY,
+    LABEL_QUEUE,
+    MANAGED_BY,
+    MODELS_DIR,
+    SHM_DIR,
+    STATUS_SUBRESOURCE,
+    TERMINATION_LOG,
+    TRAINER_CONFIG_DIR,
+    TRAINER_CONFIG_FILE,
+    TRAINER_CONFIG_PATH,
+    TRAINER_IDENTITY,
+    WORKSPACE_DIR,
+)
+from ftcrd.trainer_config import TrainerConfig, TrainerDataset, TrainerModel, TrainerOutput, TrainerRun
 from ftcrd.types import API_VERSION, KIND, RESERVED_ENV, FineTuneJob, FineTuneJobSpec
 
 from ftoperator.settings import Settings
 
-LABEL_JOB = "finetune.dev/job"
-LABEL_COMMUNITY = "finetune.dev/community-id"
-LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-MANAGED_BY = "finetune-operator"
-TRAINER_IDENTITY = "finetune-trainer"  # ServiceAccount, Role and RoleBinding in each namespace with jobs
-CONTAINER = "trainer"
-ANNOTATION_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
-ANNOTATION_ENTRYPOINT = "finetune.dev/trainer-entrypoint"
+# Re-exported for the operator's other modules (handlers select children by it).
+__all__ = ["LABEL_JOB", "TRAINER_IDENTITY"]
 
-# Exit codes of the trainer (docs/contract.md "Trainer -> operator").
-EXIT_INVALID_INPUT = 2
-EXIT_UPLOAD_FAILED = 3
-
-DATA_DIR = "/data"
-FIREBASE_DIR = "/var/run/secrets/firebase"
-MODELS_DIR = "/models"
-CHECKPOINT_DIR = "/checkpoints"
-WORKSPACE_DIR = "/workspace"
-
-_HYDRA_PLAIN = re.compile(r"^[A-Za-z0-9_./:@+-]*$")
+RUN_DIR = f"{WORKSPACE_DIR}/run"
 
 
 def parse(body: Mapping[str, Any]) -> FineTuneJob:
@@ -78,22 +90,8 @@ def _metadata(ftj: FineTuneJob, name: str, extra_labels: Mapping[str, str] | Non
 
 
 # ---------------------------------------------------------------------------------------------
-# trainer command line
+# the trainer's configuration and command line
 # ---------------------------------------------------------------------------------------------
-
-
-def hydra_value(value: object) -> str:
-    """One Hydra override value: booleans lower-case, None as null, odd strings single-quoted."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    text = str(value)
-    if text and _HYDRA_PLAIN.match(text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def processes_per_node(spec: FineTuneJobSpec) -> int:
@@ -109,57 +107,32 @@ def dataset_path(spec: FineTuneJobSpec) -> str:
     return f"{DATA_DIR}/{ds.volume.path}"
 
 
-def hydra_overrides(spec: FineTuneJobSpec, name: str) -> list[str]:
-    """The spec as the trainer's Hydra overrides (docs/contract.md, same spelling as the reference)."""
-    hp = spec.hyperparameters
-    model_path = f"{MODELS_DIR}/{spec.model.name}" if spec.model.claim_name else spec.model.name
-    pairs: list[tuple[str, object]] = [
-        ("model", spec.model.preset),
-        ("model.name_or_path", model_path),
-        ("loss", spec.method.type),
-        ("loss.beta", spec.method.beta),
-        ("loss.label_smoothing", spec.method.label_smoothing),
-        ("loss.reference_free", spec.method.reference_free),
-    ]
-    out = [f"{k}={hydra_value(v)}" for k, v in pairs]
-    out.append(f"datasets=[{spec.dataset.format}]")
-    pairs = [
-        ("dataset.path", dataset_path(spec)),
-        ("dataset.compression", spec.dataset.compression),
-        ("dataset.validation_fraction", spec.dataset.validation_fraction),
-        ("exp_name", name),
-    ]
-    if hp.epochs is not None:
-        pairs.append(("n_epochs", hp.epochs))
-    if hp.examples is not None:
-        pairs.append(("n_examples", hp.examples))
-    pairs += [
-        ("lr", hp.learning_rate),
-        ("batch_size", hp.batch_size),
-        ("gradient_accumulation_steps", hp.gradient_accumulation_steps),
-        ("max_length", hp.max_length),
-        ("max_prompt_length", hp.max_prompt_length),
-        ("warmup_steps", hp.warmup_steps),
-        ("optimizer", hp.optimizer),
-        ("seed", hp.seed),
-        ("eval_every", hp.eval_every),
-        ("max_grad_norm", hp.max_grad_norm),
-        ("activation_checkpointing", hp.activation_checkpointing),
-        ("checkpoint_every", hp.checkpoint_every),
-        ("precompute_reference", hp.precompute_reference),
-        ("checkpoint_dir", CHECKPOINT_DIR),
-        ("run_dir", f"{WORKSPACE_DIR}/run"),
-        ("upload.bucket", spec.output.bucket),
-        ("upload.prefix", spec.output.prefix),
-    ]
-    if spec.community_id:
-        pairs.append(("upload.community_id", spec.community_id))
-    out += [f"{k}={hydra_value(v)}" for k, v in pairs]
-    return out
+def trainer_config(spec: FineTuneJobSpec, name: str) -> TrainerConfig:
+    """The trainer's resolved configuration: the spec's own models, the pod's paths."""
+    model = spec.model
+    return TrainerConfig(
+        job=name,
+        model=TrainerModel(
+            preset=model.preset,
+            name_or_path=f"{MODELS_DIR}/{model.name}" if model.claim_name else model.name,
+            revision=model.revision,
+            tokenizer_name_or_path=model.tokenizer,
+        ),
+        method=spec.method,
+        hyperparameters=spec.hyperparameters,
+        dataset=TrainerDataset(
+            path=dataset_path(spec),
+            format=spec.dataset.format,
+            compression=spec.dataset.compression,
+            validation_fraction=spec.dataset.validation_fraction,
+        ),
+        output=TrainerOutput(bucket=spec.output.bucket, prefix=spec.output.prefix, community_id=spec.community_id),
+        run=TrainerRun(run_dir=RUN_DIR, checkpoint_dir=CHECKPOINT_DIR),
+    )
 
 
 def trainer_command(spec: FineTuneJobSpec, name: str, settings: Settings | None = None) -> list[str]:
-    """``torchrun … -m fttrainer.train <overrides>`` for one pod of the job.
+    """``torchrun … -m fttrainer.train --config <file>`` for one pod of the job.
 
     Single node: ``--standalone`` (torchrun picks a free port; pods on the process node share the
     host network). Multi-node: static rendezvous on pod 0 through the headless Service; the node rank
@@ -173,13 +146,13 @@ def trainer_command(spec: FineTuneJobSpec, name: str, settings: Settings | None 
     else:
         cmd += [
             "--node-rank",
-            "$(JOB_COMPLETION_INDEX)",
+            f"$({ENV_COMPLETION_INDEX})",
             "--master-addr",
             f"{name}-0.{name}",
             "--master-port",
             str(settings.master_port),
         ]
-    return [*cmd, "-m", "fttrainer.train", *hydra_overrides(spec, name)]
+    return [*cmd, "-m", "fttrainer.train", "--config", TRAINER_CONFIG_PATH]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,8 +163,8 @@ def trainer_command(spec: FineTuneJobSpec, name: str, settings: Settings | None 
 def _env(ftj: FineTuneJob) -> list[dict[str, Any]]:
     spec = ftj.spec
     env: list[dict[str, Any]] = [
-        {"name": "FTJ_NAME", "value": ftj.metadata["name"]},
-        {"name": "FTJ_NAMESPACE", "value": ftj.metadata["namespace"]},
+        {"name": ENV_JOB_NAME, "value": ftj.metadata["name"]},
+        {"name": ENV_JOB_NAMESPACE, "value": ftj.metadata["namespace"]},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HOME", "value": WORKSPACE_DIR},
     ]
@@ -214,7 +187,14 @@ def _env(ftj: FineTuneJob) -> list[dict[str, Any]]:
     return env
 
 
-def _volumes(ftj: FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def scratch_volume(size_limit: str) -> dict[str, Any]:
+    """An emptyDir, bounded when ``size_limit`` is set: beyond it the kubelet evicts the pod rather than let it
+    fill the node's disk."""
+    return {"sizeLimit": size_limit} if size_limit else {}
+
+
+def _volumes(ftj: FineTuneJob, settings: Settings | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    settings = settings or Settings()
     spec = ftj.spec
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
@@ -241,14 +221,26 @@ def _volumes(ftj: FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, Any
         )
         mounts.append({"name": "models", "mountPath": MODELS_DIR, "readOnly": True})
     volumes += [
-        {"name": "checkpoints", "emptyDir": {}},
-        {"name": "workspace", "emptyDir": {}},
+        {"name": "checkpoints", "emptyDir": scratch_volume(settings.checkpoint_size_limit)},
+        {"name": "workspace", "emptyDir": scratch_volume(settings.workspace_size_limit)},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}},
+        {
+            "name": "trainer-config",
+            "downwardAPI": {
+                "items": [
+                    {
+                        "path": TRAINER_CONFIG_FILE,
+                        "fieldRef": {"fieldPath": f"metadata.annotations['{ANN_TRAINER_CONFIG}']"},
+                    }
+                ]
+            },
+        },
     ]
     mounts += [
         {"name": "checkpoints", "mountPath": CHECKPOINT_DIR},
         {"name": "workspace", "mountPath": WORKSPACE_DIR},
-        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "dshm", "mountPath": SHM_DIR},
+        {"name": "trainer-config", "mountPath": TRAINER_CONFIG_DIR, "readOnly": True},
     ]
     return volumes, mounts
 
@@ -274,10 +266,10 @@ def _resources(spec: FineTuneJobSpec) -> dict[str, Any]:
 def pod_template(ftj: FineTuneJob, settings: Settings) -> dict[str, Any]:
     spec = ftj.spec
     name = ftj.metadata["name"]
-    volumes, mounts = _volumes(ftj)
+    volumes, mounts = _volumes(ftj, settings)
     command = trainer_command(spec, name, settings)
     entrypoint = list(settings.trainer_entrypoint)
-    override = (ftj.metadata.get("annotations") or {}).get(ANNOTATION_ENTRYPOINT)
+    override = (ftj.metadata.get("annotations") or {}).get(ANN_ENTRYPOINT)
     if override and settings.allow_entrypoint_annotation:
         entrypoint = shlex.split(override)
     uid = settings.trainer_uid
@@ -290,7 +282,7 @@ def pod_template(ftj: FineTuneJob, settings: Settings) -> dict[str, Any]:
         "env": _env(ftj),
         "resources": _resources(spec),
         "volumeMounts": mounts,
-        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -325,7 +317,8 @@ def pod_template(ftj: FineTuneJob, settings: Settings) -> dict[str, Any]:
         pod_spec["tolerations"] = [t.wire() for t in res.tolerations]
     if res.priority_class_name:
         pod_spec["priorityClassName"] = res.priority_class_name
-    return {"metadata": {"labels": labels(ftj)}, "spec": pod_spec}
+    annotations = {ANN_TRAINER_CONFIG: trainer_config(spec, name).render()}
+    return {"metadata": {"labels": labels(ftj), "annotations": annotations}, "spec": pod_spec}
 
 
 def pod_failure_policy() -> dict[str, Any]:
@@ -336,7 +329,11 @@ def pod_failure_policy() -> dict[str, Any]:
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             {
                 "action": "FailJob",
-                "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID_INPUT]},
+                "onExitCodes": {
+                    "containerName": CONTAINER,
+                    "operator": "In",
+                    "values": [ExitCode.INVALID_INPUT.value],
+                },
             },
         ]
     }
@@ -345,6 +342,11 @@ def pod_failure_policy() -> dict[str, Any]:
 def job_suspended(spec: FineTuneJobSpec) -> bool:
     """Created suspended when the user asks or when Kueue admits it (Kueue un-suspends on admission)."""
     return bool(spec.run_policy.suspend or spec.run_policy.queue_name)
+
+
+def active_deadline_seconds(spec: FineTuneJobSpec, settings: Settings) -> int | None:
+    """spec.runPolicy.activeDeadlineSeconds, else the operator's default: no Job retries for ever."""
+    return spec.run_policy.active_deadline_seconds or settings.default_active_deadline_seconds or None
 
 
 def render_job(ftj: FineTuneJob, settings: Settings | None = None) -> dict[str, Any]:
@@ -363,8 +365,9 @@ def render_job(ftj: FineTuneJob, settings: Settings | None = None) -> dict[str, 
         "suspend": job_suspended(spec),
         "template": pod_template(ftj, settings),
     }
-    if spec.run_policy.active_deadline_seconds is not None:
-        job_spec["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
+    deadline = active_deadline_seconds(spec, settings)
+    if deadline:
+        job_spec["activeDeadlineSeconds"] = deadline
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -407,8 +410,8 @@ def render_trainer_identity(namespace: str) -> list[dict[str, Any]]:
             "metadata": md,
             "rules": [
                 {
-                    "apiGroups": [API_VERSION.split("/")[0]],
-                    "resources": ["finetunejobs/status"],
+                    "apiGroups": [GROUP],
+                    "resources": [STATUS_SUBRESOURCE],
                     "verbs": ["patch"],
                 }
             ],

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import kopf
-from ftcrd.types import GROUP, PLURAL, VERSION
+from ftcrd.types import GROUP, KIND, PLURAL, VERSION
 
 from ftoperator.settings import Settings
 
@@ -70,7 +70,7 @@ PATHS = {
     ("rbac.authorization.k8s.io/v1", "Role"): "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
     ("batch/v1", "Job"): "/apis/batch/v1/namespaces/{ns}/jobs",
-    (f"{GROUP}/{VERSION}", "FineTuneJob"): f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}",
+    (f"{GROUP}/{VERSION}", KIND): f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}",
 }
 
 
@@ -167,5 +167,5 @@ class Kube:
 
     async def patch_ftj_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         return await self.merge_patch(
-            f"{GROUP}/{VERSION}", "FineTuneJob", namespace, name, {"status": status}, subresource="status"
+            f"{GROUP}/{VERSION}", KIND, namespace, name, {"status": status}, subresource="status"
         )

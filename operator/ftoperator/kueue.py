@@ -4,7 +4,7 @@ Kueue creates one Workload per Job it manages (owned by the Job; all of its pods
 decisions there: ``QuotaReserved``/``Admitted`` with the reason it is not admitted yet (insufficient quota, a
 missing LocalQueue, ...) and ``Evicted`` (preemption). The operator indexes every Job-owned Workload by its Job's
 key, which is the FineTuneJob's (the Job is named after it; ``workload_index`` in handlers.py), and
-:func:`ftoperator.status.queued_phase` turns the conditions into phase ``Queued``.
+:func:`queued_phase` turns the conditions into phase ``Queued`` (for :func:`ftoperator.status.derive_status`).
 
 Kueue owns a managed Job's ``spec.suspend``: it un-suspends an admitted Job that anyone else suspends. So the
 operator holds a queued job (``spec.runPolicy.suspend``, the API's pause and cancel, a failure that must free the
@@ -19,6 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from ftcrd.conditions import Reason as R
+
+from ftoperator.objects import condition, get, short
 
 GROUP = "kueue.x-k8s.io"
 PLURAL = "workloads"
@@ -65,3 +69,45 @@ def activation_patch(workload: Mapping[str, Any], active: bool) -> tuple[str, di
         f"/apis/{workload.get('apiVersion') or GROUP + '/v1beta2'}/namespaces/{md['namespace']}/{PLURAL}/{md['name']}"
     )
     return path, {"spec": {"active": active}}
+
+
+# ---------------------------------------------------------------------------------------------
+# status (pure): what the Workload's conditions say about the FineTuneJob
+# ---------------------------------------------------------------------------------------------
+
+
+def _after(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Condition ``a`` changed no earlier than ``b`` (RFC 3339 seconds compare as strings)."""
+    return str((a or {}).get("lastTransitionTime") or "") >= str((b or {}).get("lastTransitionTime") or "")
+
+
+def admission_time(workload: Mapping[str, Any] | None) -> str | None:
+    """When Kueue last admitted the workload (its Admitted condition turned True), or None while it is not."""
+    admitted = condition(workload, "Admitted")
+    if not admitted or admitted.get("status") != "True":
+        return None
+    return str(admitted.get("lastTransitionTime") or "") or None
+
+
+def queued_phase(ftj: Mapping[str, Any], workload: Mapping[str, Any] | None) -> tuple[str, str, str]:
+    """(phase, reason, message) of a Job Kueue holds: Kueue's own reason and message, the queue named. A preempted
+    job says so until it is admitted again, and what it waits for now."""
+    queue = get(ftj, "spec", "runPolicy", "queueName")
+    if workload is None:
+        return "Queued", R.QUEUED, f"waiting for Kueue to create the job's Workload (queue {queue})"
+    evicted = condition(workload, "Evicted")
+    evicted = evicted if evicted and evicted.get("status") == "True" else None
+    admitted = condition(workload, "Admitted")
+    reserved = condition(workload, "QuotaReserved")
+    waiting = reserved if reserved and reserved.get("status") == "False" else None
+    if admission_time(workload) and (evicted is None or _after(admitted, evicted)):
+        return "Pending", R.ADMITTED, f"Kueue admitted the job (queue {queue}); waiting for the Job to start"
+    now = f"{waiting.get('reason') or 'Pending'}: {waiting.get('message') or ''}" if waiting else ""
+    if evicted is not None:
+        why = str(evicted.get("reason") or "Evicted")
+        text = f"Kueue {why}: {evicted.get('message') or ''}" + (f"; now {now}" if now else "")
+        return "Queued", R.PREEMPTED if why == "Preempted" else R.EVICTED, short(f"{text} (queue {queue})")
+    if waiting is not None:
+        reason = R.INADMISSIBLE if waiting.get("reason") == "Inadmissible" else R.QUEUED
+        return "Queued", reason, short(f"Kueue {now} (queue {queue})")
+    return "Queued", R.QUEUED, f"waiting for Kueue to admit the job (queue {queue})"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 import threading
+import typing
 
+from ftcrd.types import Phase
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -50,8 +52,20 @@ TTL_DELETIONS = Counter(
     "Finished FineTuneJobs deleted after spec.runPolicy.ttlSecondsAfterFinished.",
     registry=REGISTRY,
 )
+RESYNC_ROUNDS = Counter(
+    "finetune_operator_resync_rounds_total",
+    "Periodic resync rounds run (a replica that kopf's peering pauses runs none).",
+    registry=REGISTRY,
+)
+REPAIRS = Counter(
+    "finetune_operator_repairs_total",
+    "What the periodic resync found lost and applied again: a status (write), a Job suspension, a Job, a "
+    "namespace's trainer identity.",
+    ["what"],
+    registry=REGISTRY,
+)
 
-PHASES = ("Pending", "Running", "Uploading", "Succeeded", "Failed", "Suspended")
+PHASES: tuple[str, ...] = typing.get_args(Phase)
 
 
 class PhaseTracker:

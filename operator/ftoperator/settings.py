@@ -1,66 +1,113 @@
 """Operator settings, read once from the environment (``FTO_*``).
 
-Plain ``os.environ`` parsing on purpose: the operator image installs only kopf,
-kubernetes_asyncio and prometheus-client, and every knob is listed here with its default.
+Every knob is one field of :class:`Settings`, with its default and a docstring; ``FTO_<FIELD_NAME>`` sets it.
+:meth:`Settings.from_env` is one loop over the fields, converting by the field's type (or by the parser in its
+metadata), so a new setting is one declaration. Plain ``os.environ`` parsing on purpose: the operator image
+installs only kopf, aiohttp and prometheus-client.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
+PREFIX = "FTO_"
+_QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 
 
-def _int(env: Mapping[str, str], key: str, default: int) -> int:
-    raw = env.get(key, "").strip()
-    if not raw:
-        return default
+def _bool(raw: str) -> bool:
+    value = raw.lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be a boolean")
+
+
+def _int(raw: str) -> int:
     try:
         return int(raw)
-    except ValueError as exc:
-        raise ValueError(f"{key} must be an integer, got {raw!r}") from exc
+    except ValueError:
+        raise ValueError("must be an integer") from None
 
 
-def _float(env: Mapping[str, str], key: str, default: float) -> float:
-    raw = env.get(key, "").strip()
-    if not raw:
-        return default
+def _float(raw: str) -> float:
     try:
         return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{key} must be a number, got {raw!r}") from exc
+    except ValueError:
+        raise ValueError("must be a number") from None
 
 
-def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
-    raw = env.get(key, "").strip().lower()
-    if not raw:
-        return default
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"{key} must be a boolean, got {raw!r}")
+def _words(raw: str) -> tuple[str, ...]:
+    return tuple(w for w in raw.replace(",", " ").split() if w)
+
+
+def _optional(raw: str) -> str:
+    return "" if raw.lower() == "none" else raw
+
+
+def _quantity(raw: str) -> str:
+    if raw.lower() in {"none", "0"}:
+        return ""
+    if not _QUANTITY.match(raw):
+        raise ValueError("must be a Kubernetes quantity such as 100Gi (or none)")
+    return raw
+
+
+_BY_TYPE: dict[str, Callable[[str], Any]] = {"str": str, "int": _int, "float": _float, "bool": _bool}
+
+
+def _parse(parser: Callable[[str], Any]) -> dict[str, Any]:
+    return {"parse": parser}
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Everything the operator can be told. Field names map to ``FTO_<UPPER_NAME>``."""
+    """Everything the operator can be told. Field ``x_y`` is read from ``FTO_X_Y``; an empty value keeps the
+    default."""
 
     trainer_image: str = DEFAULT_TRAINER_IMAGE
     """Image of trainer pods when spec.image is unset."""
     image_pull_policy: str = "IfNotPresent"
     image_pull_grace_seconds: float = 300.0
-    """How long a trainer pod may sit in ImagePullBackOff/ErrImagePull before the job fails (and its Job is
-    suspended so no GPU stays reserved)."""
+    """How long a trainer pod may sit in ImagePullBackOff/ErrImagePull before the job fails
+    (``ImagePullFailed``) and its Job is suspended so no pod keeps GPUs reserved."""
+    missing_config_grace_seconds: float = 300.0
+    """How long a trainer pod may wait for something that does not exist before the job fails: a Secret,
+    ConfigMap or PVC volume the kubelet cannot mount (``VolumeMountFailed``), a Secret/ConfigMap key of the
+    environment (``ContainerConfigError``), a PersistentVolumeClaim the scheduler cannot find
+    (``VolumeClaimMissing``)."""
+    crash_loop_grace_seconds: float = 300.0
+    """How long an init container of a trainer pod may crash-loop before the job fails
+    (``InitContainerCrashLoop``)."""
+    unschedulable_grace_seconds: float = 0.0
+    """0: a pod the scheduler cannot place is reported (``Pending/Unschedulable``) for as long as it lasts (the
+    job waits for capacity). Above 0: the job fails (``UnschedulableTimeout``) after this many seconds."""
+    resync_seconds: float = 60.0
+    """Every FineTuneJob this replica follows is recomputed this often from its Job, pods and events, and
+    whatever was lost is applied again: a status patch or Job suspension that failed, a deleted Job or
+    trainer identity (0 disables the resync)."""
+    default_active_deadline_seconds: int = 7 * 24 * 3600
+    """The Job's activeDeadlineSeconds when spec.runPolicy.activeDeadlineSeconds is unset (0: none), so no job
+    retries for ever."""
+    checkpoint_size_limit: str = dataclasses.field(default="500Gi", metadata=_parse(_quantity))
+    """sizeLimit of the trainer's /checkpoints emptyDir (``none``: unlimited). Beyond it the kubelet evicts
+    the pod instead of filling the node's disk."""
+    workspace_size_limit: str = dataclasses.field(default="100Gi", metadata=_parse(_quantity))
+    """sizeLimit of the trainer's /workspace emptyDir (the exported model is written there before upload)."""
     master_port: int = 29500
     """torchrun rendezvous port of multi-node jobs (single-node jobs use --standalone)."""
-    trainer_entrypoint: tuple[str, ...] = ("python", "-m", "fttrainer.launch")
-    """The trainer container's command; the torchrun options and Hydra overrides are its args.
-    ``fttrainer.launch`` is torchrun that exits with the workers' exit code (torchrun itself exits 1 on any
-    worker failure, which would hide exit code 2 from the Job's podFailurePolicy)."""
+    trainer_entrypoint: tuple[str, ...] = dataclasses.field(
+        default=("python", "-m", "fttrainer.launch"), metadata=_parse(lambda raw: tuple(shlex.split(raw)))
+    )
+    """The trainer container's command (shell-quoted in the environment); the torchrun options and Hydra
+    overrides are its args. ``fttrainer.launch`` is torchrun that exits with the workers' exit code (torchrun
+    itself exits 1 on any worker failure, which would hide exit code 2 from the Job's podFailurePolicy)."""
     allow_entrypoint_annotation: bool = False
     """Development/benchmarks only: honour the ``finetune.dev/trainer-entrypoint`` annotation of a FineTuneJob
     (a shell-quoted command replacing ``torchrun``, e.g. a stub trainer whose pods exit at once)."""
@@ -68,9 +115,10 @@ class Settings:
     """runAsUser/runAsGroup/fsGroup of trainer pods (the trainer image's non-root user)."""
     metrics_port: int = 9090
     """Prometheus /metrics port (0 disables)."""
-    liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
+    liveness_endpoint: str = dataclasses.field(default="http://0.0.0.0:8080/healthz", metadata=_parse(_optional))
+    """kopf's liveness endpoint (``none`` disables it)."""
     ttl_sweep_seconds: float = 30.0
-    """How often finished FineTuneJobs are checked against spec.runPolicy.ttlSecondsAfterFinished."""
+    """How often finished (and cancelled) FineTuneJobs are checked against spec.runPolicy.ttlSecondsAfterFinished."""
     peering_name: str = "finetune-operator"
     """ClusterKopfPeering object used for HA; without that object kopf runs standalone (one replica)."""
     priority: int = 0
@@ -78,8 +126,8 @@ class Settings:
     peering_lifetime: int = 60
     """Seconds a replica's peering heartbeat stays valid; a killed leader is replaced after at most this."""
     standalone: bool = False
-    namespaces: tuple[str, ...] = ()
-    """Namespaces to watch; empty = all namespaces (cluster-wide)."""
+    namespaces: tuple[str, ...] = dataclasses.field(default=(), metadata=_parse(_words))
+    """Namespaces to watch (comma or space separated); empty = all namespaces (cluster-wide)."""
     api_connections: int = 64
     """HTTP connection pool of the operator's own API client."""
     status_debounce_seconds: float = 0.3
@@ -87,50 +135,39 @@ class Settings:
     status_yield_seconds: float = 2.0
     """While child creations are in flight (a burst of new jobs), a status write waits up to this long."""
     handler_retries: int = 8
-    handler_timeout: float = 120.0
+    """Attempts at creating a job's children before it fails (``ChildCreateFailed``, naming the last error)."""
     handler_backoff: float = 5.0
+    """Seconds before the second attempt; the n-th retry waits n times this."""
+    handler_timeout: float = 180.0
+    """Seconds from the first attempt after which no further attempt starts (the job fails). The default
+    leaves room for every retry: 5 s × (1 + … + 7) = 140 s."""
     watch_server_timeout: int = 300
     watch_client_timeout: float = 330.0
     watch_inactivity_timeout: float = 70.0
-    event_level: str = "WARNING"
+    event_level: str = dataclasses.field(default="WARNING", metadata=_parse(str.upper))
     """Lowest level of handler log messages also posted as Kubernetes Events. Phase transitions are always
     posted; at INFO kopf would add "Handler … succeeded" and "Creation is processed" to every job: two
     more writes per job, and noise in ``kubectl describe``."""
-    log_format: str = "json"
+    log_format: str = dataclasses.field(default="json", metadata=_parse(str.lower))
     """json (structured, one object per line) or plain."""
     verbose: bool = False
 
     @classmethod
+    def env_name(cls, field: str) -> str:
+        return PREFIX + field.upper()
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        d = cls()
-        namespaces = tuple(ns for ns in env.get("FTO_NAMESPACES", "").replace(",", " ").split() if ns)
-        return cls(
-            trainer_image=env.get("FTO_TRAINER_IMAGE", "").strip() or d.trainer_image,
-            image_pull_policy=env.get("FTO_IMAGE_PULL_POLICY", "").strip() or d.image_pull_policy,
-            image_pull_grace_seconds=_float(env, "FTO_IMAGE_PULL_GRACE_SECONDS", d.image_pull_grace_seconds),
-            master_port=_int(env, "FTO_MASTER_PORT", d.master_port),
-            trainer_entrypoint=tuple(shlex.split(env.get("FTO_TRAINER_ENTRYPOINT", ""))) or d.trainer_entrypoint,
-            allow_entrypoint_annotation=_bool(env, "FTO_ALLOW_ENTRYPOINT_ANNOTATION", d.allow_entrypoint_annotation),
-            trainer_uid=_int(env, "FTO_TRAINER_UID", d.trainer_uid),
-            metrics_port=_int(env, "FTO_METRICS_PORT", d.metrics_port),
-            liveness_endpoint=env.get("FTO_LIVENESS_ENDPOINT", d.liveness_endpoint).strip(),
-            ttl_sweep_seconds=_float(env, "FTO_TTL_SWEEP_SECONDS", d.ttl_sweep_seconds),
-            peering_name=env.get("FTO_PEERING_NAME", "").strip() or d.peering_name,
-            priority=_int(env, "FTO_PRIORITY", d.priority),
-            peering_lifetime=_int(env, "FTO_PEERING_LIFETIME", d.peering_lifetime),
-            standalone=_bool(env, "FTO_STANDALONE", d.standalone),
-            namespaces=namespaces,
-            api_connections=_int(env, "FTO_API_CONNECTIONS", d.api_connections),
-            status_debounce_seconds=_float(env, "FTO_STATUS_DEBOUNCE_SECONDS", d.status_debounce_seconds),
-            status_yield_seconds=_float(env, "FTO_STATUS_YIELD_SECONDS", d.status_yield_seconds),
-            handler_retries=_int(env, "FTO_HANDLER_RETRIES", d.handler_retries),
-            handler_timeout=_float(env, "FTO_HANDLER_TIMEOUT", d.handler_timeout),
-            handler_backoff=_float(env, "FTO_HANDLER_BACKOFF", d.handler_backoff),
-            watch_server_timeout=_int(env, "FTO_WATCH_SERVER_TIMEOUT", d.watch_server_timeout),
-            watch_client_timeout=_float(env, "FTO_WATCH_CLIENT_TIMEOUT", d.watch_client_timeout),
-            watch_inactivity_timeout=_float(env, "FTO_WATCH_INACTIVITY_TIMEOUT", d.watch_inactivity_timeout),
-            event_level=env.get("FTO_EVENT_LEVEL", "").strip().upper() or d.event_level,
-            log_format=env.get("FTO_LOG_FORMAT", "").strip().lower() or d.log_format,
-            verbose=_bool(env, "FTO_VERBOSE", d.verbose),
-        )
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = cls.env_name(f.name)
+            raw = env.get(key, "").strip()
+            if not raw:
+                continue
+            parser = f.metadata.get("parse") or _BY_TYPE[str(f.type)]
+            try:
+                values[f.name] = parser(raw)
+            except ValueError as exc:
+                raise ValueError(f"{key} {exc}, got {raw!r}") from None
+        return cls(**values)

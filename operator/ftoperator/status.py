@@ -11,19 +11,28 @@ Succeeded and Failed are final: once set, :func:`derive_status` returns ``{}``.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ftcrd import conditions as C
-from ftcrd.types import TERMINAL_PHASES
+from ftcrd.conditions import TRAINER_REASONS, ExitCode
+from ftcrd.conditions import Reason as R
+from ftcrd.names import ANN_CANCELLED, ANN_COMPLETION_INDEX, CONTAINER
+from ftcrd.termination import FAILED, TerminationMessage
+from ftcrd.types import PHASE_UPLOADING, STAGE_UPLOADING, TERMINAL_PHASES
 
-from ftoperator.builders import ANNOTATION_COMPLETION_INDEX, CONTAINER, EXIT_INVALID_INPUT
+from ftoperator import kueue
+from ftoperator.objects import condition as _cond
+from ftoperator.objects import created as _created
+from ftoperator.objects import get as _get
+from ftoperator.objects import is_active as _is_active
+from ftoperator.objects import is_true as _true
+from ftoperator.objects import parse_time, rfc3339
+from ftoperator.objects import short as _short
 from ftoperator.settings import Settings
+from ftoperator.stuck import PodEvents, stuck_verdict
 
-IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"})
 CONDITION_TYPES = (C.CREATED, C.SCHEDULED, C.RUNNING, C.SUSPENDED, C.SUCCEEDED, C.FAILED)
-MAX_MESSAGE = 1024
 
 # Status keys the operator owns (and compares when deciding whether to patch).
 OPERATOR_KEYS = (
@@ -40,54 +49,15 @@ OPERATOR_KEYS = (
 )
 
 
-def rfc3339(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: object) -> dt.datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _get(obj: Mapping[str, Any] | None, *path: str) -> Any:
-    cur: Any = obj
-    for key in path:
-        if not isinstance(cur, Mapping):
-            return None
-        cur = cur.get(key)
-    return cur
-
-
-def _cond(obj: Mapping[str, Any] | None, ctype: str) -> Mapping[str, Any] | None:
-    for c in _get(obj, "status", "conditions") or []:
-        if c.get("type") == ctype:
-            return c
-    return None
-
-
-def _true(obj: Mapping[str, Any] | None, ctype: str) -> bool:
-    c = _cond(obj, ctype)
-    return bool(c and c.get("status") == "True")
-
-
-def _short(text: str | None, limit: int = MAX_MESSAGE) -> str:
-    text = (text or "").strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 # ---------------------------------------------------------------------------------------------
 # pods
 # ---------------------------------------------------------------------------------------------
 
 
 def pod_index(pod: Mapping[str, Any]) -> int:
-    raw = (_get(pod, "metadata", "annotations") or {}).get(ANNOTATION_COMPLETION_INDEX)
+    raw = (_get(pod, "metadata", "annotations") or {}).get(ANN_COMPLETION_INDEX)
     if raw is None:
-        raw = (_get(pod, "metadata", "labels") or {}).get(ANNOTATION_COMPLETION_INDEX, "0")
+        raw = (_get(pod, "metadata", "labels") or {}).get(ANN_COMPLETION_INDEX, "0")
     try:
         return int(raw)
     except (TypeError, ValueError):
@@ -106,26 +76,10 @@ def terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return _get(trainer_status(pod), "state", "terminated")
 
 
-def termination_json(pod: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The trainer's JSON termination message, or None (absent, or log tail instead of JSON)."""
+def termination_message(pod: Mapping[str, Any]) -> TerminationMessage | None:
+    """The trainer's termination message, or None (absent, a log tail instead of JSON, or not the contract's)."""
     msg = _get(terminated(pod), "message")
-    if not isinstance(msg, str) or not msg.strip().startswith("{"):
-        return None
-    try:
-        parsed = json.loads(msg)
-    except ValueError:
-        return None
-    return parsed if isinstance(parsed, dict) else None
-
-
-def _created(pod: Mapping[str, Any]) -> str:
-    return str(_get(pod, "metadata", "creationTimestamp") or "")
-
-
-def _is_active(pod: Mapping[str, Any]) -> bool:
-    return _get(pod, "status", "phase") not in ("Succeeded", "Failed") and not _get(
-        pod, "metadata", "deletionTimestamp"
-    )
+    return TerminationMessage.parse(msg) if isinstance(msg, str) else None
 
 
 def _failed_pods(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -138,12 +92,12 @@ def _failure_detail(pod: Mapping[str, Any]) -> tuple[str | None, str]:
     term = terminated(pod) or {}
     code = term.get("exitCode")
     if term.get("reason") == "OOMKilled" or _get(pod, "status", "reason") == "OOMKilled":
-        return "OOMKilled", f"container {CONTAINER} was OOMKilled (exit code {code})"
-    parsed = termination_json(pod)
-    if parsed and parsed.get("status") == "failed":
-        reason = parsed.get("reason")
-        message = str(parsed.get("message") or "")
-        return (str(reason) if reason in C.REASONS else None), _short(f"{reason}: {message}" if reason else message)
+        return R.OOM_KILLED, f"container {CONTAINER} was OOMKilled (exit code {code})"
+    parsed = termination_message(pod)
+    if parsed is not None and parsed.status == FAILED:
+        reason, message = parsed.reason, parsed.message or ""
+        # the trainer's reason (ftcrd.conditions.TRAINER_REASONS) is reported as it is, never replaced
+        return reason, _short(f"{reason}: {message}" if reason else message)
     tail = _short(str(term.get("message") or ""), 600)
     if code is None:
         pod_msg = _get(pod, "status", "message") or _get(pod, "status", "reason") or "pod failed"
@@ -186,60 +140,51 @@ def set_condition(  # noqa: PLR0917
 # ---------------------------------------------------------------------------------------------
 
 
-def _phase_from_pods(
+def _phase_from_pods(  # noqa: PLR0917
     job: Mapping[str, Any],
     pods: Sequence[Mapping[str, Any]],
     ftj_status: Mapping[str, Any],
     now: dt.datetime,
     settings: Settings,
+    events: PodEvents | None = None,
 ) -> tuple[str, str, str]:
     """(phase, reason, message) of a Job that is neither finished nor suspended."""
     active = [p for p in pods if _is_active(p)]
     failed = _failed_pods(pods)
-    # Image pull failures: after the grace period the job fails (and the caller suspends the Job).
-    for pod in sorted(active, key=_created):
-        waiting = _get(trainer_status(pod), "state", "waiting") or {}
-        if waiting.get("reason") in IMAGE_PULL_REASONS:
-            since = parse_time(_get(pod, "status", "startTime")) or parse_time(_created(pod)) or now
-            waited = (now - since).total_seconds()
-            detail = f"{waiting.get('reason')}: {waiting.get('message') or 'cannot pull the trainer image'}"
-            if waited >= settings.image_pull_grace_seconds:
-                return (
-                    "Failed",
-                    "ImagePullFailed",
-                    _short(f"{detail} (for {int(waited)}s, grace {int(settings.image_pull_grace_seconds)}s)"),
-                )
-            left = int(settings.image_pull_grace_seconds - waited)
-            return "Pending", "WaitingForPods", _short(f"{detail}; failing the job in {left}s unless it resolves")
+    # Pods waiting for something that may never come: after the grace period the job fails (and the caller
+    # suspends the Job, so no pod keeps GPUs reserved).
+    verdict = stuck_verdict(active, events or {}, now, settings)
+    if verdict is not None:
+        return verdict
     running = [p for p in active if _get(trainer_status(p), "state", "running") is not None]
     if running:
         stage = _get(ftj_status, "progress", "stage")
-        if stage == "uploading":
-            return "Uploading", "Uploading", "Training finished; the trainer is uploading the model."
+        if stage == STAGE_UPLOADING:
+            return PHASE_UPLOADING, R.UPLOADING, "Training finished; the trainer is uploading the model."
         summary = _get(ftj_status, "progress", "summary")
         nodes = int(_get(job, "spec", "parallelism") or 1)
         msg = f"{len(running)}/{nodes} trainer pods running"
-        return "Running", "Training", msg + (f"; progress {summary}" if summary else "")
+        return "Running", R.TRAINING, msg + (f"; progress {summary}" if summary else "")
     for pod in sorted(active, key=_created):
         sched = _cond(pod, "PodScheduled")
         if sched and sched.get("status") == "False":
-            return "Pending", "Unschedulable", _short(f"{sched.get('reason')}: {sched.get('message') or ''}")
+            return "Pending", R.UNSCHEDULABLE, _short(f"{sched.get('reason')}: {sched.get('message') or ''}")
     for pod in sorted(active, key=_created):
         waiting = _get(trainer_status(pod), "state", "waiting") or {}
         if waiting.get("reason"):
             msg = f"{waiting.get('reason')}" + (f": {waiting['message']}" if waiting.get("message") else "")
-            return "Pending", "WaitingForPods", _short(msg)
+            return "Pending", R.WAITING_FOR_PODS, _short(msg)
     if active:
-        return "Pending", "WaitingForPods", f"{len(active)} trainer pod(s) starting"
+        return "Pending", R.WAITING_FOR_PODS, f"{len(active)} trainer pod(s) starting"
     if any(_get(p, "status", "phase") == "Succeeded" for p in pods):
         # The trainer exited 0; the Job controller has not marked the Job complete yet.
-        if _get(ftj_status, "phase") == "Uploading":
-            return "Uploading", "Uploading", "the trainer exited; waiting for the Job to complete"
-        return "Running", "Training", "the trainer exited; waiting for the Job to complete"
+        if _get(ftj_status, "phase") == PHASE_UPLOADING:
+            return PHASE_UPLOADING, R.UPLOADING, "the trainer exited; waiting for the Job to complete"
+        return "Running", R.TRAINING, "the trainer exited; waiting for the Job to complete"
     if failed:
         _, detail = _failure_detail(failed[-1])
-        return "Pending", "WaitingForPods", _short(f"attempt {len(failed)} failed ({detail}); retrying")
-    return "Pending", "JobCreated", f"Job {_get(job, 'metadata', 'name')} created; waiting for its pods"
+        return "Pending", R.WAITING_FOR_PODS, _short(f"attempt {len(failed)} failed ({detail}); retrying")
+    return "Pending", R.JOB_CREATED, f"Job {_get(job, 'metadata', 'name')} created; waiting for its pods"
 
 
 def _attempts(pods: Sequence[Mapping[str, Any]]) -> int:
@@ -259,37 +204,37 @@ def _success(
     if not zero:
         if any(pod_index(p) == 0 and _is_active(p) for p in pods):
             return None
-        return "Failed", "UploadNotVerified", "the Job completed but its rank-0 pod is gone: no upload report", {}
+        return "Failed", R.UPLOAD_NOT_VERIFIED, "the Job completed but its rank-0 pod is gone: no upload report", {}
     pod = sorted(zero, key=_created)[-1]
     if terminated(pod) is None:
         return None
-    parsed = termination_json(pod)
-    artifact = (parsed or {}).get("artifact") or {}
-    if not parsed or parsed.get("status") != "succeeded" or not artifact.get("uri") or not artifact.get("sha256"):
+    parsed = termination_message(pod)
+    if parsed is None or not parsed.verified or parsed.artifact is None:
         raw = _short(str(_get(terminated(pod), "message") or ""), 300)
         return (
             "Failed",
-            "UploadNotVerified",
+            R.UPLOAD_NOT_VERIFIED,
             "the trainer exited 0 without reporting a verified upload"
             + (f" (termination message: {raw})" if raw else " (empty termination message)"),
             {},
         )
+    artifact = parsed.artifact.wire()
     extra: dict[str, Any] = {"artifact": artifact}
-    if isinstance(parsed.get("metrics"), dict):
-        extra["metrics"] = parsed["metrics"]
+    if parsed.metrics is not None:
+        extra["metrics"] = parsed.metrics  # rounded by the message model, as status.metrics always is
     progress: dict[str, Any] = {"percent": 100.0, "stage": None, "etaSeconds": 0}
-    steps = parsed.get("steps")
-    if isinstance(steps, int):
+    steps = parsed.steps
+    if steps is not None:
         progress.update(step=steps, totalSteps=steps, summary=f"100% ({steps}/{steps})")
     else:
         progress["summary"] = "100%"
-    if isinstance(parsed.get("examples"), int):
-        progress["examples"] = parsed["examples"]
+    if parsed.examples is not None:
+        progress["examples"] = parsed.examples
     extra["progress"] = progress
     size = artifact.get("sizeBytes")
     msg = f"uploaded to {artifact['uri']}" + (f" ({size} bytes" if size is not None else " (")
     msg += f", sha256 {str(artifact['sha256'])[:12]}…)"
-    return "Succeeded", "Completed", msg, extra
+    return "Succeeded", R.COMPLETED, msg, extra
 
 
 def _failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
@@ -301,39 +246,41 @@ def _failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> tuple
     last = failed[-1] if failed else None
     pod_reason, pod_message = _failure_detail(last) if last is not None else (None, "")
     if job_reason == "PodFailurePolicy":
-        invalid = [p for p in failed if (terminated(p) or {}).get("exitCode") == EXIT_INVALID_INPUT]
+        invalid = [p for p in failed if (terminated(p) or {}).get("exitCode") == ExitCode.INVALID_INPUT]
         if invalid:
             reason, message = _failure_detail(invalid[-1])
-            return reason or "InvalidDataset", message or job_message
-        return pod_reason or "TrainerFailed", pod_message or job_message
+            return reason or R.INVALID_DATASET, message or job_message
+        return pod_reason or R.TRAINER_FAILED, pod_message or job_message
+    # Job condition reasons (Kubernetes' vocabulary), not ours: ours happen to share their spelling.
     if job_reason == "DeadlineExceeded":
         limit = _get(job, "spec", "activeDeadlineSeconds")
-        return "DeadlineExceeded", f"spec.runPolicy.activeDeadlineSeconds ({limit}s) elapsed" + (
+        return R.DEADLINE_EXCEEDED, f"spec.runPolicy.activeDeadlineSeconds ({limit}s) elapsed" + (
             f"; last attempt: {pod_message}" if pod_message else ""
         )
     if job_reason == "BackoffLimitExceeded":
-        if pod_reason in ("InvalidDataset", "InvalidSpec"):
-            return pod_reason, pod_message  # the trainer said so, even if its exit code got lost on the way
-        if pod_reason == "OOMKilled":
-            return "OOMKilled", pod_message + "; raise resources.memory or lower batch sizes"
         limit = _get(job, "spec", "backoffLimit")
-        return "BackoffLimitExceeded", _short(
-            f"the trainer failed {len(failed)} time(s) (backoffLimit {limit}); last: {pod_message or job_message}"
-        )
-    return pod_reason or "TrainerFailed", _short(pod_message or f"{job_reason}: {job_message}")
+        tries = f"the trainer failed {len(failed)} time(s) (backoffLimit {limit})"
+        if pod_reason in TRAINER_REASONS:  # the trainer named the reason: it stands, unchanged
+            return pod_reason, _short(f"{pod_message}; {tries}")
+        if pod_reason == R.OOM_KILLED:
+            return R.OOM_KILLED, pod_message + "; raise resources.memory or lower batch sizes"
+        return R.BACKOFF_LIMIT_EXCEEDED, _short(f"{tries}; last: {pod_message or job_message}")
+    return pod_reason or R.TRAINER_FAILED, _short(pod_message or f"{job_reason}: {job_message}")
 
 
-def derive_status(
+def derive_status(  # noqa: PLR0917
     ftj: Mapping[str, Any],
     job: Mapping[str, Any] | None,
     pods: Sequence[Mapping[str, Any]],
     now: dt.datetime,
     settings: Settings | None = None,
+    events: PodEvents | None = None,
     *,
     workload: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The status patch for ``ftj`` (operator-owned keys, full conditions list); ``{}`` when final. ``workload`` is
-    Kueue's Workload of the Job, when Kueue manages it."""
+    """The status patch for ``ftj`` (operator-owned keys, full conditions list); ``{}`` when final.
+    ``events``: the Events of pods that wait to be created, by pod uid (:func:`pods_needing_events`);
+    ``workload``: Kueue's Workload of the Job when Kueue manages it (:mod:`ftoperator.kueue`)."""
     settings = settings or Settings()
     status: Mapping[str, Any] = ftj.get("status") or {}
     if status.get("phase") in TERMINAL_PHASES:
@@ -344,23 +291,35 @@ def derive_status(
     extra: dict[str, Any] = {}
     if job is None:
         created = next((c for c in existing if c.get("type") == C.CREATED), None)
-        if created and created.get("reason") == "ChildCreateFailed":
-            phase, reason, message = "Pending", "ChildCreateFailed", str(created.get("message") or "")
+        if created and created.get("reason") == R.CHILD_CREATE_FAILED:
+            phase, reason, message = "Pending", R.CHILD_CREATE_FAILED, str(created.get("message") or "")
+        elif status.get("jobName"):
+            phase, reason = "Pending", R.JOB_MISSING
+            message = f"Job {status['jobName']} was deleted before the job finished; the operator creates it again"
         else:
-            phase, reason, message = "Pending", "WaitingForPods", "creating the workload"
+            phase, reason, message = "Pending", R.WAITING_FOR_PODS, "creating the workload"
     elif _true(job, "Complete") or _true(job, "SuccessCriteriaMet"):
         success = _success(pods)
         if success is None:
-            phase, reason, message = "Uploading", "Uploading", "the Job completed; reading the trainer's report"
+            phase, reason, message = PHASE_UPLOADING, R.UPLOADING, "the Job completed; reading the trainer's report"
         else:
             phase, reason, message, extra = success
     elif _true(job, "Failed") or _true(job, "FailureTarget"):
         phase = "Failed"
         reason, message = _failure(job, pods)
-    elif _get(job, "spec", "suspend") or _true(job, "Suspended"):
-        phase, reason, message = held_phase(ftj, workload)
+    elif _get(job, "spec", "suspend") or _true(job, "Suspended"):  # the Job's condition type
+        phase, reason = "Suspended", R.SUSPENDED
+        queue = _get(ftj, "spec", "runPolicy", "queueName")
+        if is_cancelled(ftj) and _get(ftj, "spec", "runPolicy", "suspend"):
+            reason, message = R.CANCELLED, f"cancelled ({ANN_CANCELLED}); no trainer pods run"
+        elif _get(ftj, "spec", "runPolicy", "suspend"):
+            message = "spec.runPolicy.suspend is true; no trainer pods run"
+        elif queue:
+            phase, reason, message = kueue.queued_phase(ftj, workload)
+        else:
+            message = "the Job is suspended"
     else:
-        phase, reason, message = _phase_from_pods(job, pods, status, now, settings)
+        phase, reason, message = _phase_from_pods(job, pods, status, now, settings, events)
 
     patch: dict[str, Any] = {"phase": phase, "reason": reason, "message": _short(message)}
     if job is not None:
@@ -381,27 +340,31 @@ def derive_status(
         ]
         if started:
             patch["startTime"] = rfc3339(min(started))
-    admitted = admission_time(workload)
-    if admitted:
+    if admitted := kueue.admission_time(workload):
         patch["admissionTime"] = admitted
     if phase in TERMINAL_PHASES:
         done = parse_time(_get(job, "status", "completionTime")) if phase == "Succeeded" else None
         patch["completionTime"] = rfc3339(done or now)
+    elif reason == R.CANCELLED:
+        # A cancelled job is finished for ttlSecondsAfterFinished (and the API's finished_at) from now on.
+        patch["completionTime"] = status.get("completionTime") or rfc3339(now)
+    elif status.get("completionTime"):
+        patch["completionTime"] = None  # resumed after a cancellation: running again
 
     # Conditions (all six, kubebuilder style; False ones carry the phase's reason).
     pod_list = [p for p in pods if _is_active(p)]
     created = (
-        set_condition(existing, C.CREATED, True, "JobCreated", f"Job and Service {name} exist", now, generation)
+        set_condition(existing, C.CREATED, True, R.JOB_CREATED, f"Job and Service {name} exist", now, generation)
         if job is not None
         else set_condition(existing, C.CREATED, False, reason, message, now, generation)
     )
-    if reason == "Unschedulable":
+    if reason == R.UNSCHEDULABLE:
         scheduled = set_condition(existing, C.SCHEDULED, False, reason, message, now, generation)
     elif pod_list and all(_true(p, "PodScheduled") for p in pod_list):
         scheduled = set_condition(
-            existing, C.SCHEDULED, True, "Scheduled", f"{len(pod_list)} trainer pod(s) bound", now, generation
+            existing, C.SCHEDULED, True, R.SCHEDULED, f"{len(pod_list)} trainer pod(s) bound", now, generation
         )
-    elif phase in TERMINAL_PHASES or phase == "Uploading":
+    elif phase in TERMINAL_PHASES or phase == PHASE_UPLOADING:
         old = next((c for c in existing if c.get("type") == C.SCHEDULED), None)
         scheduled = dict(old) if old else set_condition(existing, C.SCHEDULED, False, reason, message, now, generation)
     else:
@@ -409,7 +372,7 @@ def derive_status(
     conds = [
         created,
         scheduled,
-        set_condition(existing, C.RUNNING, phase in ("Running", "Uploading"), reason, message, now, generation),
+        set_condition(existing, C.RUNNING, phase in ("Running", PHASE_UPLOADING), reason, message, now, generation),
         set_condition(existing, C.SUSPENDED, phase in ("Suspended", "Queued"), reason, message, now, generation),
         set_condition(existing, C.SUCCEEDED, phase == "Succeeded", reason, message, now, generation),
         set_condition(existing, C.FAILED, phase == "Failed", reason, message, now, generation),
@@ -417,58 +380,6 @@ def derive_status(
     patch["conditions"] = conds
     patch.update(extra)
     return patch
-
-
-# ---------------------------------------------------------------------------------------------
-# Kueue: a Job with spec.runPolicy.queueName is created suspended; Kueue admits it (un-suspends it) within
-# its ClusterQueue's quota, and may preempt it later (suspends it again). Its Workload says why.
-# ---------------------------------------------------------------------------------------------
-
-
-def _after(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
-    """Condition ``a`` changed no earlier than ``b`` (RFC 3339 seconds compare as strings)."""
-    return str((a or {}).get("lastTransitionTime") or "") >= str((b or {}).get("lastTransitionTime") or "")
-
-
-def admission_time(workload: Mapping[str, Any] | None) -> str | None:
-    """When Kueue last admitted the workload (its Admitted condition turned True), or None while it is not."""
-    admitted = _cond(workload, "Admitted")
-    if not admitted or admitted.get("status") != "True":
-        return None
-    return str(admitted.get("lastTransitionTime") or "") or None
-
-
-def queued_phase(ftj: Mapping[str, Any], workload: Mapping[str, Any] | None) -> tuple[str, str, str]:
-    """(phase, reason, message) of a Job Kueue holds: Kueue's own reason and message, the queue named. A preempted
-    job says so until it is admitted again, and what it waits for now."""
-    queue = _get(ftj, "spec", "runPolicy", "queueName")
-    if workload is None:
-        return "Queued", "Queued", f"waiting for Kueue to create the job's Workload (queue {queue})"
-    evicted = _cond(workload, "Evicted")
-    evicted = evicted if evicted and evicted.get("status") == "True" else None
-    admitted = _cond(workload, "Admitted")
-    reserved = _cond(workload, "QuotaReserved")
-    waiting = reserved if reserved and reserved.get("status") == "False" else None
-    if admission_time(workload) and (evicted is None or _after(admitted, evicted)):
-        return "Pending", "Admitted", f"Kueue admitted the job (queue {queue}); waiting for the Job to start"
-    now = f"{waiting.get('reason') or 'Pending'}: {waiting.get('message') or ''}" if waiting else ""
-    if evicted is not None:
-        why = str(evicted.get("reason") or "Evicted")
-        text = f"Kueue {why}: {evicted.get('message') or ''}" + (f"; now {now}" if now else "")
-        return "Queued", "Preempted" if why == "Preempted" else "Evicted", _short(f"{text} (queue {queue})")
-    if waiting is not None:
-        reason = "Inadmissible" if waiting.get("reason") == "Inadmissible" else "Queued"
-        return "Queued", reason, _short(f"Kueue {now} (queue {queue})")
-    return "Queued", "Queued", f"waiting for Kueue to admit the job (queue {queue})"
-
-
-def held_phase(ftj: Mapping[str, Any], workload: Mapping[str, Any] | None) -> tuple[str, str, str]:
-    """(phase, reason, message) of a suspended Job: the user's suspend, or Kueue's queue."""
-    if _get(ftj, "spec", "runPolicy", "suspend"):
-        return "Suspended", "Suspended", "spec.runPolicy.suspend is true; no trainer pods run"
-    if _get(ftj, "spec", "runPolicy", "queueName"):
-        return queued_phase(ftj, workload)
-    return "Suspended", "Suspended", "the Job is suspended"
 
 
 def changed(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
@@ -484,6 +395,18 @@ def changed(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, A
         elif old != value:
             out[key] = value
     return out
+
+
+def is_cancelled(ftj: Mapping[str, Any]) -> bool:
+    return (_get(ftj, "metadata", "annotations") or {}).get(ANN_CANCELLED) == "true"
+
+
+def finished_at(ftj: Mapping[str, Any], status: Mapping[str, Any]) -> dt.datetime | None:
+    """When ttlSecondsAfterFinished starts counting: the completionTime of a Succeeded or Failed job, or of a
+    cancelled one (set when the operator saw it cancelled); None while the job is live."""
+    if status.get("phase") in TERMINAL_PHASES or (status.get("phase") == "Suspended" and is_cancelled(ftj)):
+        return parse_time(status.get("completionTime"))
+    return None
 
 
 def needs_suspend(patch: Mapping[str, Any], job: Mapping[str, Any] | None) -> bool:

@@ -11,6 +11,7 @@ from ftapi.errors import describe_validation_errors, field_path
 from ftapi.schemas import JobCreate, SeedTrigger
 from ftapi.settings import Settings
 from ftapi.specbuild import build_job, dataset_from_configmap, new_job_name, resolve_model
+from ftcrd import names
 from ftcrd.types import FineTuneJob, MethodSpec
 from pydantic import ValidationError
 
@@ -23,7 +24,7 @@ def ftj(phase=None, **status):
             "name": "ftjob-abc",
             "namespace": "team-a",
             "creationTimestamp": "2026-01-01T00:00:00Z",
-            "annotations": {mapping.ANN_MODEL: "tiny", mapping.ANN_TRAINING_FILE: "file-1"},
+            "annotations": {names.ANN_OPENAI_MODEL: "tiny", names.ANN_TRAINING_FILE: "file-1"},
         },
         "spec": {
             "model": {"name": "tiny", "preset": "tiny"},
@@ -56,7 +57,7 @@ def test_status(phase, expected):
 
 def test_cancelled_wins_unless_succeeded():
     obj = ftj("Running")
-    obj["metadata"]["annotations"][mapping.ANN_CANCELLED] = "true"
+    obj["metadata"]["annotations"][names.ANN_CANCELLED] = "true"
     assert mapping.openai_status(obj) == "cancelled"
     obj["status"]["phase"] = "Failed"
     assert mapping.openai_status(obj) == "cancelled"
@@ -160,7 +161,7 @@ def test_file_object():
         "metadata": {
             "name": "file-1",
             "creationTimestamp": "2026-01-01T00:00:00Z",
-            "annotations": {mapping.ANN_BYTES: "12", mapping.ANN_FILENAME: "a.jsonl", mapping.ANN_PURPOSE: "fine-tune"},
+            "annotations": {names.ANN_BYTES: "12", names.ANN_FILENAME: "a.jsonl", names.ANN_PURPOSE: "fine-tune"},
         }
     }
     f = mapping.file_object(cm)
@@ -207,13 +208,30 @@ def test_job_create_schema():
     body = JobCreate.model_validate(
         {
             "model": "tiny",
-            "training_file": "file-1",
+            "training_file": "file-" + "1" * 24,
             "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto", "n_epochs": 2}}},
         }
     )
-    assert body.method is not None and body.method.dpo is not None
-    with pytest.raises(ValidationError):
-        JobCreate.model_validate({"model": "tiny", "training_file": "f", "integrations": [{"type": "wandb"}]})
+    hp, where = body.chosen_hyperparameters()
+    assert body.method_type() == "dpo" and where == "method.dpo.hyperparameters" and hp is not None
+    assert hp.n_epochs == 2
+    plain = JobCreate.model_validate({"model": "tiny", "training_file": "file-" + "1" * 24})
+    assert plain.method_type() == "supervised"  # OpenAI's default
+    bad = [
+        {"integrations": [{"type": "wandb"}]},  # wandb settings missing
+        {"method": {"type": "reinforcement"}},
+        {"method": {"type": "dpo", "supervised": {}}},  # settings of another method
+        {"seed": True},  # JSON Schema's integers: no booleans, no strings
+        {"seed": "5"},
+        {"suffix": ""},
+        {"training_file": "f"},
+    ]
+    for extra in bad:
+        with pytest.raises(ValidationError):
+            JobCreate.model_validate({"model": "tiny", "training_file": "file-" + "1" * 24, **extra})
+    with pytest.raises(ValidationError) as info:
+        JobCreate.model_validate({"model": "tiny", "training_file": "file-" + "1" * 24, "method": {"type": "rl"}})
+    assert describe_validation_errors(info.value.errors())[1] == "method.type"
 
 
 def test_keys():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from ftcrd.names import ANN_TRAINER_CONFIG, TRAINER_CONFIG_PATH
 from ftcrd.types import EnvVar
 from ftoperator import builders
 from ftoperator.settings import Settings
@@ -51,30 +51,19 @@ def test_single_node_command_is_standalone():
     cmd = builders.trainer_command(ftj().spec, "tiny-demo")
     assert cmd[:6] == ["torchrun", "--nnodes", "1", "--nproc-per-node", "1", "--standalone"]
     assert "--master-addr" not in cmd and "--master-port" not in cmd
-    i = cmd.index("-m")
-    assert cmd[i + 1] == "fttrainer.train"
-    overrides = cmd[i + 2 :]
-    for expected in (
-        "model=tiny",
-        "model.name_or_path=tiny",
-        "loss=dpo",
-        "loss.beta=0.1",
-        "datasets=[novalto]",
-        "dataset.path=/data/dataset.json",
-        "exp_name=tiny-demo",
-        "n_epochs=2",
-        "lr=0.001",
-        "batch_size=8",
-        "optimizer=AdamW",
-        "checkpoint_dir=/checkpoints",
-        "run_dir=/workspace/run",
-        "upload.bucket=finetune-demo",
-        "upload.prefix=models",
-        "upload.community_id=demo",
-        "loss.reference_free=false",
-    ):
-        assert expected in overrides, expected
-    assert all("=" in o for o in overrides)
+    # the whole configuration is one file (tests/contract/test_handoff.py): no Hydra overrides to quote
+    assert cmd[cmd.index("-m") :] == ["-m", "fttrainer.train", "--config", TRAINER_CONFIG_PATH]
+
+
+def test_the_trainer_config_is_the_spec():
+    spec = ftj().spec
+    cfg = builders.trainer_config(spec, "tiny-demo")
+    assert cfg.job == "tiny-demo" and cfg.method == spec.method and cfg.hyperparameters == spec.hyperparameters
+    assert (cfg.model.preset, cfg.model.name_or_path) == ("tiny", "tiny")
+    assert cfg.dataset.path == "/data/dataset.json" and cfg.dataset.validation_fraction == 0.125
+    assert cfg.output is not None
+    assert (cfg.output.bucket, cfg.output.prefix, cfg.output.community_id) == ("finetune-demo", "models", "demo")
+    assert (cfg.run.checkpoint_dir, cfg.run.run_dir) == ("/checkpoints", "/workspace/run")
 
 
 def test_multi_node_command_wires_ranks_through_the_headless_service():
@@ -94,29 +83,6 @@ def test_processes_per_node_prefers_gpus():
     body = sample()
     del body["spec"]["resources"]["processesPerNode"]
     assert builders.processes_per_node(builders.parse(body).spec) == 1
-
-
-def test_hydra_values_are_quoted_when_needed():
-    assert builders.hydra_value(True) == "true"
-    assert builders.hydra_value(None) == "null"
-    assert builders.hydra_value(5e-7) == "5e-07"
-    assert builders.hydra_value("HuggingFaceH4/zephyr-7b-beta") == "HuggingFaceH4/zephyr-7b-beta"
-    assert builders.hydra_value("a b,c") == "'a b,c'"
-    assert builders.hydra_value("it's") == "'it\\'s'"
-
-
-def test_volume_model_and_dataset_paths():
-    spec = ftj(
-        **{
-            "dataset.configMap": None,
-            "dataset.volume": {"claimName": "data", "path": "prefs/train.jsonl.gz"},
-            "model.claimName": "weights",
-            "model.name": "zephyr-7b",
-        }
-    ).spec
-    overrides = builders.hydra_overrides(spec, "j")
-    assert "dataset.path=/data/prefs/train.jsonl.gz" in overrides
-    assert "model.name_or_path=/models/zephyr-7b" in overrides
 
 
 def test_job_shape_and_failure_policy():
@@ -194,6 +160,11 @@ def test_pod_security_and_mounts():
     assert mounts["/var/run/secrets/firebase"]["readOnly"] is True
     assert vols["models"]["persistentVolumeClaim"] == {"claimName": "weights", "readOnly": True}
     assert mounts["/models"]["readOnly"] is True
+    assert mounts["/etc/finetune"]["readOnly"] is True
+    assert vols[mounts["/etc/finetune"]["name"]]["downwardAPI"]["items"] == [
+        {"path": "trainer-config.json", "fieldRef": {"fieldPath": f"metadata.annotations['{ANN_TRAINER_CONFIG}']"}}
+    ]
+    assert ANN_TRAINER_CONFIG in job["spec"]["template"]["metadata"]["annotations"]
     env = {e["name"]: e for e in c["env"]}
     assert env["FTJ_NAME"]["value"] == "tiny-demo"
     assert env["FTJ_NAMESPACE"]["value"] == "team-a"
@@ -270,85 +241,28 @@ def test_invalid_spec_raises():
         builders.parse(body)
 
 
-def test_light_diffbase_equals_kopfs():
-    import kopf
-    from ftoperator.handlers import LightDiffBaseStorage
+def test_scratch_volumes_are_bounded_by_the_operator_settings():
+    def scratch(settings: Settings) -> dict[str, Any]:
+        pod = builders.render_job(ftj(), settings)["spec"]["template"]["spec"]
+        return {v["name"]: v["emptyDir"] for v in pod["volumes"] if "emptyDir" in v}
 
-    body = sample()
-    body["metadata"].update(
-        labels={"a": "b"},
-        annotations={
-            "x": "y",
-            "finetune.dev/last-handled-configuration": "{}",
-            "kubectl.kubernetes.io/last-applied-configuration": "{}",
-            "other.io/kopf-managed": "yes",  # another kopf operator's storage: ignored by kopf's essence
-            "other.io/progress": "{}",
-        },
-        managedFields=[{"manager": "kubectl", "fieldsV1": {"f:spec": {"f:model": {}}}}],
-        resourceVersion="7",
-        generation=2,
+    vols = scratch(Settings())
+    assert vols["checkpoints"] == {"sizeLimit": Settings().checkpoint_size_limit}
+    assert vols["workspace"] == {"sizeLimit": Settings().workspace_size_limit}
+    vols = scratch(Settings(checkpoint_size_limit="", workspace_size_limit="5Gi"))
+    assert vols["checkpoints"] == {} and vols["workspace"] == {"sizeLimit": "5Gi"}
+
+
+def test_active_deadline_defaults_to_the_operator_setting():
+    unset = ftj(**{"runPolicy.activeDeadlineSeconds": None})
+    assert builders.render_job(unset, Settings())["spec"]["activeDeadlineSeconds"] == 7 * 24 * 3600
+    assert (
+        builders.render_job(unset, Settings(default_active_deadline_seconds=60))["spec"]["activeDeadlineSeconds"] == 60
     )
-    body["status"] = {"phase": "Running", "conditions": [{"type": "Created", "status": "True"}]}
-    kw = {"prefix": "finetune.dev", "key": "last-handled-configuration"}
-    ours = LightDiffBaseStorage(**kw).build(body=kopf.Body(body))
-    theirs = kopf.AnnotationsDiffBaseStorage(**kw).build(body=kopf.Body(body))
-    assert ours == theirs
-    assert ours["metadata"]["annotations"] == {"x": "y"}
-    assert "managedFields" not in json.dumps(ours)
-    # an independent copy: changing the body later does not change the stored essence
-    body["spec"]["model"]["name"] = "changed"
-    assert ours["spec"]["model"]["name"] != "changed"
-    fields = ["status.phase"]
-    assert LightDiffBaseStorage(**kw).build(
-        body=kopf.Body(body), extra_fields=fields
-    ) == kopf.AnnotationsDiffBaseStorage(**kw).build(body=kopf.Body(body), extra_fields=fields)
-
-
-def test_light_diffbase_skips_children():
-    """Pods and Jobs have no change-detecting handlers: their (large) bodies are never copied for a diff."""
-    import kopf
-    from ftoperator.handlers import LightDiffBaseStorage
-
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"a": "b"}}, "spec": {"x": [1]}}
-    storage = LightDiffBaseStorage(prefix="finetune.dev", key="last-handled-configuration")
-    assert storage.build(body=kopf.Body(pod)) == {}
-    assert storage.build(body=kopf.Body(sample())) != {}
-
-
-def test_kopf_state_stays_in_memory_and_writes_nothing_on_the_object():
-    """Handler progress and the diff base never become a patch of the user's FineTuneJob."""
-    import kopf
-    from ftoperator.handlers import MemoryDiffBaseStorage, MemoryProgressStorage
-
-    body = kopf.Body(sample())
-    diffbase, progress = MemoryDiffBaseStorage(), MemoryProgressStorage()
-    patch = kopf.Patch()
-    essence = diffbase.build(body=body)
-    assert diffbase.fetch(body=body) is None
-    diffbase.store(body=body, patch=patch, essence=essence)
-    record = kopf.ProgressRecord(started="2026-11-26T00:00:00", retries=2, success=False, failure=False)
-    progress.store(key=kopf.HandlerId("create-workload"), record=record, body=body, patch=patch)
-    assert not patch  # nothing to send to the apiserver
-    assert diffbase.fetch(body=body) == essence
-    assert progress.fetch(key=kopf.HandlerId("create-workload"), body=body) == record
-    other = kopf.Body({**sample(), "metadata": {**sample()["metadata"], "uid": "another"}})
-    assert diffbase.fetch(body=other) is None
-    assert progress.fetch(key=kopf.HandlerId("create-workload"), body=other) is None
-    progress.forget("0000-uid")
-    assert progress.fetch(key=kopf.HandlerId("create-workload"), body=body) is None
-    # the retry wake-up is still a real annotation: kopf needs a watch event to retry after a delay
-    progress.touch(body=body, patch=patch, value="now")
-    assert patch["metadata"]["annotations"]["finetune.dev/touch-dummy"] == "now"
-
-
-def test_progress_clear_matches_kopfs():
-    import kopf
-    from ftoperator.handlers import MemoryProgressStorage
-
-    ours, theirs = MemoryProgressStorage(), kopf.AnnotationsProgressStorage(prefix="finetune.dev")
-    plain = kopf.BodyEssence(spec={"a": 1}, metadata={"annotations": {"x": "y"}})  # type: ignore[typeddict-item]
-    touched = kopf.BodyEssence(spec={"a": 1}, metadata={"annotations": {"x": "y", "finetune.dev/touch-dummy": "t"}})  # type: ignore[typeddict-item]
-    for essence in (plain, touched):
-        assert ours.clear(essence=essence) == theirs.clear(essence=essence)
-    assert ours.clear(essence=touched)["metadata"]["annotations"] == {"x": "y"}
-    assert touched["metadata"]["annotations"]["finetune.dev/touch-dummy"] == "t"  # the input is left alone
+    assert (
+        "activeDeadlineSeconds" not in builders.render_job(unset, Settings(default_active_deadline_seconds=0))["spec"]
+    )
+    own = ftj(**{"runPolicy.activeDeadlineSeconds": 1800})
+    assert (
+        builders.render_job(own, Settings(default_active_deadline_seconds=60))["spec"]["activeDeadlineSeconds"] == 1800
+    )

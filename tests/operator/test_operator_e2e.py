@@ -59,7 +59,8 @@ def assert_uploaded(status: dict, gcs_emulator) -> None:
 
 def test_tiny_sample_end_to_end(running_operator, cluster, namespace, gcs):
     name = "tiny-e2e"
-    submit(cluster, namespace, tiny(name, gcs))
+    # "007" once became the int 7 on the trainer's command line; the config file keeps it a string
+    submit(cluster, namespace, tiny(name, gcs, communityId="007"))
     seen: list[str] = []
     wait_phase(cluster, namespace, name, ("Running", "Uploading"), 180, seen)
     progress_rows: list[str] = []
@@ -83,7 +84,10 @@ def test_tiny_sample_end_to_end(running_operator, cluster, namespace, gcs):
     assert seen[0] in ("Pending", "Running") and "Running" in seen, seen
     assert progress_rows, "progress never visible in kubectl get ftj while running"
     assert status["reason"] == "Completed"
+    assert status["artifact"]["uri"] == f"gs://{gcs.bucket}/models/007/{name}/"
     assert_uploaded(status, gcs)
+    loss = cluster.kubectl("get", "ftj", name, "-n", namespace, "-o", "jsonpath={.status.metrics.loss}").stdout
+    assert len(loss.strip().lstrip("0.").replace(".", "")) <= 4, loss  # rounded for kubectl get ftj
     assert status["metrics"].get("loss") is not None
     assert status["progress"]["percent"] == 100.0
     # the real trainer ran under torchrun in the pod's processes
@@ -91,6 +95,7 @@ def test_tiny_sample_end_to_end(running_operator, cluster, namespace, gcs):
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["python", "-m", "fttrainer.launch"]  # torchrun, exit codes preserved
     assert container["args"][:2] == ["--nnodes", "1"] and "--standalone" in container["args"]
+    assert container["args"][-2:] == ["--config", "/etc/finetune/trainer-config.json"]  # one file, no overrides
     log = cluster.pod_log(namespace, pods[0]["metadata"]["name"])
     assert "done: gs://" in log, log[-3000:]
     assert len(pods) == 1 and status["attempts"] == 1

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from ftcrd.conditions import REASONS
+from ftcrd.names import ANN_CANCELLED
 from ftoperator import status as st
 from ftoperator.settings import Settings
 
@@ -352,3 +353,33 @@ def test_trainer_reported_invalid_input_wins_over_backoff_limit():
     pods = [pod("Failed", state=terminated(1, msg))]
     patch = st.derive_status(ftj(), job(("Failed", "BackoffLimitExceeded", "")), pods, NOW, SETTINGS)
     assert (patch["phase"], patch["reason"]) == ("Failed", "InvalidDataset")
+
+
+def test_a_deleted_job_is_reported_missing_until_it_is_created_again():
+    patch = st.derive_status(ftj({"phase": "Running", "jobName": "j"}), None, [], NOW, SETTINGS)
+    assert (patch["phase"], patch["reason"]) == ("Pending", "JobMissing")
+    assert "Job j was deleted" in patch["message"]
+    assert conditions(patch)["Created"]["status"] == "False"
+    assert patch["reason"] in REASONS
+
+
+def test_a_cancelled_job_is_finished_for_the_ttl_from_when_it_was_seen_cancelled():
+    cancelled = ftj(suspend=True)
+    cancelled["metadata"]["annotations"] = {ANN_CANCELLED: "true"}
+    patch = st.derive_status(cancelled, job(suspend=True), [], NOW, SETTINGS)
+    assert (patch["phase"], patch["reason"]) == ("Suspended", "Cancelled")
+    assert patch["completionTime"] == st.rfc3339(NOW)
+    assert st.finished_at(cancelled, patch) == NOW
+    # later syncs keep the first time
+    again = st.derive_status({**cancelled, "status": patch}, job(suspend=True), [], NOW + dt.timedelta(hours=1))
+    assert st.changed(patch, again) == {}
+    # a paused (not cancelled) job is live: no completion time, no TTL
+    paused = st.derive_status(ftj(suspend=True), job(suspend=True), [], NOW, SETTINGS)
+    assert paused["reason"] == "Suspended" and "completionTime" not in paused
+    assert st.finished_at(ftj(suspend=True), paused) is None
+
+
+def test_resuming_a_cancelled_job_clears_its_completion_time():
+    status = {"phase": "Suspended", "reason": "Cancelled", "completionTime": T0}
+    patch = st.derive_status(ftj(status), job(), [], NOW, SETTINGS)
+    assert patch["phase"] == "Pending" and patch["completionTime"] is None  # merge patch: removed

@@ -147,6 +147,12 @@ class Trainer:
         cmd += ["-m", "fttrainer.train", *self.args(name, dataset, list(extra))]
         return self._run(name, cmd, timeout)
 
+    def launch(self, name: str, dataset: Path, *extra: str, nproc: int = 2, timeout: float = 300) -> Run:
+        """What a pod runs: ``python -m fttrainer.launch`` (torchrun deciding the exit code) around the trainer."""
+        cmd = [str(BIN / "python"), "-m", "fttrainer.launch", "--standalone", "--nnodes=1", f"--nproc-per-node={nproc}"]
+        cmd += ["-m", "fttrainer.train", *self.args(name, dataset, list(extra))]
+        return self._run(name, cmd, timeout)
+
     def two_nodes(self, name: str, dataset: Path, *extra: str, timeout: float = 300) -> Run:
         """Two torchrun invocations (--nnodes 2 --node-rank 0/1) rendezvousing on loopback."""
         run_dir, termination = self._paths(name)

@@ -54,7 +54,7 @@ def test_malformed_dataset_exits_2(trainer: Trainer, case: str):
     # rejected before any model was built or loaded, and nothing exported or uploaded
     assert "models loaded" not in run.output
     assert not trainer.tiny_cache.exists()
-    assert not (run.run_dir / "export").exists()
+    assert not (run.run_dir / "checkpoints" / "export").exists()
     assert run.seconds < 60
 
 
@@ -68,10 +68,10 @@ def test_missing_dataset_file(trainer: Trainer):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("loss.beta=-1", "loss.beta must be > 0"),
-        ("max_prompt_length=64", "max_prompt_length must be smaller than max_length"),
+        ("loss.beta=-1", "loss.beta: Input should be greater than 0"),
+        ("max_prompt_length=64", "maxPromptLength must be smaller than maxLength"),
         ("gradient_accumulation_steps=3", "must be divisible by gradient_accumulation_steps"),
-        ("optimizer=Adagrad", "unknown optimizer"),
+        ("optimizer=Adagrad", "optimizer: Input should be 'RMSprop', 'AdamW', 'Adam' or 'SGD'"),
         ("datasets=[hh]", "datasets must be a one-element list"),
         ("batch_size=1000", "larger than the"),
     ],

@@ -7,11 +7,13 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
+from ftcrd import names
+from ftcrd.termination import TerminationMessage, shrink
+from ftcrd.types import round_metric
 from fttrainer import report
-from fttrainer.report import Reporter, camel_metrics, shrink_termination, write_termination
+from fttrainer.report import Reporter, camel_metrics, write_termination
 
 STATUS_PATH = "/apis/finetune.dev/v1alpha1/namespaces/ns1/finetunejobs/job1/status"
 
@@ -139,7 +141,7 @@ def test_stage_change_and_checkpoint_are_sent_immediately(recorder):
     assert wait_for(lambda: recorder.requests[-1]["body"]["status"].get("checkpoints", [{}])[-1].get("step") == 120)
     cps = recorder.requests[-1]["body"]["status"]["checkpoints"]
     assert [c["step"] for c in cps] == list(range(30, 130, 10))  # the last 10
-    assert cps[-1]["path"] == "/checkpoints/step-120" and cps[-1]["metrics"] == {"loss": pytest.approx(1 / 12)}
+    assert cps[-1]["path"] == "/checkpoints/step-120" and cps[-1]["metrics"] == {"loss": round_metric(1 / 12)}
     assert cps[-1]["createdAt"].endswith("Z")
     step(rep, 400, stage="uploading")
     rep.close()
@@ -229,51 +231,89 @@ def test_camel_metrics():
     }
 
 
+def test_status_metrics_are_rounded(recorder):
+    rep = Reporter(url=recorder.url, token="t", interval=3600)
+    step(rep, 1, loss=0.12643009051680565, lr=5e-7, tokens=123456.0)
+    rep.close()
+    # what `kubectl get ftj` shows in the LOSS column
+    assert recorder.requests[-1]["body"]["status"]["metrics"] == {
+        "loss": 0.1264,
+        "learningRate": 5e-7,
+        "tokens": 123456,
+    }
+
+
 # -- termination message ---------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def fresh_process(monkeypatch):
+    """write_termination remembers a success for the life of the process; each test is a new process."""
+    monkeypatch.setitem(report._written, "success", False)
+
+
+def message(**fields) -> TerminationMessage:
+    return TerminationMessage.model_validate(fields)
 
 
 def test_write_termination_success_shape(tmp_path, monkeypatch):
     path = tmp_path / "termination-log"
     monkeypatch.setenv("TERMINATION_MESSAGE_PATH", str(path))
-    result = {
-        "status": "succeeded",
-        "artifact": {"uri": "gs://b/models/c1/job/", "sizeBytes": 123, "sha256": "ab" * 32, "files": 7},
-        "metrics": {"loss": 0.61, "rewards/accuracies": 0.8},
-        "steps": 40,
-        "examples": 320,
-    }
-    write_termination(result)
+    artifact = {"uri": "gs://b/models/c1/job/", "sizeBytes": 123, "sha256": "ab" * 32, "files": 7}
+    metrics = camel_metrics({"loss": 0.612345678, "rewards/accuracies": 0.8})
+    write_termination(message(status="succeeded", artifact=artifact, metrics=metrics, steps=40, examples=320))
     got = json.loads(path.read_text())
-    assert got["metrics"] == {"loss": 0.61, "rewardAccuracy": 0.8}
-    assert got["artifact"] == result["artifact"] and got["steps"] == 40 and got["status"] == "succeeded"
+    assert got["metrics"] == {"loss": 0.6123, "rewardAccuracy": 0.8}
+    assert got["artifact"] == artifact and got["steps"] == 40 and got["status"] == "succeeded"
+    assert TerminationMessage.parse(path.read_bytes()).verified
 
 
 def test_write_termination_stays_under_4k(tmp_path, monkeypatch):
     path = tmp_path / "termination-log"
     monkeypatch.setenv("TERMINATION_MESSAGE_PATH", str(path))
-    metrics = {f"detail_{i}/something_long": float(i) for i in range(500)}
-    metrics |= {"loss": 0.5, "reward_accuracies": 0.9}
-    write_termination({"status": "succeeded", "artifact": {"uri": "gs://b/p/"}, "metrics": metrics, "steps": 3})
+    metrics = camel_metrics({f"detail_{i}/something_long": float(i) for i in range(500)})
+    metrics |= {"loss": 0.5, "rewardAccuracy": 0.9}
+    write_termination(message(status="succeeded", artifact={"uri": "gs://b/p/"}, metrics=metrics, steps=3))
     data = path.read_bytes()
     assert len(data) < 4096
     got = json.loads(data)
     assert got["metrics"] == {"loss": 0.5, "rewardAccuracy": 0.9}  # detail dropped first, core kept
     assert got["artifact"] == {"uri": "gs://b/p/"}
 
-    # A failure with a huge message (a traceback): truncated, still valid JSON, reason intact.
-    write_termination({"status": "failed", "reason": "Crash", "message": "é" * 10000})
+
+def test_a_huge_failure_message_is_truncated(tmp_path, monkeypatch):
+    path = tmp_path / "termination-log"
+    monkeypatch.setenv("TERMINATION_MESSAGE_PATH", str(path))
+    write_termination(message(status="failed", reason="TrainerFailed", message="é" * 10000))  # a traceback
     data = path.read_bytes()
     got = json.loads(data)
-    assert len(data) < 4096 and got["reason"] == "Crash" and got["message"].endswith("[truncated]")
+    assert len(data) < 4096 and got["reason"] == "TrainerFailed" and got["message"].endswith("[truncated]")
+
+
+def test_a_success_is_never_overwritten(tmp_path, monkeypatch):
+    path = tmp_path / "termination-log"
+    monkeypatch.setenv("TERMINATION_MESSAGE_PATH", str(path))
+    artifact = {"uri": "gs://b/p/", "sha256": "ab" * 32}
+    write_termination(message(status="succeeded", artifact=artifact, steps=3))
+    write_termination(message(status="failed", reason="TrainerFailed", message="a peer died at teardown"))
+    assert json.loads(path.read_text())["status"] == "succeeded"
 
 
 def test_shrink_keeps_small_results_identical():
     r = {"status": "failed", "reason": "InvalidDataset", "message": "row 3: field 'chosen': must be a non-empty string"}
-    assert json.loads(shrink_termination(r)) == r
+    assert json.loads(shrink(r, 4000)) == r
+    assert json.loads(message(**r).encode()) == r
+
+
+def test_unknown_reasons_and_log_tails_are_not_messages():
+    assert TerminationMessage.parse('{"status": "failed", "reason": "Crash"}') is None
+    assert TerminationMessage.parse("Traceback (most recent call last): ...") is None
+    assert TerminationMessage.parse("") is None
+    assert not TerminationMessage.parse('{"status": "succeeded", "artifact": {"uri": "gs://b/p/"}}').verified
 
 
 def test_write_termination_without_a_log_is_a_no_op(monkeypatch, tmp_path):
     monkeypatch.delenv("TERMINATION_MESSAGE_PATH", raising=False)
-    monkeypatch.setattr(report, "_DEFAULT_TERMINATION_LOG", Path(tmp_path / "missing" / "termination-log"))
-    write_termination({"status": "succeeded"})  # nothing to write to: logged, no error
+    monkeypatch.setattr(names, "TERMINATION_LOG", str(tmp_path / "missing" / "termination-log"))
+    write_termination(message(status="succeeded"))  # nothing to write to: logged, no error
     assert not (tmp_path / "missing").exists()

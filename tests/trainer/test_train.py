@@ -1,7 +1,9 @@
 """Acceptance tests with real torchrun processes on CPU: FSDP2 training of the tiny preset, export,
 layout-independent determinism, resume after a hard kill, Hydra outputs on rank 0 only.
 
-One 2-process baseline run (about 40 s on two shared cores) is shared by the tests of this module.
+One 2-process baseline run (about 40 s on two shared cores) is shared by the tests of this module. It runs
+under plain torchrun, which exits non-zero if any rank dies, so it also shows that the ranks leave without
+the gloo teardown abort (``fttrainer.train.leave_together``) that once made this fixture flaky.
 """
 
 from __future__ import annotations
@@ -19,8 +21,16 @@ from tests.support.trainer import BIN, Run, Trainer, synthetic_rows
 STEPS = 16  # 160 rows, 20% held out, batch 8, one epoch
 
 
+def export_dir(run: Run) -> Path:
+    return run.run_dir / "checkpoints" / "export"  # kept with the checkpoints: a retried upload needs no training
+
+
 def weights(run: Run) -> dict[str, torch.Tensor]:
-    return load_file(run.run_dir / "export" / "model.safetensors")
+    return load_file(export_dir(run) / "model.safetensors")
+
+
+def step_dirs(run: Run) -> list[str]:
+    return sorted(p.name for p in (run.run_dir / "checkpoints").iterdir() if p.name.startswith("step-"))
 
 
 def assert_same_weights(a: Run, b: Run, atol: float) -> None:
@@ -56,7 +66,7 @@ def test_two_process_fsdp2_training_learns(baseline: Run):
     assert "resumed from" not in out
     msg = baseline.termination_message()
     assert msg["status"] == "succeeded"
-    assert msg["steps"] == STEPS and msg["examples"] == STEPS * 8
+    assert msg["steps"] == STEPS and msg["examples"] == STEPS * 8 and msg["attemptSteps"] == STEPS
     metrics = msg["metrics"]
     assert metrics["evalRewardAccuracy"] > 0.75, metrics
     assert metrics["evalLoss"] < math.log(2) - 0.2, metrics
@@ -70,7 +80,7 @@ def test_two_process_fsdp2_training_learns(baseline: Run):
 def test_export_reloads_offline(baseline: Run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    export = baseline.run_dir / "export"
+    export = export_dir(baseline)
     assert baseline.termination_message()["artifact"]["uri"] == export.resolve().as_uri() + "/"
     model = AutoModelForCausalLM.from_pretrained(export, local_files_only=True)
     tok = AutoTokenizer.from_pretrained(export, local_files_only=True)
@@ -88,7 +98,7 @@ def test_export_reloads_offline(baseline: Run):
 
 def test_hydra_outputs_on_rank0_only(baseline: Run, session: Trainer):
     entries = sorted(p.name for p in baseline.run_dir.iterdir())
-    assert entries == [".hydra", "checkpoints", "export", "train.log"], entries
+    assert entries == [".hydra", "checkpoints", "train.log", "trainer-config.json"], entries
     assert sorted(p.name for p in (baseline.run_dir / ".hydra").iterdir()) == [
         "config.yaml",
         "hydra.yaml",
@@ -96,14 +106,18 @@ def test_hydra_outputs_on_rank0_only(baseline: Run, session: Trainer):
     ]
     log = (baseline.run_dir / "train.log").read_text()
     assert "training dpo" in log
+    resolved = json.loads((baseline.run_dir / "trainer-config.json").read_text())
+    assert resolved["job"] == "baseline" and resolved["hyperparameters"]["checkpointEvery"] == 4
     # no per-rank, per-timestamp output directories anywhere
     assert not (session.tmp / "outputs").exists()
 
 
 def test_checkpoints_keep_last_two_complete(baseline: Run):
     ckpts = baseline.run_dir / "checkpoints"
-    names = sorted(p.name for p in ckpts.iterdir())
+    names = step_dirs(baseline)
     assert names == ["step-12", "step-16"], names
+    marker = json.loads((ckpts / "export.json").read_text())  # the export is complete: a retry only uploads
+    assert marker["job"] == "baseline" and marker["step"] == STEPS
     for name in names:
         assert (ckpts / name / "COMPLETE").exists()
         assert (ckpts / name / ".metadata").exists()
@@ -121,12 +135,13 @@ def test_resume_after_hard_exit_gives_same_weights(baseline: Run, session: Train
     assert first.returncode != 0, first.output[-3000:]
     ckpts = first.run_dir / "checkpoints"
     assert (ckpts / "step-8" / "COMPLETE").exists()
-    assert not (first.run_dir / "export").exists()
+    assert not export_dir(first).exists()
     assert "exit_after_step=8" in first.output
 
     second = ok(session.torchrun("resumed", dataset, *args))  # the same command, as a restarted pod runs it
     assert "resumed from step 8" in second.output
     assert second.termination_message()["steps"] == STEPS
+    assert second.termination_message()["attemptSteps"] == STEPS - 8
     print(f"interrupted {first.seconds:.1f}s + resumed {second.seconds:.1f}s")
     assert_same_weights(second, baseline, atol=1e-6)
 
@@ -184,7 +199,7 @@ def test_one_rank_is_a_plain_module_and_matches_two_ranks(single: Run, baseline:
     assert "FSDP2: sharded" not in single.output
     msg = single.termination_message()
     assert msg["status"] == "succeeded" and msg["steps"] == STEPS
-    assert sorted(p.name for p in (single.run_dir / "checkpoints").iterdir()) == ["step-12", "step-16"]
+    assert step_dirs(single) == ["step-12", "step-16"]
     # the same global batches, only summed in another order: same names, close weights
     assert_same_weights(single, baseline, atol=1e-4)
 

@@ -6,16 +6,26 @@ the meta device (no memory for a second copy of random weights), assigns the gat
 writes ``export_dir`` (safetensors weights, config, generation config, tokenizer) and
 ``export_dir/policy.pt``: ``{"step_idx", "state", "metrics"}`` as the reference implementation's
 ``policy.pt``.
+
+The export lives under the checkpoint directory (``<checkpoint_dir>/export``) and is marked complete by
+``<checkpoint_dir>/export.json`` (:class:`KeptExport`: the job, a fingerprint of what determines the
+weights, step, examples and full-precision metrics), written after the directory is in place. A trainer
+restarted after a failed upload (exit code 3) finds it (:func:`find_kept_export`) and only uploads again:
+an upload failure never costs a second training run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from ftcrd.trainer_config import TrainerConfig
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -64,3 +74,61 @@ def export(
     log.info("export: wrote %s", export_dir)
     d.barrier()
     return export_dir
+
+
+EXPORT_DIR = "export"
+MARKER = "export.json"
+
+
+@dataclass(frozen=True)
+class KeptExport:
+    """A complete export under the checkpoint directory, and what the termination message needs of it."""
+
+    job: str
+    fingerprint: str
+    step: int
+    examples: int
+    epoch: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def export_dir(cfg: TrainerConfig) -> Path:
+    return Path(cfg.run.checkpoint_dir) / EXPORT_DIR
+
+
+def fingerprint(cfg: TrainerConfig) -> str:
+    """sha256 of everything that determines the exported weights (not where they are uploaded)."""
+    decisive = cfg.model_dump(mode="json", include={"job", "model", "method", "hyperparameters", "dataset"})
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
+
+
+def mark_complete(
+    cfg: TrainerConfig, *, step: int, examples: int, epoch: float, metrics: dict[str, float]
+) -> KeptExport:
+    """Rank 0, after :func:`export`: record that ``export_dir(cfg)`` is complete (atomically)."""
+    kept = KeptExport(cfg.job, fingerprint(cfg), step, examples, epoch, dict(metrics))
+    marker = Path(cfg.run.checkpoint_dir) / MARKER
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(json.dumps(asdict(kept), indent=1, sort_keys=True))
+    tmp.rename(marker)
+    return kept
+
+
+def find_kept_export(cfg: TrainerConfig) -> KeptExport | None:
+    """The complete export of this very job and configuration, or None (then any stale marker is removed)."""
+    marker = Path(cfg.run.checkpoint_dir) / MARKER
+    try:
+        kept = KeptExport(**json.loads(marker.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("ignoring unreadable %s (%s): training", marker, exc)
+        kept = None
+    if kept is not None and kept.job == cfg.job and kept.fingerprint == fingerprint(cfg):
+        if export_dir(cfg).is_dir():
+            return kept
+        log.warning("%s names a complete export but %s is missing: training", marker, export_dir(cfg))
+    elif kept is not None:
+        log.warning("the export in %s is of another job or configuration (%s): training", marker.parent, kept.job)
+    marker.unlink(missing_ok=True)
+    return None

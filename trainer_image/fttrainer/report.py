@@ -2,13 +2,16 @@
 
 :class:`Reporter` merge-patches ``/apis/finetune.dev/v1alpha1/namespaces/$FTJ_NAMESPACE/finetunejobs/
 $FTJ_NAME/status`` with ``{"status": {"progress": {...}, "metrics": {...}, "checkpoints": [...]}}``
-using the pod's ServiceAccount token (the per-job Role allows only get/patch on that one object's status).
-Only the standard library is used. Calls from the training loop only record the latest state and
-return; a daemon thread sends it, at most every ``FTJ_REPORT_INTERVAL`` seconds (default 5), at once on
-a stage change or a new checkpoint, and a last time on :meth:`Reporter.close`. Network or API failures
-are logged (never the token) and never raised.
+using the pod's ServiceAccount token: the namespace's trainer identity ``finetune-trainer``, whose Role
+allows only ``patch`` on ``finetunejobs/status``, narrowed to the pod's own job by the admission policy
+``finetune-trainer-own-job`` (docs/architecture.md, "Least privilege"). Only the standard library is
+used. Calls from the training loop only record the latest state and return; a daemon thread sends it, at
+most every ``FTJ_REPORT_INTERVAL`` seconds (default 5), at once on a stage change or a new checkpoint,
+and a last time on :meth:`Reporter.close`. Network or API failures are logged (never the token) and
+never raised. Metrics in the status are rounded (:func:`ftcrd.types.round_metric`).
 
-:func:`write_termination` writes the JSON result the operator reads from the pod's termination message.
+:func:`write_termination` writes the :class:`ftcrd.termination.TerminationMessage` the operator reads
+from the pod's termination message; once a success is written, nothing overwrites it.
 """
 
 from __future__ import annotations
@@ -27,13 +30,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ftcrd import names
+from ftcrd.termination import SUCCEEDED, TerminationMessage
+from ftcrd.types import Stage, round_metric
+
 log = logging.getLogger(__name__)
 
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
 MAX_CHECKPOINTS = 10
-TERMINATION_LIMIT = 4096  # bytes, the kubelet's cap on a container's termination message
-_DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
 
 # Trainer-side metric names (TRL / reference-implementation style) -> status.metrics field names.
 _METRIC_ALIASES = {
@@ -55,8 +58,6 @@ _METRIC_ALIASES = {
     "eval_reward_accuracy": "evalRewardAccuracy",
     "eval/rewards/accuracies": "evalRewardAccuracy",
 }
-# What survives when a termination message must shrink (status.metrics' declared fields, most useful first).
-_CORE_METRICS = ("loss", "rewardAccuracy", "rewardMargin", "evalLoss", "evalRewardAccuracy", "tokens")
 
 
 def _now() -> str:
@@ -73,7 +74,8 @@ def _camel(key: str) -> str:
 
 
 def camel_metrics(metrics: dict[str, Any] | None) -> dict[str, float | int]:
-    """Metric names as status.metrics spells them; non-finite and non-numeric values dropped (JSON has no NaN)."""
+    """Metric names as status.metrics spells them, full precision; non-finite and non-numeric values dropped
+    (JSON has no NaN)."""
     out: dict[str, float | int] = {}
     for k, raw in (metrics or {}).items():
         v = raw
@@ -89,6 +91,11 @@ def camel_metrics(metrics: dict[str, Any] | None) -> dict[str, float | int]:
         name = _camel(str(k))
         out[name] = int(v) if name == "tokens" else float(v)
     return out
+
+
+def status_metrics(metrics: dict[str, Any] | None) -> dict[str, float | int]:
+    """:func:`camel_metrics`, rounded for the status (``kubectl get ftj`` shows 0.1264, not 0.12643009051680565)."""
+    return {k: v if isinstance(v, int) else round_metric(v) for k, v in camel_metrics(metrics).items()}
 
 
 class Reporter:
@@ -136,26 +143,26 @@ class Reporter:
     @classmethod
     def from_env(cls, rank: int) -> Reporter:
         """Enabled on rank 0 when FTJ_NAME/FTJ_NAMESPACE, KUBERNETES_SERVICE_HOST/PORT and the SA token exist."""
-        interval = float(os.environ.get("FTJ_REPORT_INTERVAL", "5") or 5)
+        interval = float(os.environ.get(names.ENV_REPORT_INTERVAL, "5") or 5)
         if rank != 0:
             return cls(interval=interval)
-        name, ns = os.environ.get("FTJ_NAME"), os.environ.get("FTJ_NAMESPACE")
+        name, ns = os.environ.get(names.ENV_JOB_NAME), os.environ.get(names.ENV_JOB_NAMESPACE)
         host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        sa_dir = Path(os.environ.get("FTJ_SERVICEACCOUNT_DIR", str(SA_DIR)))
+        sa_dir = Path(os.environ.get(names.ENV_SERVICE_ACCOUNT_DIR, names.SERVICE_ACCOUNT_DIR))
         token, ca = sa_dir / "token", sa_dir / "ca.crt"
         if not (name and ns and host and token.is_file()):
             log.info("progress reporting disabled (not in a cluster, or FTJ_NAME/FTJ_NAMESPACE unset)")
             return cls(interval=interval)
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        url = f"https://{host}:{port}/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}/{name}/status"
+        url = f"https://{host}:{port}/apis/{names.API_VERSION}/namespaces/{ns}/{names.PLURAL}/{name}/status"
         log.info("reporting progress to %s/%s every %.0fs", ns, name, interval)
         return cls(url=url, token_path=token, ca_path=ca if ca.is_file() else None, interval=interval)
 
     # -- called from the training loop (never blocks on the network) -------------------------------
 
     def progress(
-        self, *, step: int, total_steps: int, epoch: float, examples: int, stage: str, metrics: dict[str, float]
+        self, *, step: int, total_steps: int, epoch: float, examples: int, stage: Stage, metrics: dict[str, float]
     ) -> None:
         if not self.enabled:
             return
@@ -185,7 +192,7 @@ class Reporter:
             progress["etaSeconds"] = eta
         with self._lock:
             self._progress = progress
-            self._metrics.update(camel_metrics(metrics))
+            self._metrics.update(status_metrics(metrics))
             self._dirty = True
             if stage != self._stage:
                 self._stage = stage
@@ -197,7 +204,7 @@ class Reporter:
         if not self.enabled:
             return
         rec: dict[str, Any] = {"step": int(step), "path": str(path), "createdAt": _now()}
-        m = camel_metrics(metrics)
+        m = status_metrics(metrics)
         if m:
             rec["metrics"] = m
         with self._lock:
@@ -302,55 +309,31 @@ def _body(e: urllib.error.HTTPError) -> str:
 
 # -- termination message ---------------------------------------------------------------------------
 
-
-def _encode(result: dict[str, Any]) -> bytes:
-    return json.dumps(result, separators=(",", ":"), default=str, allow_nan=False).encode()
+_written: dict[str, bool] = {"success": False}  # this process's record: a success was written
 
 
-def shrink_termination(result: dict[str, Any], limit: int = TERMINATION_LIMIT - 96) -> bytes:
-    """The JSON of ``result`` within ``limit`` bytes: metric detail goes first, then long strings are cut."""
-    result = dict(result)
-    if isinstance(result.get("metrics"), dict):
-        result["metrics"] = camel_metrics(result["metrics"])
-    data = _encode(result)
-    if len(data) <= limit:
-        return data
-    if isinstance(result.get("metrics"), dict):
-        result["metrics"] = {k: v for k, v in result["metrics"].items() if k in _CORE_METRICS}
-        data = _encode(result)
-        if len(data) <= limit:
-            return data
-        result.pop("metrics")
-        data = _encode(result)
-        if len(data) <= limit:
-            return data
-    # Still too big: cut the longest strings (a message with a traceback, say) until it fits.
-    for _ in range(20):
-        key = max((k for k, v in result.items() if isinstance(v, str)), key=lambda k: len(result[k]), default=None)
-        if key is None:
-            break
-        excess = len(data) - limit
-        s = result[key]
-        keep = max(0, len(s.encode()) - excess - 32)
-        result[key] = s.encode()[:keep].decode(errors="ignore") + "…[truncated]"
-        data = _encode(result)
-        if len(data) <= limit:
-            return data
-    # Last resort: only the scalars that matter.
-    minimal: dict[str, Any] = {k: result[k] for k in ("status", "reason") if k in result}
-    return _encode(minimal)
+def termination_path() -> Path | None:
+    """``$TERMINATION_MESSAGE_PATH``, else the pod's termination log if it is writable, else None."""
+    env = os.environ.get(names.ENV_TERMINATION_LOG)
+    if env:
+        return Path(env)
+    path = Path(names.TERMINATION_LOG)
+    return path if path.exists() and os.access(path, os.W_OK) else None
 
 
-def write_termination(result: dict) -> None:
-    """Write ``result`` as JSON to ``$TERMINATION_MESSAGE_PATH`` or, if writable, ``/dev/termination-log``."""
-    env = os.environ.get("TERMINATION_MESSAGE_PATH")
-    path = Path(env) if env else _DEFAULT_TERMINATION_LOG
-    if not env and not (path.exists() and os.access(path, os.W_OK)):
-        log.info("no termination log (%s not writable); result: %s", path, json.dumps(result, default=str)[:1000])
+def write_termination(result: TerminationMessage) -> None:
+    """Write ``result`` where the kubelet reads it. A success is final: once this process wrote one, a later
+    failure (a peer dying during the teardown, say) is logged, never written over it."""
+    if _written["success"]:
+        log.warning("not overwriting the verified upload's termination message with: %s", result.wire())
         return
-    data = shrink_termination(result)
+    path = termination_path()
+    if path is None:
+        log.info("no termination log (not in a pod); result: %s", json.dumps(result.wire(), default=str)[:1000])
+        return
     try:
-        with open(path, "wb") as f:
-            f.write(data)
+        path.write_bytes(result.encode())
     except OSError as e:
         log.warning("cannot write termination message to %s: %s", path, e)
+        return
+    _written["success"] = result.status == SUCCEEDED

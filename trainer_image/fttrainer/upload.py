@@ -40,9 +40,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ftcrd.names import ENV_UPLOAD_BACKOFF, ENV_UPLOAD_RETRIES, MANIFEST_NAME
+
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
 DEFAULT_PROJECT = "finetune-local"
 # Files above this size go through a resumable upload in chunks of this size (a multiple of 256 KiB).
 CHUNK_SIZE = 32 * 1024 * 1024
@@ -283,8 +284,8 @@ def upload_export(
     Raises :class:`UploadError` when an object still fails after the retries.
     """
     export_dir = Path(export_dir)
-    retries = int(os.environ.get("FTJ_UPLOAD_RETRIES", "6")) if retries is None else retries
-    backoff = float(os.environ.get("FTJ_UPLOAD_BACKOFF", "2")) if backoff is None else backoff
+    retries = int(os.environ.get(ENV_UPLOAD_RETRIES, "6")) if retries is None else retries
+    backoff = float(os.environ.get(ENV_UPLOAD_BACKOFF, "2")) if backoff is None else backoff
     base = object_prefix(prefix, community_id, job)
     uri = f"gs://{bucket}/{base}"
     files = scan_export(export_dir)

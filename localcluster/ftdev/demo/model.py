@@ -31,7 +31,7 @@ def download_verified(emulator: GcsEmulator, uri: str, dest: Path) -> tuple[list
 def evaluate(model_dir: Path, pairs: list[dict[str, str]], hyperparameters: dict[str, Any]) -> tuple[Any, Any]:
     """(before, after) :class:`fttrainer.scoring.Preference` on ``pairs``: the initial model is the tiny preset's
     seeded initialisation (:func:`fttrainer.tiny.seeded_model`) rebuilt from the trained model's config."""
-    from ftcrd.dataset import parse_row
+    from ftcrd.dataset import PreferenceRow, parse_row
     from ftcrd.types import HyperparametersSpec
     from fttrainer import tiny
     from fttrainer.scoring import pair_margins, preference
@@ -39,7 +39,9 @@ def evaluate(model_dir: Path, pairs: list[dict[str, str]], hyperparameters: dict
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    rows = [parse_row(p, i) for i, p in enumerate(pairs)]
+    rows = [row for i, p in enumerate(pairs) if isinstance(row := parse_row(p, i), PreferenceRow)]
+    if len(rows) != len(pairs):
+        raise ValueError("held-out rows must be preference pairs {prompt, chosen, rejected}")
     tok = AutoTokenizer.from_pretrained(model_dir)
     trained = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     hp = HyperparametersSpec.model_validate(hyperparameters)  # the job's values, the contract's defaults

@@ -1,0 +1,120 @@
+"""The periodic resync: every FineTuneJob this replica follows, recomputed and repaired, whatever was missed.
+
+Watch events drive the reconciler; this loop makes it converge even when an event, a write or a handler's
+retries were lost. Every ``resync_seconds`` (on the replica that acts, see :mod:`ftoperator.peering`) it
+walks the FineTuneJob index and, for each job:
+
+* finished: re-registers its TTL and re-applies the Job suspension its failure needs;
+* live, with its Job: recomputes the status from the Job, pods and Events and writes what differs (a lost
+  final status is written again), and re-applies spec.runPolicy.suspend to the Job;
+* live, without a Job in two rounds running (deleted, or its creation gave up without a status), with no
+  creation attempt running or scheduled: runs the same attempt as ``create-workload`` (the Job is created
+  again, or the job fails with ``ChildCreateFailed`` when the retry budget runs out).
+
+It also re-checks the trainer identity of every namespace with live jobs, so a deleted ServiceAccount, Role or
+RoleBinding is created again without an operator restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from ftcrd.types import TERMINAL_PHASES
+
+from ftoperator import metrics, peering
+from ftoperator.children import Workloads, describe
+from ftoperator.reconciler import Reconciler
+from ftoperator.settings import Settings
+from ftoperator.snapshots import Key, first, ftj_logger, uid_of
+
+log = logging.getLogger("ftoperator.resync")
+CONCURRENCY = 8
+
+
+class Resync:
+    def __init__(self, reconciler: Reconciler, workloads: Workloads, settings: Settings) -> None:
+        self.reconciler = reconciler
+        self.workloads = workloads
+        self.settings = settings
+        self.missing: set[str] = set()  # FineTuneJob uids without a Job in the previous round
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the loop (once; not at all when resync_seconds is 0)."""
+        if self.task is None and self.settings.resync_seconds > 0:
+            self.task = asyncio.create_task(self.run())
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            try:
+                assert self.reconciler.kube is not None
+                if await peering.acting(self.reconciler.kube, self.settings):
+                    await self.round()
+                    metrics.RESYNC_ROUNDS.inc()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                metrics.ERRORS.labels("resync").inc()
+                log.exception("resync round failed")
+
+    async def round(self) -> None:
+        """One pass over every FineTuneJob in the index."""
+        index = self.reconciler.indexes.get("ftj_index")
+        if index is None:
+            return
+        jobs = [(key, first(index.get(key))) for key in list(index)]
+        missing: set[str] = set()
+        namespaces: set[str] = set()
+        slots = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(key: Key, ftj: Mapping[str, Any]) -> None:
+            async with slots:
+                try:
+                    await self._one(key, ftj, missing, namespaces)
+                except Exception as exc:
+                    ftj_logger(ftj).warning("resync failed: %s", describe(exc))
+
+        await asyncio.gather(*(one(key, ftj) for key, ftj in jobs if ftj is not None))
+        self.missing = missing
+        for namespace in sorted(namespaces):
+            try:
+                made = await self.workloads.recheck_identity(namespace)
+            except Exception as exc:
+                metrics.ERRORS.labels("resync").inc()
+                log.warning("cannot check the trainer identity of namespace %s: %s", namespace, describe(exc))
+                continue
+            if made:
+                metrics.REPAIRS.labels("identity").inc()
+                log.warning("re-created %d missing object(s) of the trainer identity of namespace %s", made, namespace)
+
+    async def _one(self, key: Key, ftj: Mapping[str, Any], missing: set[str], namespaces: set[str]) -> None:
+        if (ftj.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        uid = uid_of(ftj)
+        logger = ftj_logger(ftj)
+        status = self.reconciler.effective_status(ftj)
+        job = self.reconciler.job_of(key, uid)
+        if status.get("phase") in TERMINAL_PHASES:
+            if await self.reconciler.sync(*key, logger=logger, handler="resync", ftj=ftj, job=job):
+                metrics.REPAIRS.labels("suspend").inc()
+            return
+        if not (ftj.get("spec") or {}).get("serviceAccountName"):
+            namespaces.add(key[0])
+        if job is None:
+            if self.workloads.busy(uid):
+                return
+            if uid not in self.missing:
+                missing.add(uid)  # acted on if still missing in the next round (the index may lag a creation)
+                return
+            logger.warning("no Job found for two resync rounds: creating the workload again")
+            metrics.REPAIRS.labels("job").inc()
+            await self.workloads.ensure(ftj, logger, "resync")
+            return
+        if await self.reconciler.sync(*key, logger=logger, handler="resync", ftj=ftj, job=job):
+            metrics.REPAIRS.labels("status").inc()
+        if await self.workloads.reconcile_suspend(ftj, job, logger):
+            metrics.REPAIRS.labels("suspend").inc()
