@@ -29,6 +29,8 @@ PHASE_UPLOADING: Final[Phase] = "Uploading"
 PHASE_SUCCEEDED: Final[Phase] = "Succeeded"
 PHASE_FAILED: Final[Phase] = "Failed"
 PHASE_SUSPENDED: Final[Phase] = "Suspended"
+PHASE_QUEUED: Final[Phase] = "Queued"
+"""Kueue holds the job (spec.runPolicy.queueName): not admitted yet, or preempted."""
 TERMINAL_PHASES: frozenset[str] = frozenset({PHASE_SUCCEEDED, PHASE_FAILED})
 
 # What the trainer is doing (status.progress.stage); "uploading" shows as phase Uploading.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-from ftcrd.names import ANN_CANCELLED
+from ftcrd.names import ANN_CANCELLED, KUEUE_ADMITTED, KUEUE_EVICTED, KUEUE_INADMISSIBLE, KUEUE_PREEMPTED
 
 # Condition types (each True/False/Unknown, kubebuilder-style).
 CREATED: Final = "Created"  # the Job (and, multi-node, its Service) exist
@@ -53,10 +53,10 @@ class Reason:
     INIT_CONTAINER_CRASH_LOOP: Final = "InitContainerCrashLoop"
     # Kueue (spec.runPolicy.queueName): phase Queued, then Admitted; Preempted/Evicted when it takes the job back.
     QUEUED: Final = "Queued"
-    INADMISSIBLE: Final = "Inadmissible"
-    ADMITTED: Final = "Admitted"
-    PREEMPTED: Final = "Preempted"
-    EVICTED: Final = "Evicted"
+    INADMISSIBLE: Final = KUEUE_INADMISSIBLE
+    ADMITTED: Final = KUEUE_ADMITTED
+    PREEMPTED: Final = KUEUE_PREEMPTED
+    EVICTED: Final = KUEUE_EVICTED
 
 
 # Reasons, with the text that explains them to a user.

@@ -20,12 +20,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ftcrd import names
 from ftcrd.conditions import Reason as R
+from ftcrd.types import PHASE_FAILED, PHASE_PENDING, PHASE_QUEUED
 
 from ftoperator.objects import condition, get, short
 
-GROUP = "kueue.x-k8s.io"
-PLURAL = "workloads"
+GROUP = names.KUEUE_GROUP
+PLURAL = names.KUEUE_WORKLOADS
 INDEX = "workload_index"
 
 
@@ -53,7 +55,7 @@ def wanted_active(ftj: Mapping[str, Any], phase: str | None) -> bool:
     """Whether the Workload should compete for quota: not while the user holds the job, nor after the operator
     failed it (its GPUs go back to the queue)."""
     suspend = bool(((ftj.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
-    return not suspend and phase != "Failed"
+    return not suspend and phase != PHASE_FAILED
 
 
 def needs_activation_change(ftj: Mapping[str, Any], workload: Mapping[str, Any] | None, phase: str | None) -> bool:
@@ -83,7 +85,7 @@ def _after(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
 
 def admission_time(workload: Mapping[str, Any] | None) -> str | None:
     """When Kueue last admitted the workload (its Admitted condition turned True), or None while it is not."""
-    admitted = condition(workload, "Admitted")
+    admitted = condition(workload, names.KUEUE_ADMITTED)
     if not admitted or admitted.get("status") != "True":
         return None
     return str(admitted.get("lastTransitionTime") or "") or None
@@ -94,20 +96,24 @@ def queued_phase(ftj: Mapping[str, Any], workload: Mapping[str, Any] | None) -> 
     job says so until it is admitted again, and what it waits for now."""
     queue = get(ftj, "spec", "runPolicy", "queueName")
     if workload is None:
-        return "Queued", R.QUEUED, f"waiting for Kueue to create the job's Workload (queue {queue})"
-    evicted = condition(workload, "Evicted")
+        return PHASE_QUEUED, R.QUEUED, f"waiting for Kueue to create the job's Workload (queue {queue})"
+    evicted = condition(workload, names.KUEUE_EVICTED)
     evicted = evicted if evicted and evicted.get("status") == "True" else None
-    admitted = condition(workload, "Admitted")
-    reserved = condition(workload, "QuotaReserved")
+    admitted = condition(workload, names.KUEUE_ADMITTED)
+    reserved = condition(workload, names.KUEUE_QUOTA_RESERVED)
     waiting = reserved if reserved and reserved.get("status") == "False" else None
     if admission_time(workload) and (evicted is None or _after(admitted, evicted)):
-        return "Pending", R.ADMITTED, f"Kueue admitted the job (queue {queue}); waiting for the Job to start"
+        return PHASE_PENDING, R.ADMITTED, f"Kueue admitted the job (queue {queue}); waiting for the Job to start"
     now = f"{waiting.get('reason') or 'Pending'}: {waiting.get('message') or ''}" if waiting else ""
     if evicted is not None:
-        why = str(evicted.get("reason") or "Evicted")
+        why = str(evicted.get("reason") or R.EVICTED)
         text = f"Kueue {why}: {evicted.get('message') or ''}" + (f"; now {now}" if now else "")
-        return "Queued", R.PREEMPTED if why == "Preempted" else R.EVICTED, short(f"{text} (queue {queue})")
+        return (
+            PHASE_QUEUED,
+            R.PREEMPTED if why == names.KUEUE_PREEMPTED else R.EVICTED,
+            short(f"{text} (queue {queue})"),
+        )
     if waiting is not None:
-        reason = R.INADMISSIBLE if waiting.get("reason") == "Inadmissible" else R.QUEUED
-        return "Queued", reason, short(f"Kueue {now} (queue {queue})")
-    return "Queued", R.QUEUED, f"waiting for Kueue to admit the job (queue {queue})"
+        reason = R.INADMISSIBLE if waiting.get("reason") == names.KUEUE_INADMISSIBLE else R.QUEUED
+        return PHASE_QUEUED, reason, short(f"Kueue {now} (queue {queue})")
+    return PHASE_QUEUED, R.QUEUED, f"waiting for Kueue to admit the job (queue {queue})"

@@ -19,7 +19,7 @@ from ftcrd.conditions import TRAINER_REASONS, ExitCode
 from ftcrd.conditions import Reason as R
 from ftcrd.names import ANN_CANCELLED, ANN_COMPLETION_INDEX, CONTAINER
 from ftcrd.termination import FAILED, TerminationMessage
-from ftcrd.types import PHASE_UPLOADING, STAGE_UPLOADING, TERMINAL_PHASES
+from ftcrd.types import PHASE_QUEUED, PHASE_UPLOADING, STAGE_UPLOADING, TERMINAL_PHASES
 
 from ftoperator import kueue
 from ftoperator.objects import condition as _cond
@@ -373,7 +373,7 @@ def derive_status(  # noqa: PLR0917
         created,
         scheduled,
         set_condition(existing, C.RUNNING, phase in ("Running", PHASE_UPLOADING), reason, message, now, generation),
-        set_condition(existing, C.SUSPENDED, phase in ("Suspended", "Queued"), reason, message, now, generation),
+        set_condition(existing, C.SUSPENDED, phase in ("Suspended", PHASE_QUEUED), reason, message, now, generation),
         set_condition(existing, C.SUCCEEDED, phase == "Succeeded", reason, message, now, generation),
         set_condition(existing, C.FAILED, phase == "Failed", reason, message, now, generation),
     ]
