@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ROOT := $(abspath .)
 VENV = $(shell bash hack/venv.sh)
 PY = $(VENV)/bin/python
-export PYTHONPATH := $(ROOT)/crds:$(ROOT)/operator:$(ROOT)/api:$(ROOT)/trainer_image:$(ROOT)/localcluster
+export PYTHONPATH := $(ROOT)/crds:$(ROOT)/operator:$(ROOT)/api:$(ROOT)/trainer_image:$(ROOT)/localcluster:$(ROOT)/plugin
 # Nothing in this project may reach a model hub at run time.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -19,22 +19,28 @@ venv: ## Build the cached venv (first run only; downloads torch)
 	@bash hack/venv.sh >/dev/null
 
 .PHONY: setup
-setup: venv ## Build the cached venv and the Kubernetes binaries (first run only; slow)
+setup: venv ## Build the cached venv, the Kubernetes binaries, Kueue and helm (first run only; slow)
 	@bash localcluster/build-k8s.sh >/dev/null
+	@$(MAKE) --no-print-directory tools
 
 .PHONY: lint
 lint: venv ## ruff + mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy crds/ftcrd operator/ftoperator api/ftapi trainer_image/fttrainer localcluster/processnode localcluster/ftdev
+	$(VENV)/bin/mypy crds/ftcrd operator/ftoperator api/ftapi trainer_image/fttrainer localcluster/processnode localcluster/ftdev plugin/ftkubectl
 
 .PHONY: fmt
 fmt: ## Format the code
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
 .PHONY: manifests
-manifests: ## Render crds/finetunejob.yaml, docs/conditions.md and docs/crd-reference.md from crds/ftcrd
+manifests: ## Render crds/finetunejob.yaml, docs/conditions.md and docs/crd-reference.md from crds/ftcrd, and the chart
 	$(PY) -m ftcrd.generate
+	$(PY) -m ftdev.chart
+
+.PHONY: chart
+chart: ## Regenerate the Helm chart deploy/chart from the kustomize base deploy/base (its one source)
+	$(PY) -m ftdev.chart
 
 .PHONY: openapi
 openapi: ## Write api/openapi.json (the API's OpenAPI document; a test fails when it is stale)
@@ -42,7 +48,7 @@ openapi: ## Write api/openapi.json (the API's OpenAPI document; a test fails whe
 
 .PHONY: manifests-check
 manifests-check: manifests openapi ## Fail when generated files (CRD, docs, OpenAPI) differ from the checked-in ones
-	git diff --exit-code -- crds docs/conditions.md docs/crd-reference.md api/openapi.json
+	git diff --exit-code -- crds docs/conditions.md docs/crd-reference.md api/openapi.json deploy/chart
 
 # Tiers (tests/support/tiers.py): unit (pure, seconds; needs only the venv), process (real trainer runs, the GCS
 # emulator), cluster (the local control plane), e2e (operator + real trainer on it). `make test` runs them all.
@@ -57,8 +63,13 @@ test-unit: venv ## Pure tests only: no cluster, no Kubernetes build, no servers 
 	@start=$$(date +%s%N); rc=0; $(PYTEST) -m unit $(PYTEST_ARGS) || rc=$$?; \
 	  ms=$$(( ($$(date +%s%N) - start) / 1000000 )); echo ">> test-unit: $$((ms / 1000)).$$((ms % 1000 / 100))s wall"; exit $$rc
 
+.PHONY: tools
+tools: ## Build Kueue and helm from their Go modules (first run only; cached by version)
+	@bash localcluster/build-tool.sh kueue >/dev/null
+	@bash localcluster/build-tool.sh helm >/dev/null
+
 .PHONY: test-process
-test-process: venv ## Real local processes without a cluster: torchrun trainer runs, the GCS emulator
+test-process: venv tools ## Real local processes without a cluster: torchrun trainer runs, the GCS emulator, helm
 	$(PYTEST) -m process $(PYTEST_ARGS)
 
 .PHONY: test-cluster
@@ -76,6 +87,14 @@ cluster-up: setup ## Start the local control plane + process node (idempotent); 
 .PHONY: cluster-down
 cluster-down: ## Stop the local control plane
 	@bash localcluster/cluster.sh down
+
+.PHONY: kueue-up
+kueue-up: cluster-up ## Start Kueue (the pinned release, built by setup) against the local control plane
+	@$(PY) -m ftdev.kueue up
+
+.PHONY: kueue-down
+kueue-down: ## Stop Kueue and unregister its webhooks (cluster-down stops it too)
+	@$(PY) -m ftdev.kueue down
 
 # --- images, kind and deployment (issue #7): see README.md "Deploy" ---------------------------------
 IMAGE_PREFIX ?= finetune-operator

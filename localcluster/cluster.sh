@@ -305,8 +305,15 @@ stop_components() { # name...: SIGTERM the process groups together, SIGKILL what
 cmd_down() {
   [[ -d "$STATE" ]] || { log "nothing to stop ($STATE does not exist)"; return 0; }
   local c
-  # The process node first: on SIGTERM it stops its pods' processes and unmounts their volumes.
-  stop_components processnode
+  # The process node first: on SIGTERM it stops its pods' processes and unmounts their volumes. With it, what
+  # was started beside the cluster (extra process nodes, Kueue: localcluster/ftdev), found by its pid file.
+  local f extra=()
+  for f in "$RUN"/*.pid; do
+    [[ -f "$f" ]] || continue
+    f=$(basename "$f" .pid)
+    [[ " ${COMPONENTS[*]} " == *" $f "* ]] || extra+=("$f")
+  done
+  stop_components processnode "${extra[@]}"
   # The rest holds nothing worth a graceful shutdown: its state is deleted next.
   local pid
   for c in kube-scheduler kube-controller-manager kube-apiserver etcd; do
@@ -316,7 +323,6 @@ cmd_down() {
   done
   # Pods' processes that outlived the node (it was SIGKILLed): by their pid files, then every
   # process whose environment carries this state dir (the process node marks its containers).
-  local f
   for f in "$STATE"/pods/*/*.pid; do
     [[ -f "$f" ]] || continue
     kill -KILL -- "-$(<"$f")" 2>/dev/null || true

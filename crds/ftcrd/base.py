@@ -22,13 +22,15 @@ Optimizer = Literal["RMSprop", "AdamW", "Adam", "SGD"]
 CheckpointingPolicy = Literal["full", "selective", "every_other"]
 DatasetFormat = Literal["novalto", "jsonl", "openai"]
 Compression = Literal["auto", "none", "gzip"]
-Phase = Literal["Pending", "Running", "Uploading", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Pending", "Queued", "Running", "Uploading", "Succeeded", "Failed", "Suspended"]
 PHASE_PENDING: Final[Phase] = "Pending"
 PHASE_RUNNING: Final[Phase] = "Running"
 PHASE_UPLOADING: Final[Phase] = "Uploading"
 PHASE_SUCCEEDED: Final[Phase] = "Succeeded"
 PHASE_FAILED: Final[Phase] = "Failed"
 PHASE_SUSPENDED: Final[Phase] = "Suspended"
+PHASE_QUEUED: Final[Phase] = "Queued"
+"""Kueue holds the job (spec.runPolicy.queueName): not admitted yet, or preempted."""
 TERMINAL_PHASES: frozenset[str] = frozenset({PHASE_SUCCEEDED, PHASE_FAILED})
 
 # What the trainer is doing (status.progress.stage); "uploading" shows as phase Uploading.

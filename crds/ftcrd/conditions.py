@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-from ftcrd.names import ANN_CANCELLED
+from ftcrd.names import ANN_CANCELLED, KUEUE_ADMITTED, KUEUE_EVICTED, KUEUE_INADMISSIBLE, KUEUE_PREEMPTED
 
 # Condition types (each True/False/Unknown, kubebuilder-style).
 CREATED: Final = "Created"  # the Job (and, multi-node, its Service) exist
@@ -56,6 +56,12 @@ class Reason:
     WAITING_FOR_MODEL: Final = "WaitingForModel"
     MODEL_SOURCE_FAILED: Final = "ModelSourceFailed"
     INVALID_MODEL: Final = "InvalidModel"
+    # Kueue (spec.runPolicy.queueName): phase Queued, then Admitted; Preempted/Evicted when it takes the job back.
+    QUEUED: Final = "Queued"
+    INADMISSIBLE: Final = KUEUE_INADMISSIBLE
+    ADMITTED: Final = KUEUE_ADMITTED
+    PREEMPTED: Final = KUEUE_PREEMPTED
+    EVICTED: Final = KUEUE_EVICTED
 
 
 # Reasons, with the text that explains them to a user.
@@ -67,7 +73,16 @@ REASONS: Final[dict[str, str]] = {
     Reason.TRAINING: "The trainer is running.",
     Reason.UPLOADING: "Training finished; the trainer is uploading the model.",
     Reason.COMPLETED: "The model was exported, uploaded and its checksums verified.",
-    Reason.SUSPENDED: "spec.runPolicy.suspend is true (or Kueue holds the job); no pods run.",
+    Reason.SUSPENDED: "spec.runPolicy.suspend is true; no pods run.",
+    Reason.QUEUED: "Phase Queued: Kueue has not admitted the job yet; the message quotes Kueue's reason (for "
+    "example insufficient quota).",
+    Reason.INADMISSIBLE: "Phase Queued: Kueue cannot admit the job as it is (for example its LocalQueue does not "
+    "exist).",
+    Reason.ADMITTED: "Kueue admitted the job within its ClusterQueue's quota; its pods are being created.",
+    Reason.PREEMPTED: "Phase Queued: Kueue preempted the job for a higher-priority one; it runs again when "
+    "re-admitted.",
+    Reason.EVICTED: "Phase Queued: Kueue evicted the job (not a preemption; the message says why); it waits for "
+    "re-admission.",
     Reason.IMAGE_PULL_FAILED: "The trainer image could not be pulled within the grace period.",
     Reason.INVALID_DATASET: "The trainer rejected the dataset (exit code 2); retrying cannot help.",
     Reason.INVALID_SPEC: "The spec could not be turned into a workload or a training run; fix the resource.",

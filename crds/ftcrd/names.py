@@ -40,6 +40,18 @@ LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "finetune-operator"
 LABEL_QUEUE: Final = "kueue.x-k8s.io/queue-name"
 """Kueue's LocalQueue label (spec.runPolicy.queueName)."""
+# Kueue's vocabulary on the Workload it makes for a queued job's Job (the operator maps it to the status;
+# ftcrd.conditions.Reason names the FineTuneJob's reasons after these on purpose).
+KUEUE_GROUP: Final = "kueue.x-k8s.io"
+KUEUE_WORKLOADS: Final = "workloads"
+KUEUE_QUOTA_RESERVED: Final = "QuotaReserved"
+"""Workload condition: quota reserved (False while waiting; its reason Pending or Inadmissible says why)."""
+KUEUE_ADMITTED: Final = "Admitted"
+"""Workload condition: admitted (True from admission; its lastTransitionTime is status.admissionTime)."""
+KUEUE_EVICTED: Final = "Evicted"
+"""Workload condition: evicted (reason Preempted, or another eviction such as a deactivation)."""
+KUEUE_PREEMPTED: Final = "Preempted"
+KUEUE_INADMISSIBLE: Final = "Inadmissible"
 
 # --- annotations -------------------------------------------------------------------------------------
 ANN_TRAINER_CONFIG: Final = f"{GROUP}/trainer-config"

@@ -140,7 +140,8 @@ class FineTuneJobStatus(CamelModel):
         Phase | None,
         Field(
             default=None,
-            description="Pending, Running, Uploading, Succeeded, Failed or Suspended (Succeeded and Failed are final).",
+            description="Pending, Queued (Kueue holds the job), Running, Uploading, Succeeded, Failed or Suspended "
+            "(Succeeded and Failed are final).",
         ),
     ]
     reason: Annotated[
@@ -162,6 +163,10 @@ class FineTuneJobStatus(CamelModel):
     ]
     completion_time: Annotated[
         str | None, Field(default=None, description="When the job reached Succeeded or Failed (RFC 3339).")
+    ]
+    admission_time: Annotated[
+        str | None,
+        Field(default=None, description="When Kueue last admitted the job (spec.runPolicy.queueName; RFC 3339)."),
     ]
     progress: Annotated[Progress | None, Field(default=None, description="Training progress.")]
     metrics: Annotated[Metrics | None, Field(default=None, description="Latest training metrics.")]

@@ -20,6 +20,7 @@ from ftcrd.base import (  # noqa: F401 (re-exported: ftcrd.types is the model's 
     MAX_NAME_LENGTH,
     PHASE_FAILED,
     PHASE_PENDING,
+    PHASE_QUEUED,
     PHASE_RUNNING,
     PHASE_SUCCEEDED,
     PHASE_SUSPENDED,

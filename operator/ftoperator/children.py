@@ -226,11 +226,11 @@ class Workloads:
 
     async def reconcile_suspend(self, ftj: Mapping[str, Any], job: Mapping[str, Any], logger: Logger) -> bool:
         """spec.runPolicy.suspend onto the Job. ``suspend-resume`` follows changes while the operator runs; one
-        made while it was down (the diff base is in memory) or lost is applied here. With a Kueue queue,
-        resuming is Kueue's decision (it un-suspends on admission)."""
+        made while it was down (the diff base is in memory) or lost is applied here. Not with a Kueue queue: Kueue
+        owns that Job's suspend, and the status sync holds its Workload instead (ftoperator.kueue)."""
         policy = (ftj.get("spec") or {}).get("runPolicy") or {}
         want, have = bool(policy.get("suspend")), bool((job.get("spec") or {}).get("suspend"))
-        if want == have or (not want and policy.get("queueName")):
+        if want == have or policy.get("queueName"):
             return False
         kube = self.reconciler.kube
         assert kube is not None

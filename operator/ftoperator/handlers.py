@@ -3,7 +3,8 @@
 * ``configure`` (startup): kopf settings, the API client, the indexes handed to the reconciler, the TTL
   sweep; ``close`` (cleanup); ``login``; the ``tracked`` probe.
 * indexes ``ftj_index``, ``job_index``, ``pod_index``: slim snapshots of FineTuneJobs and their Jobs and pods;
-  ``pod_index`` also schedules the status sync of a pod's job, ``ftj_index`` starts the resync.
+  ``pod_index`` also schedules the status sync of a pod's job, ``ftj_index`` starts the resync;
+  ``workload_index``: Kueue's Workloads of the Jobs (:mod:`ftoperator.kueue`), each event a sync of the job.
 * ``create-workload`` (on.create) and ``adopt-workload`` (on.resume): one attempt at the job's children
   (:meth:`ftoperator.children.Workloads.ensure`), retried with its delay until the retry budget runs out.
 * ``suspend-resume`` (on.update of spec.runPolicy.suspend): the Job's spec.suspend.
@@ -24,7 +25,7 @@ import kopf
 from ftcrd.names import GROUP, KIND, LABEL_JOB, PLURAL, VERSION
 from ftcrd.types import TERMINAL_PHASES
 
-from ftoperator import metrics, ttl
+from ftoperator import kueue, metrics, ttl
 from ftoperator.children import Workloads, describe
 from ftoperator.kube import ApiError, Kube, connection_info
 from ftoperator.reconciler import Logger, Reconciler
@@ -89,7 +90,7 @@ async def configure(*, settings: kopf.OperatorSettings, logger: Logger, **kwargs
     settings.peering.stealth = False
 
     # kopf hands the live indexes to startup handlers too: the reconciler and the resync read them.
-    RECONCILER.indexes = {k: kwargs[k] for k in ("ftj_index", "job_index", "pod_index")}
+    RECONCILER.indexes = {k: kwargs[k] for k in ("ftj_index", "job_index", "pod_index", kueue.INDEX)}
     RECONCILER.kube = await Kube.connect(settings, s)
     metrics.serve(s.metrics_port)
     TASKS.append(asyncio.create_task(ttl.sweeper(RECONCILER, s.ttl_sweep_seconds)))
@@ -166,6 +167,18 @@ async def pod_index(
     return {key: slim_pod(body)}
 
 
+@kopf.index(kueue.GROUP, kueue.PLURAL, id=kueue.INDEX)
+async def workload_index(*, namespace: str | None, body: kopf.Body, logger: Logger, **_: Any) -> dict[Key, Any] | None:
+    """Kueue's Workloads by their Job's key; like pods, each event schedules the job's status sync (an admission,
+    a preemption, a new reason to wait). Without Kueue's CRDs kopf watches nothing here and waits for nothing."""
+    job = kueue.job_owner(body)
+    if job is None:
+        return None
+    key = (namespace or "", job)
+    RECONCILER.trigger(*key, logger=logger, handler="workload-events")
+    return {key: kueue.slim(body)}
+
+
 # ---------------------------------------------------------------------------------------------
 # workload creation
 # ---------------------------------------------------------------------------------------------
@@ -193,14 +206,13 @@ async def workload(*, body: kopf.Body, reason: str, logger: Logger, **_: Any) ->
 async def suspend_resume(
     *, new: Any, body: kopf.Body, namespace: str | None, name: str, logger: Logger, **_: Any
 ) -> None:
-    """spec.runPolicy.suspend → the Job's spec.suspend (its pods stop; resume starts new ones). With a Kueue
-    queue, resuming is Kueue's decision (it un-suspends on admission). If this handler's retries run out,
-    the resync applies the spec to the Job."""
+    """spec.runPolicy.suspend → the Job's spec.suspend (its pods stop; resume starts new ones). If this handler's
+    retries run out, the resync applies the spec to the Job. Kueue owns the suspend of a queued job's Job: the
+    status sync holds or releases its Workload instead (:mod:`ftoperator.kueue`)."""
     if (body.get("status") or {}).get("phase") in TERMINAL_PHASES:
         return
     suspend = bool(new)
-    if not suspend and ((body.get("spec") or {}).get("runPolicy") or {}).get("queueName"):
-        logger.info("resume requested; Kueue un-suspends the Job when it admits it")
+    if ((body.get("spec") or {}).get("runPolicy") or {}).get("queueName"):
         return
     kube = RECONCILER.kube
     assert kube is not None

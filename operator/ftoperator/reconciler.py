@@ -24,9 +24,9 @@ from ftcrd.conditions import Reason as R
 from ftcrd.names import KIND
 from ftcrd.types import TERMINAL_PHASES
 
-from ftoperator import metrics, stuck
+from ftoperator import kueue, metrics, stuck
 from ftoperator import status as st
-from ftoperator.kube import ApiError, Kube, collection_path
+from ftoperator.kube import MERGE_PATCH, ApiError, Kube, collection_path
 from ftoperator.settings import Settings
 from ftoperator.snapshots import Key, first, ftj_logger, owner_uid, uid_of
 
@@ -111,6 +111,12 @@ class Reconciler:
     def job_of(self, key: Key, uid: str) -> Mapping[str, Any] | None:
         jobs = self.indexes["job_index"].get(key, ()) if self.indexes else ()
         return next((j for j in jobs if owner_uid(j, KIND) == uid), None)
+
+    def workload_of(self, key: Key, job_uid: str | None) -> Mapping[str, Any] | None:
+        """Kueue's Workload of the Job (ftoperator.kueue), or None (no queue, no Kueue, not created yet)."""
+        index = self.indexes.get(kueue.INDEX) if job_uid else None
+        workloads = index.get(key, ()) if index is not None else ()
+        return next((w for w in workloads if owner_uid(w, "Job") == job_uid), None)
 
     def pods_of(self, key: Key, job_uid: str | None) -> list[Mapping[str, Any]]:
         if not job_uid or not self.indexes:
@@ -288,6 +294,20 @@ class Reconciler:
         await self.kube.merge_patch("batch/v1", "Job", md["namespace"], md["name"], {"spec": {"suspend": True}})
         self.suspended[uid_of(ftj)] = uid_of(job)
 
+    async def hold(
+        self, ftj: Mapping[str, Any], workload: Mapping[str, Any], phase: str | None, logger: Logger
+    ) -> bool:
+        """Deactivate (or activate again) a queued job's Workload as its spec and phase want: Kueue un-suspends an
+        admitted Job that anyone else suspends, so pausing, cancelling and failing go through the Workload."""
+        if not kueue.needs_activation_change(ftj, workload, phase):
+            return False
+        assert self.kube is not None
+        active = kueue.wanted_active(ftj, phase)
+        path, patch = kueue.activation_patch(workload, active)
+        await self.kube.request("PATCH", path, patch, content_type=MERGE_PATCH)
+        logger.info("%s Kueue Workload %s", "activated" if active else "deactivated", workload["metadata"]["name"])
+        return True
+
     async def sync(
         self,
         namespace: str,
@@ -327,8 +347,12 @@ class Reconciler:
         status = self.effective_status(ftj)
         metrics.PHASE_TRACKER.set(uid, status.get("phase"))
         job = job if job is not None else self.job_of(key, uid)
+        job_uid = (job or {}).get("metadata", {}).get("uid")
+        workload = self.workload_of(key, job_uid)
         if status.get("phase") in TERMINAL_PHASES:
             self.schedule_ttl(ftj, status)
+            if workload is not None:  # Kueue owns the Job's suspend: a failed job's Workload gives its GPUs back
+                return await self.hold(ftj, workload, status.get("phase"), logger)
             # A failure the operator decided (stuck pod, unverified upload) suspends the Job; if that patch
             # was lost, this repairs it (once per Job from events, every time from the resync).
             if st.needs_suspend(status, job) and (handler == "resync" or self.suspended.get(uid) != uid_of(job or {})):
@@ -338,7 +362,6 @@ class Reconciler:
             return False
         if job is None and not status.get("phase"):
             return False  # not created yet: create-workload writes the first status
-        job_uid = (job or {}).get("metadata", {}).get("uid")
         first_status = job is not None and not status.get("phase")
         # The first status is the state the job was accepted in (Pending, JobCreated), whatever the pods did
         # since: users see every job pass through Pending; the next sync catches up.
@@ -355,7 +378,9 @@ class Reconciler:
                 self.wake_after(key, watch_due + 0.5, logger)
         events, events_due = await self.pod_events(key, pods, now)
         view = {**ftj, "status": status}
-        patch = st.derive_status(view, job, pods, now, self.settings, events)
+        patch = st.derive_status(view, job, pods, now, self.settings, events, workload=workload)
+        if workload is not None:
+            await self.hold(ftj, workload, patch.get("phase"), logger)
         delta = st.changed(status, patch)
         if delta:
             await self.write_status(ftj, delta, logger)
@@ -363,7 +388,7 @@ class Reconciler:
             self.schedule_ttl(ftj, status)
         if first_status:
             self.trigger(*key, logger=logger, handler=handler)
-        if job is not None and st.needs_suspend(patch, job):
+        if job is not None and workload is None and st.needs_suspend(patch, job):
             await self.suspend_job(ftj, job, logger)
         wake = min(stuck.next_decision(pods, events, now, self.settings), events_due)
         if wake != float("inf"):

@@ -19,8 +19,9 @@ from ftcrd.conditions import TRAINER_REASONS, ExitCode
 from ftcrd.conditions import Reason as R
 from ftcrd.names import ANN_CANCELLED, ANN_COMPLETION_INDEX, CONTAINER
 from ftcrd.termination import FAILED, TerminationMessage
-from ftcrd.types import PHASE_UPLOADING, STAGE_UPLOADING, TERMINAL_PHASES
+from ftcrd.types import PHASE_QUEUED, PHASE_UPLOADING, STAGE_UPLOADING, TERMINAL_PHASES
 
+from ftoperator import kueue
 from ftoperator.objects import condition as _cond
 from ftoperator.objects import created as _created
 from ftoperator.objects import get as _get
@@ -46,6 +47,7 @@ OPERATOR_KEYS = (
     "attempts",
     "jobName",
     "observedGeneration",
+    "admissionTime",
 )
 
 
@@ -275,9 +277,12 @@ def derive_status(  # noqa: PLR0917
     now: dt.datetime,
     settings: Settings | None = None,
     events: PodEvents | None = None,
+    *,
+    workload: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The status patch for ``ftj`` (operator-owned keys, full conditions list); ``{}`` when final.
-    ``events``: the Events of pods that wait to be created, by pod uid (:func:`pods_needing_events`)."""
+    ``events``: the Events of pods that wait to be created, by pod uid (:func:`pods_needing_events`);
+    ``workload``: Kueue's Workload of the Job when Kueue manages it (:mod:`ftoperator.kueue`)."""
     settings = settings or Settings()
     status: Mapping[str, Any] = ftj.get("status") or {}
     if status.get("phase") in TERMINAL_PHASES:
@@ -314,7 +319,7 @@ def derive_status(  # noqa: PLR0917
         elif _get(ftj, "spec", "runPolicy", "suspend"):
             message = "spec.runPolicy.suspend is true; no trainer pods run"
         elif queue:
-            message = f"waiting for Kueue to admit the job (queue {queue})"
+            phase, reason, message = kueue.queued_phase(ftj, workload)
         else:
             message = "the Job is suspended"
     else:
@@ -340,6 +345,8 @@ def derive_status(  # noqa: PLR0917
         ]
         if started:
             patch["startTime"] = rfc3339(min(started))
+    if admitted := kueue.admission_time(workload):
+        patch["admissionTime"] = admitted
     if phase in TERMINAL_PHASES:
         done = parse_time(_get(job, "status", "completionTime")) if phase == "Succeeded" else None
         patch["completionTime"] = rfc3339(done or now)
@@ -371,7 +378,7 @@ def derive_status(  # noqa: PLR0917
         created,
         scheduled,
         set_condition(existing, C.RUNNING, phase in ("Running", PHASE_UPLOADING), reason, message, now, generation),
-        set_condition(existing, C.SUSPENDED, phase == "Suspended", reason, message, now, generation),
+        set_condition(existing, C.SUSPENDED, phase in ("Suspended", PHASE_QUEUED), reason, message, now, generation),
         set_condition(existing, C.SUCCEEDED, phase == "Succeeded", reason, message, now, generation),
         set_condition(existing, C.FAILED, phase == "Failed", reason, message, now, generation),
     ]

@@ -6,7 +6,8 @@ it only when started with FTO_ALLOW_ENTRYPOINT_ANNOTATION=true and the FineTuneJ
 ``finetune.dev/trainer-entrypoint: python /path/to/tests/operator/fake_trainer.py``; it receives the same args as
 torchrun would.
 
-Behaviour from the environment (spec.env): FAKE_TRAINER_SLEEP seconds (default 0), FAKE_TRAINER_EXIT code
+Behaviour from the environment (spec.env): FAKE_TRAINER_SLEEP seconds (default 0), FAKE_TRAINER_GATE a file
+path to wait for before finishing (a test releases each job when it wants; pods see the host's /tmp), FAKE_TRAINER_EXIT code
 (default 0), FAKE_TRAINER_REPORT=1 to merge-patch progress into the FineTuneJob status with the pod's
 ServiceAccount token (exercises the namespace's trainer identity ``finetune-trainer`` and the admission
 policy that keeps it to its own job), FAKE_TRAINER_NO_REPORT=1 to exit 0 without a termination message (an
@@ -72,6 +73,9 @@ def main(argv: list[str]) -> int:
             {"step": 1, "totalSteps": 4, "percent": 25.0, "summary": "25% (1/4)", "stage": "training", "updatedAt": now}
         )
     time.sleep(sleep)
+    gate = os.environ.get("FAKE_TRAINER_GATE")
+    while gate and not os.path.exists(gate):
+        time.sleep(0.2)
     if os.environ.get("FAKE_TRAINER_REPORT") == "1" and rank == 0:
         report({"step": 4, "totalSteps": 4, "percent": 100.0, "summary": "100% (4/4)", "stage": "uploading"})
     if rank != 0 or os.environ.get("FAKE_TRAINER_NO_REPORT") == "1":

@@ -290,7 +290,8 @@ def test_retrying_after_a_failed_attempt():
 def test_suspended(by_spec):
     f = ftj(suspend=True) if by_spec else ftj(queueName="gpu")
     patch = st.derive_status(f, job(suspend=True), [], NOW, SETTINGS)
-    assert (patch["phase"], patch["reason"]) == ("Suspended", "Suspended")
+    # A queued job Kueue holds is Queued (tests/kueue/test_queued_status.py: with Kueue's reasons).
+    assert (patch["phase"], patch["reason"]) == (("Suspended", "Suspended") if by_spec else ("Queued", "Queued"))
     assert ("spec.runPolicy.suspend" in patch["message"]) if by_spec else ("Kueue" in patch["message"])
     assert conditions(patch)["Suspended"]["status"] == "True"
 

@@ -7,6 +7,8 @@
 * :mod:`tests.support.operator_process`: the operator as a subprocess with the repo's RBAC (fixtures
   ``operator_rbac``, ``operator``, ``running_operator``);
 * :mod:`tests.support.ftj`: FineTuneJob bodies and waiting on their phases;
+* :mod:`tests.support.kueue`: Kueue queues, PriorityClasses and gated fake-trainer jobs (the fixtures that start
+  Kueue and a second node are in ``tests/kueue/conftest.py``);
 * :mod:`tests.support.trainer`: real ``torchrun``/``python`` trainer runs on CPU (fixtures ``trainer``,
   ``trainer_session``) and a learnable synthetic preference set;
 * :mod:`tests.support.tiers`: the test tiers (markers ``unit``, ``process``, ``cluster``, ``e2e``).

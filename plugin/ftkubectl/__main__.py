@@ -1,0 +1,5 @@
+import sys
+
+from ftkubectl.cli import main
+
+sys.exit(main())
