@@ -61,9 +61,11 @@ from ftcrd.status import (  # noqa: F401 (re-exported)
     Artifact,
     CheckpointRecord,
     Condition,
+    EvalSamples,
     FineTuneJobStatus,
     Metrics,
     Progress,
+    Sample,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -488,10 +490,51 @@ class WandbSpec(CamelModel):
     ]
 
 
+class MlflowSpec(CamelModel):
+    """An MLflow run to report training to (one run per job, named after the job)."""
+
+    tracking_uri: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=2048,
+            description="MLflow tracking URI: a tracking server (http(s)://...) or a file: URI (a local file store).",
+        ),
+    ]
+    experiment: Annotated[
+        str,
+        Field(default="finetune", min_length=1, max_length=256, description="Experiment the run is created in."),
+    ]
+    token_secret: Annotated[
+        SecretKeyRef | None,
+        Field(
+            default=None,
+            description="Secret holding a tracking-server token (exposed to the trainer as MLFLOW_TRACKING_TOKEN).",
+        ),
+    ]
+
+
 class TrackingSpec(CamelModel):
-    """Experiment tracking: where the trainer reports its metrics besides the job's status."""
+    """Experiment tracking: where the trainer reports its metrics besides the job's status, and what it samples.
+
+    Tracking never fails training: a tracker that cannot be reached is logged once and dropped."""
 
     wandb: Annotated[WandbSpec | None, Field(default=None, description="Report to Weights & Biases.")]
+    mlflow: Annotated[MlflowSpec | None, Field(default=None, description="Report to MLflow.")]
+    sample_during_eval: Annotated[
+        bool,
+        Field(
+            default=False,
+            description=(
+                "At each evaluation, complete a few held-out prompts with the policy (and the reference model) and "
+                "report them to the trackers and, shortened, as Events of the job."
+            ),
+        ),
+    ]
+    samples: Annotated[int, Field(default=4, ge=1, le=16, description="Held-out prompts completed per evaluation.")]
+    sample_max_new_tokens: Annotated[
+        int, Field(default=64, ge=1, le=1024, description="Tokens generated per sample (greedy decoding).")
+    ]
 
 
 class FineTuneJobSpec(CamelModel):
@@ -557,7 +600,10 @@ class FineTuneJobSpec(CamelModel):
         ),
     ]
     run_policy: Annotated[RunPolicySpec, Field(default_factory=RunPolicySpec, description="Retries and lifecycle.")]
-    tracking: Annotated[TrackingSpec | None, Field(default=None, description="Experiment tracking (Weights & Biases).")]
+    tracking: Annotated[
+        TrackingSpec | None,
+        Field(default=None, description="Experiment tracking (Weights & Biases, MLflow) and evaluation samples."),
+    ]
 
 
 class FineTuneJob(CamelModel):

@@ -65,6 +65,11 @@ HYDRA_KEYS: tuple[tuple[str, str], ...] = (
         )
     ),
     *((f"dataset.{k}", f"dataset.{k}") for k in ("path", "compression", "validation_fraction", "max_rows")),
+    ("sample_during_eval", "tracking.sample_during_eval"),
+    ("n_eval_model_samples", "tracking.samples"),
+    ("sample_max_new_tokens", "tracking.sample_max_new_tokens"),
+    *((f"wandb.{k}", f"tracking.wandb.{k}") for k in ("project", "entity", "name")),
+    *((f"mlflow.{k}", f"tracking.mlflow.{k}") for k in ("tracking_uri", "experiment")),
     ("upload.bucket", "output.bucket"),
     ("upload.prefix", "output.prefix"),
     ("upload.community_id", "output.community_id"),
@@ -155,7 +160,26 @@ def from_hydra(cfg: Any) -> TrainerConfig:
             _assign(typed, path, value)
     if typed.get("output", {}).get("bucket") is None:
         typed.pop("output", None)  # upload.bucket null: no upload, the artifact is the local export
+    _trackers(typed, enabled=bool(_lookup(tree, "wandb.enabled")[1]))
+    found, validation_path = _lookup(tree, "dataset.validation_path")
+    if found and validation_path is not None:
+        ds = typed["dataset"]
+        source = {"path": validation_path, "format": ds["format"], "compression": ds.get("compression")}
+        ds["validation"] = {k: v for k, v in source.items() if v is not None}
     return validate(typed, hydra=True)
+
+
+def _trackers(typed: dict[str, Any], *, enabled: bool) -> None:
+    """W&B only with ``wandb.enabled``, MLflow only with a tracking URI; unset (null) keys take the contract's
+    defaults."""
+    tracking = typed.get("tracking", {})
+    if not enabled:
+        tracking.pop("wandb", None)
+    if not tracking.get("mlflow", {}).get("tracking_uri"):
+        tracking.pop("mlflow", None)
+    for name in ("wandb", "mlflow"):
+        if name in tracking:
+            tracking[name] = {k: v for k, v in tracking[name].items() if v is not None}
 
 
 # ---------------------------------------------------------------------------------------------- file
