@@ -51,6 +51,7 @@ class Reason:
     VOLUME_CLAIM_MISSING: Final = "VolumeClaimMissing"
     UNSCHEDULABLE_TIMEOUT: Final = "UnschedulableTimeout"
     INIT_CONTAINER_CRASH_LOOP: Final = "InitContainerCrashLoop"
+    EVAL_SAMPLES: Final = "EvalSamples"
 
 
 # Reasons, with the text that explains them to a user.
@@ -97,6 +98,8 @@ REASONS: Final[dict[str, str]] = {
     ),
     Reason.INIT_CONTAINER_CRASH_LOOP: "An init container of a trainer pod kept crashing beyond the operator's "
     "grace period.",
+    Reason.EVAL_SAMPLES: "Event only (never a phase reason): completions of held-out prompts at an evaluation "
+    "(spec.tracking.sampleDuringEval; status.samples holds the latest set).",
 }
 
 

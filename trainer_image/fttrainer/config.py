@@ -68,8 +68,6 @@ HYDRA_KEYS: tuple[tuple[str, str], ...] = (
     ("sample_during_eval", "tracking.sample_during_eval"),
     ("n_eval_model_samples", "tracking.samples"),
     ("sample_max_new_tokens", "tracking.sample_max_new_tokens"),
-    *((f"wandb.{k}", f"tracking.wandb.{k}") for k in ("project", "entity", "name")),
-    *((f"mlflow.{k}", f"tracking.mlflow.{k}") for k in ("tracking_uri", "experiment")),
     ("upload.bucket", "output.bucket"),
     ("upload.prefix", "output.prefix"),
     ("upload.community_id", "output.community_id"),
@@ -160,7 +158,7 @@ def from_hydra(cfg: Any) -> TrainerConfig:
             _assign(typed, path, value)
     if typed.get("output", {}).get("bucket") is None:
         typed.pop("output", None)  # upload.bucket null: no upload, the artifact is the local export
-    _trackers(typed, enabled=bool(_lookup(tree, "wandb.enabled")[1]))
+    _trackers(typed, tree)
     found, validation_path = _lookup(tree, "dataset.validation_path")
     if found and validation_path is not None:
         ds = typed["dataset"]
@@ -169,17 +167,16 @@ def from_hydra(cfg: Any) -> TrainerConfig:
     return validate(typed, hydra=True)
 
 
-def _trackers(typed: dict[str, Any], *, enabled: bool) -> None:
-    """W&B only with ``wandb.enabled``, MLflow only with a tracking URI; unset (null) keys take the contract's
-    defaults."""
-    tracking = typed.get("tracking", {})
-    if not enabled:
-        tracking.pop("wandb", None)
-    if not tracking.get("mlflow", {}).get("tracking_uri"):
-        tracking.pop("mlflow", None)
-    for name in ("wandb", "mlflow"):
-        if name in tracking:
-            tracking[name] = {k: v for k, v in tracking[name].items() if v is not None}
+def _trackers(typed: dict[str, Any], tree: dict[str, Any]) -> None:
+    """``wandb`` (when ``wandb.enabled``) and ``mlflow`` (when ``mlflow.tracking_uri`` is set) as
+    ``tracking.wandb``/``tracking.mlflow``; null keys take the contract's defaults. (Not in HYDRA_KEYS: these
+    sections have no contract defaults for the YAML to read.)"""
+    tracking = typed.setdefault("tracking", {})
+    wandb, mlflow = tree.get("wandb") or {}, tree.get("mlflow") or {}
+    if wandb.get("enabled"):
+        tracking["wandb"] = {k: wandb[k] for k in ("project", "entity", "name") if wandb.get(k) is not None}
+    if mlflow.get("tracking_uri"):
+        tracking["mlflow"] = {k: mlflow[k] for k in ("tracking_uri", "experiment") if mlflow.get(k) is not None}
 
 
 # ---------------------------------------------------------------------------------------------- file
