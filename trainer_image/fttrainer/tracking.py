@@ -56,7 +56,9 @@ def backends(cfg: TrainerConfig) -> list[Backend]:
 def run_params(cfg: TrainerConfig, **extra: Any) -> dict[str, Any]:
     """The run's parameters for the trackers: method, hyperparameters, model, dataset format and ``extra``
     (training/evaluation rows, world size)."""
-    params: dict[str, Any] = {"job": cfg.job, "model.name": cfg.model.name_or_path, "model.preset": cfg.model.preset}
+    params: dict[str, Any] = {"job": cfg.job, "model.name": cfg.model.name_or_path}
+    if cfg.model.preset is not None:
+        params["model.preset"] = cfg.model.preset
     for section in ("method", "hyperparameters"):
         for key, value in getattr(cfg, section).model_dump(mode="json", by_alias=True).items():
             params[f"{section}.{key}"] = value
