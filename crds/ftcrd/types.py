@@ -520,21 +520,21 @@ class TrackingSpec(CamelModel):
     Tracking never fails training: a tracker that cannot be reached is logged once and dropped."""
 
     wandb: Annotated[WandbSpec | None, Field(default=None, description="Report to Weights & Biases.")]
-    mlflow: Annotated[MlflowSpec | None, Field(default=None, description="Report to MLflow.")]
+    # Defaults assigned (not in Field) so that type checkers see them: the API builds TrackingSpec(wandb=...).
+    mlflow: Annotated[MlflowSpec | None, Field(description="Report to MLflow.")] = None
     sample_during_eval: Annotated[
         bool,
         Field(
-            default=False,
             description=(
                 "At each evaluation, complete a few held-out prompts with the policy (and the reference model) and "
                 "report them to the trackers and, shortened, as Events of the job."
             ),
         ),
-    ]
-    samples: Annotated[int, Field(default=4, ge=1, le=16, description="Held-out prompts completed per evaluation.")]
+    ] = False
+    samples: Annotated[int, Field(ge=1, le=16, description="Held-out prompts completed per evaluation.")] = 4
     sample_max_new_tokens: Annotated[
-        int, Field(default=64, ge=1, le=1024, description="Tokens generated per sample (greedy decoding).")
-    ]
+        int, Field(ge=1, le=1024, description="Tokens generated per sample (greedy decoding).")
+    ] = 64
 
 
 class FineTuneJobSpec(CamelModel):

@@ -107,10 +107,16 @@ def test_mlflow_run_holds_params_metrics_per_step_artifact_and_samples(tracked):
             assert isinstance(sample["policy"], str) and isinstance(sample["reference"], str)
 
 
-def test_wandb_offline_run_holds_config_metrics_samples_and_artifact(tracked):
+def test_wandb_offline_run_holds_config_metrics_samples_and_artifact(tracked, gcs: GcsEmulator, tmp_path):
     run, _, job = tracked
     files = wandb_offline_runs(run.run_dir)
     assert len(files) == 1, files
+    # offline, the run is sealed into the export before the upload: it travels with the model
+    uploaded = [n for n in gcs.list(f"tracking/default/{job}/wandb/") if n.endswith(".wandb")]
+    assert [n.rsplit("/", 2)[-2:] for n in uploaded] == [[files[0].parent.name, files[0].name]]
+    copy = tmp_path / files[0].name
+    copy.write_bytes(gcs.download(uploaded[0]))
+    assert read_wandb_run(copy) == read_wandb_run(files[0])
     wb = read_wandb_run(files[0])
     assert wb.name == job and wb.project == "ftj-tests"
     assert wb.config["method.type"] == "dpo" and wb.config["trainRows"] == TRAIN_ROWS

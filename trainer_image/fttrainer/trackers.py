@@ -13,14 +13,17 @@ imports either.
   after 2 retries and 10 s unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``/``_TIMEOUT`` say otherwise.
 * **W&B**: ``wandb.init`` with the spec's project, entity, name and tags, the parameters as the run config,
   metrics per step, samples as a ``wandb.Table`` and the artifact URI in the summary. Offline (files under the
-  run directory's ``wandb/``, for ``wandb sync``) when ``WANDB_MODE=offline`` (the operator sets it when the
-  job names no key Secret) or when no ``WANDB_API_KEY`` is set.
+  run directory's ``wandb/``) when ``WANDB_MODE=offline`` (the operator sets it when the job names no key
+  Secret) or when no ``WANDB_API_KEY`` is set. A pod's run directory goes with the pod, so an offline run is
+  *sealed* before the upload: finished (the artifact URI it will have in the summary) and copied into the
+  export as ``wandb/offline-run-*/``, uploaded with the model for ``wandb sync``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -48,6 +51,8 @@ class Backend(Protocol):
     def metrics(self, step: int, values: dict[str, float]) -> None: ...
 
     def samples(self, step: int, samples: Sequence[Completion]) -> None: ...
+
+    def seal(self, export_dir: Path, artifact_uri: str) -> None: ...
 
     def finish(self, artifact_uri: str | None, ok: bool) -> None: ...
 
@@ -108,6 +113,9 @@ class MlflowTracker:
         text = json.dumps({"step": step, "samples": sample_rows(samples)}, indent=1, ensure_ascii=False)
         self.client.log_text(self.run_id, text, f"samples/step-{step:06d}.json")
 
+    def seal(self, export_dir: Path, artifact_uri: str) -> None:
+        """Nothing to keep locally: the run lives in the tracking store."""
+
     def finish(self, artifact_uri: str | None, ok: bool) -> None:
         if artifact_uri:
             self.client.set_tag(self.run_id, ARTIFACT_TAG, artifact_uri)
@@ -120,6 +128,8 @@ class WandbTracker:
     def __init__(self, spec: WandbSpec, job: str, run_dir: Path) -> None:
         self.spec, self.job, self.run_dir = spec, job, run_dir
         self.run: Any = None
+        self.offline = False
+        self.sealed = False
 
     def start(self, params: dict[str, Any]) -> None:
         import wandb
@@ -127,6 +137,7 @@ class WandbTracker:
         mode = os.environ.get(names.ENV_WANDB_MODE) or (
             "online" if os.environ.get(names.ENV_WANDB_API_KEY) else "offline"
         )
+        self.offline = mode == "offline"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=self.spec.project,
@@ -149,7 +160,20 @@ class WandbTracker:
         rows = [[step, r["prompt"], r["policy"], r["reference"]] for r in sample_rows(samples)]
         self.run.log({"samples": wandb.Table(columns=columns, data=rows)}, step=step)
 
+    def seal(self, export_dir: Path, artifact_uri: str) -> None:
+        """Offline: finish the run and copy it (record log, config, media; no debug logs) into the export."""
+        if not self.offline:
+            return
+        self.finish(artifact_uri, ok=True)
+        folder = Path(self.run.dir).parent  # .../wandb/offline-run-<time>-<id>/files -> the run's folder
+        target = export_dir / "wandb" / folder.name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(folder, target, ignore=shutil.ignore_patterns("logs", "tmp", "debug*.log"))
+        self.sealed = True
+
     def finish(self, artifact_uri: str | None, ok: bool) -> None:
+        if self.sealed:
+            return
         if artifact_uri:
             self.run.summary["artifact_uri"] = artifact_uri
         self.run.finish(exit_code=0 if ok else 1)

@@ -68,6 +68,15 @@ def run_params(cfg: TrainerConfig, **extra: Any) -> dict[str, Any]:
     return params
 
 
+def planned_artifact_uri(cfg: TrainerConfig, export_dir: Path) -> str:
+    """Where the export will be once uploaded (:func:`fttrainer.upload.object_prefix`), or the local folder."""
+    if cfg.output is None:
+        return export_dir.resolve().as_uri() + "/"
+    from fttrainer.upload import object_prefix
+
+    return f"gs://{cfg.output.bucket}/{object_prefix(cfg.output.prefix, cfg.output.community_id, cfg.job)}"
+
+
 def finite(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
 
@@ -94,6 +103,17 @@ class Tracking:
                 self._overflowed = True
                 log.warning("tracking: the trackers fall behind; dropping updates until they catch up")
 
+    def wait(self, timeout: float) -> bool:
+        """Block until everything submitted so far has been handled (or ``timeout``); whether it was."""
+        if not self.live:
+            return True
+        done = threading.Event()
+        self._queue.put(("_done", (done,)))
+        if not done.wait(timeout):
+            log.warning("tracking: trackers still busy after %.0fs; not waiting any longer", timeout)
+            return False
+        return True
+
     def close(self, artifact_uri: str | None, ok: bool) -> None:
         if self.live:
             self._queue.put(("finish", (artifact_uri, ok)))
@@ -105,6 +125,9 @@ class Tracking:
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             method, args = item
+            if method == "_done":
+                args[0].set()
+                continue
             for backend in list(self.live):
                 try:
                     getattr(backend, method)(*args)
@@ -168,6 +191,11 @@ class RunRecorder:
             log.info("sample %d at step %d: %r -> policy %r, reference %r", i, step, s.prompt, s.policy, s.reference)
 
     # -- the end -----------------------------------------------------------------------------------
+
+    def seal(self, export_dir: Path, artifact_uri: str) -> None:
+        """Before the upload: what must travel with the model (an offline W&B run) goes into the export."""
+        self.tracking.submit("seal", export_dir, artifact_uri)
+        self.tracking.wait(CLOSE_TIMEOUT)
 
     def close(self, artifact_uri: str | None, ok: bool) -> None:
         if not self.closed:

@@ -249,10 +249,10 @@ def train_and_export(
 
 def train(cfg: TrainerConfig, rows: list[Any], validation: list[Any]) -> int:
     """Everything after the input checks, on every rank; returns the job's exit code (the same on every rank)."""
-    from fttrainer.export import find_kept_export
+    from fttrainer.export import export_dir, find_kept_export
     from fttrainer.parallel import broadcast_from_main, init_distributed
     from fttrainer.report import Reporter, write_termination
-    from fttrainer.tracking import RunRecorder, run_params
+    from fttrainer.tracking import RunRecorder, planned_artifact_uri, run_params
 
     d = init_distributed()
     reporter = Reporter.from_env(d.rank)
@@ -280,6 +280,8 @@ def train(cfg: TrainerConfig, rows: list[Any], validation: list[Any]) -> int:
         outcome: tuple[int, TerminationMessage | None] = (ExitCode.OK, None)
         if d.is_main:
             assert kept is not None
+            if recorder is not None and attempt_steps:  # an offline W&B run of this training goes up with it
+                recorder.seal(export_dir(cfg), planned_artifact_uri(cfg, export_dir(cfg)))
             outcome = upload_and_report(cfg, kept, attempt_steps, reporter)
         code, message = broadcast_from_main(outcome, d)
         if code == ExitCode.OK and message is not None and message.artifact is not None:
