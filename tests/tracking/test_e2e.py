@@ -127,7 +127,7 @@ def test_results_validation_wandb_mlflow_and_sample_events(api, gcs, running_ope
     local = tmp_path / "run.wandb"
     local.write_bytes(gcs.download(wandb_files[0]))
     wb = read_wandb_run(local)
-    assert wb.name == job.id and wb.project == "e2e-tracking" and wb.tags == ["ci"]
+    assert (wb.name, wb.project, wb.tags) == (job.id, "e2e-tracking", ["ci"]), str(wb)[:3000]
     assert [h["_step"] for h in wb.history if "loss" in h] == list(range(1, steps + 1))
     assert wb.summary["artifact_uri"] == status["artifact"]["uri"]
 

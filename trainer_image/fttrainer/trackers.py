@@ -174,6 +174,11 @@ class WandbTracker:
     def finish(self, artifact_uri: str | None, ok: bool) -> None:
         if self.sealed:
             return
+        import wandb
+
         if artifact_uri:
             self.run.summary["artifact_uri"] = artifact_uri
         self.run.finish(exit_code=0 if ok else 1)
+        # finish() returns before W&B's service has written (offline) or sent (online) everything, and the
+        # trainer leaves through os._exit (no atexit hook runs): wait for the service here.
+        wandb.teardown()
