@@ -62,10 +62,12 @@ from ftcrd.status import (  # noqa: F401 (re-exported)
     Artifact,
     CheckpointRecord,
     Condition,
+    EvalSamples,
     FineTuneJobStatus,
     Metrics,
     Progress,
     RestartRecord,
+    Sample,
 )
 from ftcrd.storage import (  # noqa: F401 (re-exported)
     JOB_NAME_PATTERN,
@@ -522,10 +524,51 @@ class WandbSpec(CamelModel):
     ]
 
 
+class MlflowSpec(CamelModel):
+    """An MLflow run to report training to (one run per job, named after the job)."""
+
+    tracking_uri: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=2048,
+            description="MLflow tracking URI: a tracking server (http(s)://...) or a file: URI (a local file store).",
+        ),
+    ]
+    experiment: Annotated[
+        str,
+        Field(default="finetune", min_length=1, max_length=256, description="Experiment the run is created in."),
+    ]
+    token_secret: Annotated[
+        SecretKeyRef | None,
+        Field(
+            default=None,
+            description="Secret holding a tracking-server token (exposed to the trainer as MLFLOW_TRACKING_TOKEN).",
+        ),
+    ]
+
+
 class TrackingSpec(CamelModel):
-    """Experiment tracking: where the trainer reports its metrics besides the job's status."""
+    """Experiment tracking: where the trainer reports its metrics besides the job's status, and what it samples.
+
+    Tracking never fails training: a tracker that cannot be reached is logged once and dropped."""
 
     wandb: Annotated[WandbSpec | None, Field(default=None, description="Report to Weights & Biases.")]
+    # Defaults assigned (not in Field) so that type checkers see them: the API builds TrackingSpec(wandb=...).
+    mlflow: Annotated[MlflowSpec | None, Field(description="Report to MLflow.")] = None
+    sample_during_eval: Annotated[
+        bool,
+        Field(
+            description=(
+                "At each evaluation, complete a few held-out prompts with the policy (and the reference model) and "
+                "report them to the trackers and, shortened, as Events of the job."
+            ),
+        ),
+    ] = False
+    samples: Annotated[int, Field(ge=1, le=16, description="Held-out prompts completed per evaluation.")] = 4
+    sample_max_new_tokens: Annotated[
+        int, Field(ge=1, le=1024, description="Tokens generated per sample (greedy decoding).")
+    ] = 64
 
 
 class FineTuneJobSpec(CamelModel):
@@ -591,7 +634,10 @@ class FineTuneJobSpec(CamelModel):
         ),
     ]
     run_policy: Annotated[RunPolicySpec, Field(default_factory=RunPolicySpec, description="Retries and lifecycle.")]
-    tracking: Annotated[TrackingSpec | None, Field(default=None, description="Experiment tracking (Weights & Biases).")]
+    tracking: Annotated[
+        TrackingSpec | None,
+        Field(default=None, description="Experiment tracking (Weights & Biases, MLflow) and evaluation samples."),
+    ]
     checkpoint: Annotated[
         CheckpointSpec,
         Field(default_factory=CheckpointSpec, description="Durable checkpoint storage, retention, grace period."),

@@ -107,6 +107,7 @@ def test_every_override_lands_in_the_typed_config():
         "compression": "auto",
         "validation_fraction": 0.1,
         "max_rows": None,
+        "validation": None,
     }
     assert c.run.checkpoint_dir == "/checkpoints" and c.run.run_dir == "/workspace/run"
     assert c.output is not None and c.output.model_dump() == {
