@@ -106,6 +106,7 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
     optimizer steps this attempt ran)."""
     import torch
 
+    from fttrainer import adapters
     from fttrainer.data import Schedule, split_indices, tokenize_rows
     from fttrainer.export import export, export_dir, mark_complete
     from fttrainer.loop import LoopConfig, LossSpec, Trainer, precompute_reference_logps
@@ -148,13 +149,18 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
             raise InvalidInput(Reason.INVALID_SPEC, f"hyperparameters.packing: {exc}") from None
     tok = models.tokenizer
     examples = tokenize_rows(rows, tok, hp.max_length, hp.max_prompt_length, truncation_side=hp.truncation_side)
+    # with an adapter the reference is the policy itself, its adapter disabled (fttrainer.adapters)
+    reference = models.reference
+    if reference is None and method.adapter is not None and loss.needs_reference:
+        reference = models.policy
     reference_logps = None
-    if models.reference is not None and hp.precompute_reference:
+    if reference is not None and hp.precompute_reference:
         t0 = time.monotonic()
-        reference_logps = precompute_reference_logps(
-            models.reference, examples, d, cfg.run.eval_batch_size, tok.pad_token_id, packing=hp.packing
-        )
-        models.reference = None
+        with adapters.reference_context(reference, models.policy):
+            reference_logps = precompute_reference_logps(
+                reference, examples, d, cfg.run.eval_batch_size, tok.pad_token_id, packing=hp.packing
+            )
+        reference = models.reference = None
         gc.collect()
         log.info("reference log-probs precomputed for %d examples in %.1fs", len(examples), time.monotonic() - t0)
 
@@ -173,11 +179,12 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
             exit_after_step=cfg.run.exit_after_step,
             packing=hp.packing,
             max_tokens_per_micro_batch=hp.max_tokens_per_micro_batch,
+            seed=hp.seed,
         ),
         loss=loss,
         d=d,
         policy=models.policy,
-        reference=models.reference,
+        reference=reference,
         examples=examples,
         schedule=schedule,
         eval_indices=eval_idx,
@@ -214,6 +221,9 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
         step=result.step,
         examples=result.examples,
         metrics=metrics,
+        adapter=method.adapter,
+        base_model=cfg.model.name_or_path,
+        revision=cfg.model.revision,
     )
     kept = None
     if d.is_main:
@@ -277,6 +287,7 @@ def upload_and_report(
     if cfg.output is None:
         artifact: dict[str, Any] = {"uri": folder.resolve().as_uri() + "/"}
     else:
+        from fttrainer.adapters import contents
         from fttrainer.upload import UploadError, upload_export
 
         reporter.progress(
@@ -296,6 +307,7 @@ def upload_and_report(
                 job=cfg.job,
                 metrics=kept.metrics,
                 config=cfg.model_dump(mode="json", by_alias=True),
+                contents=contents(cfg.method.adapter, cfg.model.name_or_path, cfg.model.revision),
             )
         except UploadError as exc:
             return fail(Reason.UPLOAD_FAILED, str(exc), ExitCode.UPLOAD_FAILED), None
@@ -342,6 +354,9 @@ def run(cfg: TrainerConfig) -> int:
     try:
         cfg = with_preset(cfg)
         check_world_size(cfg, _world())
+        from fttrainer.adapters import preflight
+
+        preflight(cfg.method.adapter, _world())  # QLoRA without a GPU: refused before any model is read
         rows = read_dataset(cfg)
     except InvalidInput as exc:
         return fail(exc.reason, str(exc), ExitCode.INVALID_INPUT)
