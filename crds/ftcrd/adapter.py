@@ -91,9 +91,7 @@ class AdapterSpec(CamelModel):
             description="Scaling numerator: the update is (alpha / r) * B @ A (peft's lora_alpha).",
         ),
     ]
-    dropout: Annotated[
-        float, Field(default=0.0, ge=0, lt=1, description="Dropout on the adapter's input, in [0, 1).")
-    ]
+    dropout: Annotated[float, Field(default=0.0, ge=0, lt=1, description="Dropout on the adapter's input, in [0, 1).")]
     target_modules: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=128, pattern=MODULE_NAME_PATTERN)]] | None,
         Field(
@@ -140,7 +138,7 @@ class AdapterSpec(CamelModel):
         """The quantization of a qlora base (its defaults when unset); None for lora."""
         if self.type != "qlora":
             return None
-        return self.quantization or QuantizationSpec()
+        return self.quantization or QuantizationSpec.model_validate({})
 
 
 # On FineTuneJobSpec (it needs spec.resources): the CEL rule and the same check in Python.

@@ -214,9 +214,9 @@ class Tokenizer:
 
 
 def test_export_is_peft_format_and_the_merged_model_is_base_plus_adapter(d, tmp_path):
+    from fttrainer.export import export
     from peft import PeftModel
     from safetensors.torch import load_file
-    from fttrainer.export import export
 
     base = tiny_llama(seed=7, dtype=torch.float32)
     policy = trained_looking(adapters.wrap(copy.deepcopy(base), SPEC), seed=1)

@@ -119,7 +119,7 @@ def wrap(model: nn.Module, adapter: AdapterSpec) -> nn.Module:
     if adapter.type == "qlora":
         # float32 norms/embeddings, no HF gradient checkpointing (ours is applied by parallel.build_sharded)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    wrapped = get_peft_model(model, lora_config(adapter))  # type: ignore[arg-type]
+    wrapped = get_peft_model(model, lora_config(adapter))
     trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
     total = sum(p.numel() for p in wrapped.parameters())
     log.info("%s adapter r=%d alpha=%d: %d trainable of %d parameters", adapter.type, adapter.r, adapter.alpha,
@@ -143,7 +143,8 @@ def reference_context(reference: nn.Module, policy: nn.Module) -> contextlib.Abs
 @contextlib.contextmanager
 def disabled(model: nn.Module) -> Iterator[None]:
     """The base model: every adapter layer returns its base layer's output."""
-    with model.disable_adapter():  # type: ignore[operator]
+    peft_model: Any = model
+    with peft_model.disable_adapter():
         yield
 
 
@@ -160,7 +161,7 @@ def state_dict_options(model: nn.Module, **options: Any) -> StateDictOptions:
 # ------------------------------------------------------------------------------------------------ export
 
 
-def adapter_state(model: nn.Module, gathered: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def adapter_state(model: nn.Module, gathered: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The adapter's tensors in peft's file naming (adapter name dropped), float32, contiguous."""
     from peft import get_peft_model_state_dict
 
@@ -170,7 +171,7 @@ def adapter_state(model: nn.Module, gathered: dict[str, torch.Tensor]) -> dict[s
 
 def write_adapter(
     model: nn.Module,
-    gathered: dict[str, torch.Tensor],
+    gathered: dict[str, Any],
     out: Path,
     *,
     base_model: str,
@@ -184,7 +185,8 @@ def write_adapter(
     if not state:
         raise RuntimeError("the adapter state dict is empty: no LoRA parameters were gathered")
     save_file(state, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    config = copy.deepcopy(model.peft_config["default"])  # type: ignore[index]
+    peft_config: Any = model.peft_config
+    config = copy.deepcopy(peft_config["default"])
     config.base_model_name_or_path = base_model
     config.revision = revision
     config.inference_mode = True
@@ -192,7 +194,7 @@ def write_adapter(
     log.info("export: adapter (%d tensors) in %s", len(state), out)
 
 
-def merged_state(gathered: dict[str, torch.Tensor], hf_config: Any, adapter: AdapterSpec) -> dict[str, torch.Tensor]:
+def merged_state(gathered: dict[str, Any], hf_config: Any, adapter: AdapterSpec) -> dict[str, torch.Tensor]:
     """Rank 0: the base with the adapter merged in (peft's ``merge_and_unload`` on a CPU copy assembled from the
     gathered tensors), as the plain model's state dict."""
     from peft import get_peft_model
