@@ -20,10 +20,17 @@ AdapterType = Literal["lora", "qlora"]
 QuantType = Literal["nf4", "fp4"]
 ComputeDtype = Literal["bfloat16", "float16"]
 
+# Value types with their ranges, shared with the API's request schemas (Together's lora_r, lora_alpha, ...).
+LoraRank = Annotated[int, Field(ge=1, le=1024)]
+LoraAlpha = Annotated[int, Field(ge=1, le=16384)]
+LoraDropout = Annotated[float, Field(ge=0, lt=1)]
+
 ALL_LINEAR: Final = "all-linear"
 """peft's name for "every linear layer of the transformer blocks" (attention and MLP projections; never the LM
 head): the default target, right for every decoder-only family without a per-family table."""
 MODULE_NAME_PATTERN: Final = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+ModuleName = Annotated[str, Field(min_length=1, max_length=128, pattern=MODULE_NAME_PATTERN)]
+MAX_TARGET_MODULES: Final = 64
 
 QUANTIZATION_ONLY_FOR_QLORA: Final = "spec.method.adapter.quantization is only for type qlora"
 NO_MERGED_QLORA: Final = (
@@ -93,11 +100,11 @@ class AdapterSpec(CamelModel):
     ]
     dropout: Annotated[float, Field(default=0.0, ge=0, lt=1, description="Dropout on the adapter's input, in [0, 1).")]
     target_modules: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=128, pattern=MODULE_NAME_PATTERN)]] | None,
+        list[ModuleName] | None,
         Field(
             default=None,
             min_length=1,
-            max_length=64,
+            max_length=MAX_TARGET_MODULES,
             description=(
                 "Names (or name suffixes) of the linear layers to adapt, e.g. [q_proj, v_proj]. Unset or "
                 "[all-linear]: every linear layer of the transformer blocks (the model family's attention and "
