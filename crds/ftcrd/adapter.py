@@ -29,7 +29,10 @@ ALL_LINEAR: Final = "all-linear"
 """peft's name for "every linear layer of the transformer blocks" (attention and MLP projections; never the LM
 head): the default target, right for every decoder-only family without a per-family table."""
 MODULE_NAME_PATTERN: Final = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
-ModuleName = Annotated[str, Field(min_length=1, max_length=128, pattern=MODULE_NAME_PATTERN)]
+ModuleName = Annotated[
+    str,
+    Field(min_length=1, max_length=128, pattern=MODULE_NAME_PATTERN, description="A module name or suffix: q_proj."),
+]
 MAX_TARGET_MODULES: Final = 64
 
 QUANTIZATION_ONLY_FOR_QLORA: Final = "spec.method.adapter.quantization is only for type qlora"

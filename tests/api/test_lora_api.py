@@ -106,7 +106,9 @@ def test_webhook_adapter_block(client, fake):
 def test_the_deployment_can_make_lora_the_webhook_default(fake):
     with client_for(fake, webhook_adapter={"type": "lora", "r": 16}) as client:
         default = client.post("/trigger-finetune", headers=A, json={"communityId": "c-1", "dataset": ROWS})
-        full = client.post("/trigger-finetune", headers=A, json={"communityId": "c-1", "dataset": ROWS, "adapter": None})
+        full = client.post(
+            "/trigger-finetune", headers=A, json={"communityId": "c-1", "dataset": ROWS, "adapter": None}
+        )
     assert default.status_code == full.status_code == 202
     assert spec_of(fake, default.json()["jobName"])["method"]["adapter"]["r"] == 16
     assert "adapter" not in spec_of(fake, full.json()["jobName"])["method"]  # null: full fine-tuning

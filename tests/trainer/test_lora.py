@@ -24,6 +24,8 @@ from fttrainer.loop import LossSpec, precompute_reference_logps
 from fttrainer.packing import layout
 from packing_cases import LOSSES, PAD, make_trainer, one_rank, skewed_examples, tiny_llama
 
+from tests.support.lora import merged_by_hand
+
 pytest.importorskip("trl")
 
 from test_parity import BETA, ROWS, make_model, make_tokenizer  # the full-DPO parity test's rows and models
@@ -242,13 +244,7 @@ def test_export_is_peft_format_and_the_merged_model_is_base_plus_adapter(d, tmp_
         assert torch.equal(sequence_logps(loaded, batch), sequence_logps(policy.eval(), batch))
 
     merged = load_file(out / "merged" / "model.safetensors")
-    expected = {k: v.clone() for k, v in base.state_dict().items()}
-    scale = spec.alpha / spec.r
-    for key, a in tensors.items():
-        if key.endswith(".lora_A.weight"):
-            module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
-            b = tensors[key.replace(".lora_A.", ".lora_B.")]
-            expected[f"{module}.weight"] += scale * (b.double() @ a.double()).float()
+    expected = merged_by_hand(base.state_dict(), tensors, spec.alpha, spec.r)
     assert merged.keys() == expected.keys()
     for key, value in expected.items():
         torch.testing.assert_close(merged[key], value, atol=TOL, rtol=0, msg=key)
