@@ -96,9 +96,9 @@ def test_lora_webhook_job_uploads_an_adapter_that_reproduces_the_held_out_margin
     from ftcrd.dataset import load_rows, rows_to_novalto
     from ftcrd.names import MANIFEST_NAME
     from ftcrd.trainer_config import TrainerConfig
+    from ftdev.demo.model import download_verified
     from fttrainer import tiny
     from fttrainer.config import with_preset
-    from ftdev.demo.model import download_verified
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 

@@ -75,6 +75,23 @@ def test_nested_contract_defaults_for_the_hydra_yaml():
             default(bad)
 
 
+def test_the_adapter_yaml_restates_no_contract_default():
+    import yaml
+    from fttrainer.config import CONFIG_DIR
+
+    def leaves(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
+        out: list[tuple[str, object]] = []
+        for key, value in tree.items():
+            out += leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [(prefix + key, value)]
+        return out
+
+    for path in sorted((CONFIG_DIR / "adapter").glob("*.yaml")):
+        for key, value in leaves(yaml.safe_load(path.read_text())):
+            if key in ("type", "defaults"):  # the group's own choice
+                continue
+            assert value == f"${{contract:method.adapter.{key}}}", f"{path.name}: {key}: {value!r}"
+
+
 def compose(*overrides: str):
     from fttrainer.config import CONFIG_DIR
     from hydra import compose as hydra_compose
