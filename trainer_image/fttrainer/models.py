@@ -107,7 +107,8 @@ def load_models(cfg: TrainerConfig, rows: list[Any], d: Any, needs_reference: bo
         reference = build_sharded(
             *loader(m.reference_dtype), block_name, d, mixed_precision=False, frozen=True, compile=hp.compile
         )
-    log.info("models loaded from %s in %.1fs (reference: %s)", path, time.monotonic() - t0, needs_reference)
+    ref = "the policy, adapter disabled" if adapter and needs_reference else needs_reference
+    log.info("models loaded from %s in %.1fs (reference: %s)", path, time.monotonic() - t0, ref)
     return Models(tokenizer=tokenizer, policy=policy, reference=reference, hf_config=hf_config)
 
 

@@ -354,9 +354,10 @@ def run(cfg: TrainerConfig) -> int:
     try:
         cfg = with_preset(cfg)
         check_world_size(cfg, _world())
-        from fttrainer.adapters import preflight
+        if cfg.method.adapter is not None:  # (torch is imported only then: other bad input fails in a second)
+            from fttrainer.adapters import preflight
 
-        preflight(cfg.method.adapter, _world())  # QLoRA without a GPU: refused before any model is read
+            preflight(cfg.method.adapter, _world())  # QLoRA without a GPU: refused before any model is read
         rows = read_dataset(cfg)
     except InvalidInput as exc:
         return fail(exc.reason, str(exc), ExitCode.INVALID_INPUT)
