@@ -183,15 +183,19 @@ def _section(annotation: Any) -> type[BaseModel]:
 
 
 def default(path: str) -> Any:
-    """The default of ``<section>.<field>`` of :class:`TrainerConfig` (Python names), e.g. ``method.beta``.
+    """The default of ``<section>.<field>`` of :class:`TrainerConfig` (Python names), e.g. ``method.beta``, or of a
+    field of an optional sub-model, e.g. ``method.adapter.r``.
 
     What the trainer's Hydra YAML reads through its ``${contract:…}`` resolver, so the YAML never
     restates a default."""
-    section, _, field = path.partition(".")
+    section, *fields = path.split(".")
     try:
         model = _section(TrainerConfig.model_fields[section].annotation)
+        *parents, field = fields
+        for name in parents:
+            model = _section(model.model_fields[name].annotation)
         info = model.model_fields[field]
-    except KeyError:
+    except (KeyError, ValueError):
         raise KeyError(f"no contract default {path!r} (expected <section>.<field> of ftcrd.TrainerConfig)") from None
     if info.is_required():
         raise KeyError(f"{path!r} has no default: it is required")

@@ -16,6 +16,13 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
+from ftcrd.adapter import (  # noqa: F401 (re-exported)
+    QLORA_ONE_GPU,
+    QLORA_RESOURCES_RULE,
+    AdapterSpec,
+    QuantizationSpec,
+    qlora_fits,
+)
 from ftcrd.base import (  # noqa: F401 (re-exported: ftcrd.types is the model's one import)
     MAX_NAME_LENGTH,
     PHASE_FAILED,
@@ -186,6 +193,13 @@ class MethodSpec(CamelModel):
     reference_free: Annotated[
         bool,
         Field(default=False, description="Ignore the reference model (implicit uniform reference)."),
+    ]
+    adapter: Annotated[
+        AdapterSpec | None,
+        Field(
+            default=None,
+            description="Unset: full fine-tuning (every weight trained, DPO keeps a frozen copy as reference).",
+        ),
     ]
 
 
@@ -581,6 +595,7 @@ class FineTuneJobSpec(CamelModel):
                     "self.method.type != 'cdpo' || self.method.labelSmoothing > 0.0",
                     "method cdpo needs spec.method.labelSmoothing > 0",
                 ),
+                cel(QLORA_RESOURCES_RULE, QLORA_ONE_GPU),
             ]
         }
     )
@@ -642,6 +657,13 @@ class FineTuneJobSpec(CamelModel):
         CheckpointSpec,
         Field(default_factory=CheckpointSpec, description="Durable checkpoint storage, retention, grace period."),
     ]
+
+    @model_validator(mode="after")
+    def _qlora_on_one_gpu(self) -> Self:
+        # The CEL rule QLORA_RESOURCES_RULE, for the API, which builds specs without an apiserver.
+        if not qlora_fits(self.method.adapter, self.resources.gpus_per_node, self.resources.nodes):
+            raise ValueError(QLORA_ONE_GPU)
+        return self
 
 
 class FineTuneJob(CamelModel):

@@ -44,6 +44,7 @@ HYDRA_KEYS: tuple[tuple[str, str], ...] = (
     ("loss.beta", "method.beta"),
     ("loss.label_smoothing", "method.label_smoothing"),
     ("loss.reference_free", "method.reference_free"),
+    ("adapter", "method.adapter"),  # config/adapter/<lora|qlora>.yaml (absent: full fine-tuning)
     ("n_epochs", "hyperparameters.epochs"),
     ("n_examples", "hyperparameters.examples"),
     ("lr", "hyperparameters.learning_rate"),
@@ -229,7 +230,8 @@ def describe(exc: ValidationError, *, hydra: bool) -> str:
         where = ".".join(str(p) for p in err.get("loc", ()))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if hydra:
-            where = _HYDRA_NAME.get(where, where)
+            head, _, rest = where.partition(".adapter.")  # a field inside a mapped section: adapter.<field>
+            where = _HYDRA_NAME.get(where) or (f"adapter.{rest}" if head == "method" and rest else where)
             if err.get("type") == "string_type" and where in _HYDRA_NAME.values():
                 msg += f" (quote it on the command line: {where}='{err.get('input')}')"
         # a rule across fields (maxPromptLength < maxLength) is located at its section: the message names them

@@ -15,6 +15,8 @@ from a checkpoint ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -33,7 +35,7 @@ from ftcrd.types import Optimizer, Stage
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from fttrainer import checkpoint
+from fttrainer import adapters, checkpoint
 from fttrainer.checkpoint import LoopState, Store
 from fttrainer.data import Example, Schedule, shard_for_eval
 from fttrainer.logprobs import sequence_logps, sequence_logps_and_hits
@@ -118,6 +120,7 @@ class LoopConfig:
     logits_chunk_tokens: int = 0  # tokens per chunk; 0: automatic (<= 64 MiB of float32 logits per chunk)
     hold_at_steps: tuple[int, ...] = ()  # test hook: stop making progress after these steps' checkpoints
     exit_during_checkpoint: int | None = None  # test hook: hard-exit while this step's checkpoint is written
+    seed: int = 0  # with the step and the rank, seeds each step's random draws (dropout, e.g. LoRA's)
 
 
 @dataclass
@@ -182,6 +185,10 @@ class Trainer:
     ) -> None:
         if loss.needs_reference and reference is None and reference_logps is None:
             raise ValueError(f"loss {loss.name} needs a reference model or precomputed reference log-probs")
+        # the policy as its own reference: LoRA, the reference is the base (the adapter disabled; no second copy)
+        self._reference_context = (
+            (lambda: adapters.reference_context(policy, policy)) if reference is policy else contextlib.nullcontext
+        )
         self.cfg, self.loss, self.d = cfg, loss, d
         self.policy, self.reference = policy, reference
         self.examples, self.schedule, self.eval_indices = examples, schedule, eval_indices
@@ -214,7 +221,7 @@ class Trainer:
             ref = self.reference_logps[batch.index].to(self.d.device, non_blocking=True)
             return ref[:, 0], ref[:, 1]
         assert self.reference is not None
-        with torch.no_grad():
+        with torch.no_grad(), self._reference_context():
             logps = self._logps(self.reference, batch)
         return logps[:n], logps[n:]
 
@@ -341,7 +348,14 @@ class Trainer:
             packed=self.cfg.packing,
         )
 
+    def _seed_step(self) -> None:
+        """Random draws in a step (dropout) come from (seed, step, rank): a run resumed at any step draws what the
+        uninterrupted run drew, whatever the ranks consumed before (their batch shapes differ)."""
+        key = hashlib.sha256(f"{self.cfg.seed}/{self.state.step}/{self.d.rank}".encode()).digest()
+        torch.manual_seed(int.from_bytes(key[:8], "little"))
+
     def step(self) -> dict[str, float]:
+        self._seed_step()
         micro_batches = self.micro_batches(self.state.step)
         # every rank trains on the same number of examples, so (sum of this rank's losses / its examples),
         # averaged over ranks by FSDP2's reduce-scatter, is the global-batch mean however they are cut

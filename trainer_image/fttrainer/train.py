@@ -114,7 +114,7 @@ def train_and_export(
     training on every row of ``rows``), or ``[]`` to hold out ``validationFraction`` of ``rows``."""
     import torch
 
-    from fttrainer import source
+    from fttrainer import adapters, source
     from fttrainer.checkpoint import open_store
     from fttrainer.data import Schedule, split_indices, tokenize_rows
     from fttrainer.export import export, export_dir, mark_complete
@@ -173,13 +173,18 @@ def train_and_export(
     tok = models.tokenizer
     examples = tokenize_rows(rows, tok, hp.max_length, hp.max_prompt_length, truncation_side=hp.truncation_side)
     loading("tokenized")
+    # with an adapter the reference is the policy itself, its adapter disabled (fttrainer.adapters)
+    reference = models.reference
+    if reference is None and method.adapter is not None and loss.needs_reference:
+        reference = models.policy
     reference_logps = None
-    if models.reference is not None and hp.precompute_reference:
+    if reference is not None and hp.precompute_reference:
         t0 = time.monotonic()
-        reference_logps = precompute_reference_logps(
-            models.reference, examples, d, cfg.run.eval_batch_size, tok.pad_token_id, packing=hp.packing
-        )
-        models.reference = None
+        with adapters.reference_context(reference, models.policy):
+            reference_logps = precompute_reference_logps(
+                reference, examples, d, cfg.run.eval_batch_size, tok.pad_token_id, packing=hp.packing
+            )
+        reference = models.reference = None
         gc.collect()
         log.info("reference log-probs precomputed for %d examples in %.1fs", len(examples), time.monotonic() - t0)
     sampler = None
@@ -213,12 +218,13 @@ def train_and_export(
             checkpoint_location=run.checkpoint_location,
             hold_at_steps=tuple(run.hold_at_steps or ()),
             exit_during_checkpoint=run.exit_during_checkpoint,
+            seed=hp.seed,
         ),
         store=store,
         loss=loss,
         d=d,
         policy=models.policy,
-        reference=models.reference,
+        reference=reference,
         examples=examples,
         schedule=schedule,
         eval_indices=eval_idx,
@@ -257,6 +263,9 @@ def train_and_export(
         step=result.step,
         examples=result.examples,
         metrics=metrics,
+        adapter=method.adapter,
+        base_model=cfg.model.name_or_path,
+        revision=cfg.model.revision,
     )
     kept = None
     if d.is_main:
@@ -332,6 +341,7 @@ def upload_and_report(
     if cfg.output is None:
         artifact: dict[str, Any] = {"uri": folder.resolve().as_uri() + "/"}
     else:
+        from fttrainer.adapters import contents
         from fttrainer.upload import UploadError, upload_export
 
         reporter.progress(
@@ -351,6 +361,7 @@ def upload_and_report(
                 job=cfg.job,
                 metrics=kept.metrics,
                 config=cfg.model_dump(mode="json", by_alias=True),
+                contents=contents(cfg.method.adapter, cfg.model.name_or_path, cfg.model.revision),
             )
         except UploadError as exc:
             return fail(Reason.UPLOAD_FAILED, str(exc), ExitCode.UPLOAD_FAILED), None
@@ -397,6 +408,10 @@ def run(cfg: TrainerConfig) -> int:
     try:
         cfg = with_test_hooks(with_preset(cfg), os.environ.get(ENV_TEST_HOOKS))
         check_world_size(cfg, _world())
+        if cfg.method.adapter is not None:  # (torch is imported only then: other bad input fails in a second)
+            from fttrainer.adapters import preflight
+
+            preflight(cfg.method.adapter, _world())  # QLoRA without a GPU: refused before any model is read
         rows = read_dataset(cfg)
         validation = read_dataset(cfg, validation=True)
     except InvalidInput as exc:
