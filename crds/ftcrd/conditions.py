@@ -51,6 +51,7 @@ class Reason:
     VOLUME_CLAIM_MISSING: Final = "VolumeClaimMissing"
     UNSCHEDULABLE_TIMEOUT: Final = "UnschedulableTimeout"
     INIT_CONTAINER_CRASH_LOOP: Final = "InitContainerCrashLoop"
+    ADMISSION_REFUSED: Final = "AdmissionRefused"
 
 
 # Reasons, with the text that explains them to a user.
@@ -97,6 +98,11 @@ REASONS: Final[dict[str, str]] = {
     ),
     Reason.INIT_CONTAINER_CRASH_LOOP: "An init container of a trainer pod kept crashing beyond the operator's "
     "grace period.",
+    Reason.ADMISSION_REFUSED: (
+        "The job names an image, ServiceAccount, Secret, PersistentVolumeClaim, node selector, toleration or priority "
+        "class the operator does not allow, or runs in the operator's namespace (docs/security.md); the message "
+        "names each field and rule. No pod was created."
+    ),
 }
 
 

@@ -22,6 +22,8 @@ from ftcrd.names import (
     CONTAINER,
     DATA_DIR,
     ENV_COMPLETION_INDEX,
+    ENV_CREDENTIALS,
+    ENV_HF_TOKEN,
     ENV_JOB_NAME,
     ENV_JOB_NAMESPACE,
     FIREBASE_DIR,
@@ -107,8 +109,11 @@ def dataset_path(spec: FineTuneJobSpec) -> str:
     return f"{DATA_DIR}/{ds.volume.path}"
 
 
-def trainer_config(spec: FineTuneJobSpec, name: str) -> TrainerConfig:
-    """The trainer's resolved configuration: the spec's own models, the pod's paths."""
+def trainer_config(
+    spec: FineTuneJobSpec, name: str, namespace: str | None = None, uid: str | None = None
+) -> TrainerConfig:
+    """The trainer's resolved configuration: the spec's own models, the pod's paths; the namespace and the job's
+    uid place the upload in a folder of its own (ftcrd.trainer_config.TrainerOutput)."""
     model = spec.model
     return TrainerConfig(
         job=name,
@@ -126,7 +131,13 @@ def trainer_config(spec: FineTuneJobSpec, name: str) -> TrainerConfig:
             compression=spec.dataset.compression,
             validation_fraction=spec.dataset.validation_fraction,
         ),
-        output=TrainerOutput(bucket=spec.output.bucket, prefix=spec.output.prefix, community_id=spec.community_id),
+        output=TrainerOutput(
+            bucket=spec.output.bucket,
+            prefix=spec.output.prefix,
+            community_id=spec.community_id,
+            namespace=namespace,
+            job_uid=uid,
+        ),
         run=TrainerRun(run_dir=RUN_DIR, checkpoint_dir=CHECKPOINT_DIR),
     )
 
@@ -171,13 +182,13 @@ def _env(ftj: FineTuneJob) -> list[dict[str, Any]]:
     if spec.output.credentials_secret is not None:
         env.append(
             {
-                "name": "GOOGLE_APPLICATION_CREDENTIALS",
+                "name": ENV_CREDENTIALS,
                 "value": f"{FIREBASE_DIR}/{spec.output.credentials_secret.key}",
             }
         )
     if spec.model.hf_token_secret is not None:
         ref = spec.model.hf_token_secret
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+        env.append({"name": ENV_HF_TOKEN, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     if spec.model.claim_name:
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     # spec.env may override the conveniences above but never the reserved rank wiring (CEL rejects it too).
@@ -317,7 +328,8 @@ def pod_template(ftj: FineTuneJob, settings: Settings) -> dict[str, Any]:
         pod_spec["tolerations"] = [t.wire() for t in res.tolerations]
     if res.priority_class_name:
         pod_spec["priorityClassName"] = res.priority_class_name
-    annotations = {ANN_TRAINER_CONFIG: trainer_config(spec, name).render()}
+    config = trainer_config(spec, name, ftj.metadata.get("namespace"), ftj.metadata.get("uid"))
+    annotations = {ANN_TRAINER_CONFIG: config.render()}
     return {"metadata": {"labels": labels(ftj), "annotations": annotations}, "spec": pod_spec}
 
 

@@ -23,7 +23,7 @@ from ftcrd.conditions import Reason as R
 from ftcrd.names import KIND
 from ftcrd.types import TERMINAL_PHASES
 
-from ftoperator import builders, metrics
+from ftoperator import admission, builders, metrics
 from ftoperator import status as st
 from ftoperator.kube import ApiError
 from ftoperator.objects import rfc3339, short
@@ -69,11 +69,20 @@ class Attempts:
     retry_at: float = 0.0
     """time.monotonic() of the retry kopf has scheduled (until then the resync leaves the job alone)."""
     gave_up: str = ""
-    """The failure message once the budget ran out."""
+    """The failure message once the budget ran out (or the job was refused)."""
+    gave_up_reason: str = R.CHILD_CREATE_FAILED
 
 
 class Permanent(Exception):
     """Retrying cannot help (an invalid object, a child owned by someone else)."""
+
+    reason: str = R.CHILD_CREATE_FAILED
+
+
+class Refused(Permanent):
+    """The job breaks an admission rule (ftoperator.admission)."""
+
+    reason = R.ADMISSION_REFUSED
 
 
 class Conflict(Exception):
@@ -234,7 +243,7 @@ class Workloads:
             return None
         rec = self.attempts.setdefault(uid, Attempts(first=time.monotonic()))
         if rec.gave_up:  # decided already; only the Failed status was lost
-            await self._fail_logged(raw, R.CHILD_CREATE_FAILED, rec.gave_up, logger)
+            await self._fail_logged(raw, rec.gave_up_reason, rec.gave_up, logger)
             return None
         started = time.perf_counter()
         self.in_flight.add(uid)
@@ -244,13 +253,18 @@ class Workloads:
             except pydantic.ValidationError as exc:
                 msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
                 raise Permanent(f"invalid spec: {msg}") from exc
+            if self.reconciler.job_of(key_of(raw), uid) is None:  # pods would be created: the rules decide first
+                assert self.reconciler.kube is not None
+                refused = await admission.refusals(self.reconciler.kube, body, self.settings)
+                if refused:
+                    raise Refused(admission.message(refused))
             # Always the whole set: a previous attempt may have died between two creations (409 → adopt).
             job = slim_job(await self.create_children(ftj, logger))
             await self.reconcile_suspend(raw, job, logger)
         except Permanent as exc:
             metrics.ERRORS.labels(handler).inc()
-            reason = R.INVALID_SPEC if str(exc).startswith("invalid spec") else R.CHILD_CREATE_FAILED
-            rec.gave_up = str(exc)
+            reason = R.INVALID_SPEC if str(exc).startswith("invalid spec") else exc.reason
+            rec.gave_up, rec.gave_up_reason = str(exc), reason
             await self._fail_logged(raw, reason, str(exc), logger)
             return None
         except ApiError as exc:
