@@ -42,6 +42,6 @@ def test_demo_flow(cluster: Cluster, capsys):
     assert after > before
     # Cleaned up: the job is gone, the operator and API Deployments too.
     job = m.group(1)
-    assert cluster.kubectl("get", "ftj", job, "-n", "finetune-system", check=False).returncode != 0
+    assert cluster.kubectl("get", "ftj", job, "-n", "finetune-jobs", check=False).returncode != 0
     deploys = cluster.kubectl("get", "deploy", "-n", "finetune-system", "-o", "name", check=False).stdout
     assert "finetune-operator" not in deploys and "finetune-api" not in deploys

@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.writelines(diff)
             print(f"{rel} is out of date: run `make manifests`", file=sys.stderr)
         else:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             print(f"wrote {rel}", file=sys.stderr)
     return 1 if stale else 0

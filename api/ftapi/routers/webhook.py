@@ -32,7 +32,11 @@ router = APIRouter(tags=["webhook"])
     status_code=202,
     response_model=SeedAccepted,
     summary="Start a DPO fine-tune from the seed payload (never blocks on training)",
-    responses={413: {"description": "Dataset too large for a ConfigMap"}, 422: {"description": "Invalid payload"}},
+    responses={
+        403: {"description": "The API key may not name this communityId"},
+        413: {"description": "Dataset too large for a ConfigMap"},
+        422: {"description": "Invalid payload"},
+    },
 )
 async def trigger_finetune(
     *,
@@ -45,6 +49,15 @@ async def trigger_finetune(
     idempotency: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> SeedAccepted:
     key = idempotency_key(idempotency)
+    if not tenant.may_use(body.communityId):
+        # the community is a folder under the tenant's prefix: a key names only its own (keys.yaml: communities)
+        raise APIError(
+            403,
+            f"This API key may not write for communityId '{body.communityId}'; it may use: "
+            + ", ".join(tenant.communities if tenant.communities is not None else (tenant.namespace,)),
+            code="community_not_allowed",
+            param="communityId",
+        )
     rows = [{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected} for r in body.dataset]
     data = rows_to_novalto(rows)
     try:  # the trainer's own loader, on the exact bytes the trainer will read
