@@ -38,6 +38,8 @@ from ftcrd.status import FineTuneJobStatus
 
 DEPLOY_NAMESPACE: Final = "finetune-system"
 """The operator's namespace in deploy/base, where ConfigMap ADMISSION_CONFIG lives."""
+OPERATOR_SERVICE_ACCOUNT: Final = f"system:serviceaccount:{DEPLOY_NAMESPACE}:finetune-operator"
+"""The operator's identity in deploy/base: it writes every status field (phase, conditions, artifact)."""
 
 TRAINER_STATUS_FIELDS: Final = tuple(
     FineTuneJobStatus.model_fields[f].alias or f for f in ("progress", "metrics", "checkpoints")
@@ -253,7 +255,12 @@ def reference_policy(kind: str, plural: str) -> dict[str, Any]:
 def own_job_policy() -> dict[str, Any]:
     """A ServiceAccount of the job's namespace (the trainer identity, or any SA a job runs as) may change only
     the status of the job whose pod its token is bound to, and there only what the trainer reports."""
-    sa_of_ns = "request.userInfo.username.startsWith('system:serviceaccount:' + request.namespace + ':')"
+    # the operator is exempt by its exact name: a job left in its namespace from before the admission rules must
+    # still get its Failed status
+    sa_of_ns = (
+        "request.userInfo.username.startsWith('system:serviceaccount:' + request.namespace + ':') && "
+        f"request.userInfo.username != {q(OPERATOR_SERVICE_ACCOUNT)}"
+    )
     trainer = f"request.userInfo.username == 'system:serviceaccount:' + request.namespace + ':{TRAINER_IDENTITY}'"
     pod = "request.userInfo.extra['authentication.kubernetes.io/pod-name']"
     name = "object.metadata.name"
