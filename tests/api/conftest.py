@@ -132,7 +132,12 @@ def start_api(
         keys = {ns: "ftk-test-" + secrets.token_urlsafe(24) for ns in tenant_ns}
         entries = [
             # communityId is bound to the key: these tenants' webhook tests name any (tests/security binds them)
-            {"name": f"tenant-{i}", "sha256": hashlib.sha256(k.encode()).hexdigest(), "namespace": ns, "communities": ["*"]}
+            {
+                "name": f"tenant-{i}",
+                "sha256": hashlib.sha256(k.encode()).hexdigest(),
+                "namespace": ns,
+                "communities": ["*"],
+            }
             for i, (ns, k) in enumerate(keys.items())
         ]
         docs.append(

@@ -223,4 +223,6 @@ def test_checksum_mismatch_is_retried_then_fails(emulator_env, tmp_path, monkeyp
             retries=1,
             backoff=0.01,
         )
-    assert "m/default/default/job-bad/manifest.json" not in emu.list("m/default/default/job-bad/")  # no manifest for a bad upload
+    assert "m/default/default/job-bad/manifest.json" not in emu.list(
+        "m/default/default/job-bad/"
+    )  # no manifest for a bad upload
