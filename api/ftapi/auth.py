@@ -6,10 +6,13 @@ Secret ``finetune-api-keys`` (in the API's own namespace), key ``keys.yaml``::
       sha256: 9f86d0...        # hex sha256 of the bearer key
       namespace: team-a       # the only namespace this key may use
       communities: [c-1, c-2] # optional: the communityIds it may name ("*": any); default: only its namespace
+      webhook:                # optional: where the jobs this key creates are notified when they end
+        url: https://hooks.team-a.example/finetune
+        secretKey: team-a-webhook   # a key of this same Secret holding the whsec_... signing secret
 
 Keys are stored hashed and compared with :func:`hmac.compare_digest` against every entry
 (no early exit). The Secret is re-read at most every ``keys_refresh_seconds``; if a refresh
-fails the previous table keeps serving. Neither the key nor its hash is ever logged.
+fails the previous table keeps serving. Neither the key, its hash nor a signing secret is ever logged.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ import hmac
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import yaml
 
 from ftapi.errors import APIError
+from ftapi.webhooks import valid_secret
 
 if TYPE_CHECKING:
     from ftapi.k8s import K8s
@@ -42,11 +46,21 @@ _COMMUNITY = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")  # ftcrd.
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """A key's webhook endpoint; the signing secret is read from the keys Secret (by ``secret_key``)."""
+
+    url: str | None
+    secret_key: str
+    secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class Tenant:
     name: str
     namespace: str
     communities: tuple[str, ...] | None = None
     """The communityIds this key may name; None: the one derived from the key, its namespace."""
+    webhook: Endpoint | None = None
 
     def may_use(self, community: str) -> bool:
         """Whether this key may write under ``community`` (the artifact folder <prefix>/<namespace>/<community>/)."""
@@ -57,9 +71,10 @@ class Tenant:
 @dataclass(frozen=True)
 class KeyEntry:
     name: str
-    sha256: bytes
+    sha256: bytes = field(repr=False)
     namespace: str
     communities: tuple[str, ...] | None = None
+    webhook: Endpoint | None = None
 
 
 def _communities(name: str, raw: object) -> tuple[str, ...] | None:
@@ -97,8 +112,28 @@ def parse_keys(text: str) -> list[KeyEntry]:
             log.warning("keys.yaml entry %r has no valid sha256/namespace; skipped", name)
             continue
         communities = _communities(name, item.get("communities"))
-        out.append(KeyEntry(name=name, sha256=bytes.fromhex(digest), namespace=namespace, communities=communities))
+        out.append(
+            KeyEntry(
+                name=name,
+                sha256=bytes.fromhex(digest),
+                namespace=namespace,
+                communities=communities,
+                webhook=_endpoint(item, name),
+            )
+        )
     return out
+
+
+def _endpoint(item: dict[str, object], name: str) -> Endpoint | None:
+    hook = item.get("webhook")
+    if hook is None:
+        return None
+    url = hook.get("url") if isinstance(hook, dict) else None
+    secret_key = hook.get("secretKey") if isinstance(hook, dict) else None
+    if not isinstance(secret_key, str) or not secret_key or (url is not None and not isinstance(url, str)):
+        log.warning("keys.yaml entry %r: webhook needs secretKey (and an optional url string); ignored", name)
+        return None
+    return Endpoint(url=url or None, secret_key=secret_key)
 
 
 def match(entries: list[KeyEntry], key: str) -> KeyEntry | None:
@@ -108,6 +143,22 @@ def match(entries: list[KeyEntry], key: str) -> KeyEntry | None:
         if hmac.compare_digest(entry.sha256, digest) and found is None:
             found = entry
     return found
+
+
+def _with_secret(entry: KeyEntry, data: dict[str, str]) -> KeyEntry:
+    """The entry with its webhook's signing secret from the Secret's data (an unusable one disables it)."""
+    if entry.webhook is None:
+        return entry
+    raw = data.get(entry.webhook.secret_key)
+    secret = base64.b64decode(raw).decode(errors="replace").strip() if raw else ""
+    if not secret or not valid_secret(secret):
+        log.warning(
+            "key %r: webhook secret %r is missing or not a whsec_ secret; no notifications",
+            entry.name,
+            entry.webhook.secret_key,
+        )
+        return replace(entry, webhook=None)
+    return replace(entry, webhook=replace(entry.webhook, secret=secret))
 
 
 def unauthorized(message: str) -> APIError:
@@ -131,10 +182,11 @@ class KeyStore:
 
     async def _load(self) -> list[KeyEntry]:
         secret = await self._k8s.read_secret(self.namespace, self.name)
-        raw = (secret.data or {}).get(self.key)
+        data = secret.data or {}
+        raw = data.get(self.key)
         if raw is None:
             raise ValueError(f"Secret {self.namespace}/{self.name} has no key {self.key}")
-        return parse_keys(base64.b64decode(raw).decode())
+        return [_with_secret(entry, data) for entry in parse_keys(base64.b64decode(raw).decode())]
 
     async def entries(self) -> list[KeyEntry]:
         now = time.monotonic()
@@ -173,4 +225,7 @@ class KeyStore:
         entry = match(await self.entries(), key)
         if entry is None:
             raise unauthorized("Incorrect API key provided")
-        return Tenant(name=entry.name, namespace=entry.namespace, communities=entry.communities)
+        return Tenant(name=entry.name, namespace=entry.namespace, communities=entry.communities, webhook=entry.webhook)
+
+    async def by_name(self, name: str) -> KeyEntry | None:
+        return next((e for e in await self.entries() if e.name == name), None)

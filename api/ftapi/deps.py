@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from ftapi import auth
 from ftapi.k8s import K8s
 from ftapi.settings import Settings
+from ftapi.storage import ArtifactStore
 
 
 class Metrics:
@@ -36,6 +37,7 @@ class AppState:
     metrics: Metrics = field(default_factory=Metrics)
     k8s: K8s | None = None
     keys: auth.KeyStore | None = None
+    store: ArtifactStore = field(default_factory=ArtifactStore)
 
 
 def get_state(request: Request) -> AppState:
@@ -71,7 +73,12 @@ async def current_tenant(
     return tenant
 
 
+def get_store(request: Request) -> ArtifactStore:
+    return get_state(request).store
+
+
 Tenant = Annotated[auth.Tenant, Depends(current_tenant)]
+Store = Annotated[ArtifactStore, Depends(get_store)]
 Kube = Annotated[K8s, Depends(get_k8s)]
 Config = Annotated[Settings, Depends(get_settings)]
 State = Annotated[AppState, Depends(get_state)]

@@ -1,8 +1,10 @@
 """Errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
 
-Every failure path ends here: schema errors become 422 naming the field, Kubernetes
-``ApiException``s map to 4xx/503, and anything unexpected is logged server-side and
-answered 503 (see :mod:`ftapi.middleware`), so no input produces a 500.
+Every failure path ends here: request-shape errors become 400 ``invalid_request_error`` naming the field in
+``param`` (the seed webhook keeps its documented 422), Kubernetes ``ApiException``s map to 4xx/503, and
+anything unexpected is logged server-side and answered 503 (see :mod:`ftapi.middleware`), so no input
+produces a 500. A 409 that retrying cannot fix carries ``x-should-retry: false`` (the openai client retries
+409s otherwise); a 405 carries ``Allow``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class APIError(Exception):
         param: str | None = None,
         type: str | None = None,
         headers: dict[str, str] | None = None,
+        retryable: bool = False,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
@@ -57,16 +60,30 @@ class APIError(Exception):
         self.param = param
         self.type = type or ERROR_TYPES.get(status_code, "invalid_request_error")
         self.headers = headers
+        self.retryable = retryable
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(
-        error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status_code, headers=exc.headers
-    )
+SEED_PATH = "/trigger-finetune"
+"""The seed webhook answers schema errors with 422, as the original microservice's FastAPI did."""
+
+
+def request_error_status(path: str) -> int:
+    return 422 if path == SEED_PATH else 400
+
+
+def error_response(exc: APIError, path: str = "") -> JSONResponse:
+    status = exc.status_code
+    if status == 422 and path and path != SEED_PATH:
+        status = 400  # OpenAI's routes: every request-shape error is a 400 (openai.BadRequestError)
+    headers = dict(exc.headers or {})
+    if status == 409 and not exc.retryable:
+        headers["x-should-retry"] = "false"
+    body = error_body(exc.message, exc.type, exc.param, exc.code)
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 def not_found(what: str, ident: str, param: str | None = None) -> APIError:
@@ -105,7 +122,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, str | None]:
+def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, str]:
     """One readable message naming every bad field (first field first), and that field as ``param``."""
     grouped: dict[str, list[str]] = {}
     got: dict[str, str] = {}
@@ -113,8 +130,10 @@ def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, str | None]:
         kind = err.get("type", "")
         if kind == "json_invalid":
             detail = (err.get("ctx") or {}).get("error", err.get("msg", ""))
-            return f"request body is not valid JSON ({detail})", None
+            return f"request body is not valid JSON ({detail})", "body"
         path = field_path(err.get("loc", ()))
+        if kind == "invalid_method":  # the discriminator of method: name its field
+            path += ".type"
         msg = str(err.get("msg", "invalid"))
         bucket = grouped.setdefault(path, [])
         if msg not in bucket:
@@ -129,18 +148,19 @@ def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, str | None]:
         messages.append(text)
     if len(grouped) > 5:
         messages.append(f"and {len(grouped) - 5} more fields")
-    return "; ".join(messages), next(iter(grouped), None)
+    return "; ".join(messages), next(iter(grouped), "body")
 
 
 async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     message, param = describe_validation_errors(exc.errors())
-    return error_response(APIError(422, message, code="invalid_value", param=param))
+    status = request_error_status(request.url.path)
+    return error_response(APIError(status, message, code="invalid_value", param=param), request.url.path)
 
 
 async def _api_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
-    return error_response(exc)
+    return error_response(exc, request.url.path)
 
 
 TOO_LARGE_FLAG = "ftapi.body_too_large"  # set in the ASGI scope by ftapi.middleware.Guard
@@ -161,15 +181,28 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     if limit:  # the body reader hit the size limit mid-stream; FastAPI reports that as a parse error
         return error_response(body_too_large(int(limit)))
     status = exc.status_code
+    headers = dict(exc.headers or {})
     if status == 404:
         message = f"Unknown path {request.url.path}"
     elif status == 405:
-        message = f"Method {request.method} not allowed on {request.url.path}"
+        allowed = allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        message = f"Method {request.method} not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
     else:
         message = str(exc.detail)
     if status >= 500:
         status = 503
-    return error_response(APIError(status, message, code=None, headers=dict(exc.headers or {}) or None))
+    return error_response(APIError(status, message, code=None, headers=headers or None), request.url.path)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the OpenAPI document lists for this path (Starlette's own 405 names the first route's only)."""
+    got = request.url.path.split("/")
+    for template, operations in request.app.openapi()["paths"].items():
+        want = template.split("/")
+        if len(want) == len(got) and all(w == g or (w.startswith("{") and g) for w, g in zip(want, got, strict=True)):
+            return sorted(method.upper() for method in operations)
+    return []
 
 
 def kubernetes_message(exc: ApiException) -> str:
@@ -190,7 +223,7 @@ def from_kubernetes(exc: ApiException) -> APIError:
         return APIError(404, message, code="not_found")
     if status == 409:
         return APIError(409, message, code="conflict")
-    if status in (400, 422):
+    if status in (400, 422):  # 400 on OpenAI routes (error_response)
         return APIError(422, f"Kubernetes rejected the object: {message}", code="invalid_resource")
     if status == 429:
         return APIError(429, "Kubernetes API is throttling requests; retry later", code="rate_limited")
@@ -203,7 +236,7 @@ def from_kubernetes(exc: ApiException) -> APIError:
 
 async def _kubernetes_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiException)
-    return error_response(from_kubernetes(exc))
+    return error_response(from_kubernetes(exc), request.url.path)
 
 
 async def _unreachable_handler(request: Request, exc: Exception) -> JSONResponse:

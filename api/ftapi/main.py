@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from ftapi import errors
+from ftapi import errors, openapi
 from ftapi.auth import KeyStore
 from ftapi.deps import AppState
 from ftapi.k8s import K8s
 from ftapi.middleware import Guard
+from ftapi.notify import Notifier
 from ftapi.routers import files, health, jobs, native, webhook
-from ftapi.schemas import ERROR_RESPONSES
+from ftapi.routers.common import single_query_values
 from ftapi.settings import Settings
 
 VERSION = "0.1.0"
@@ -28,7 +31,9 @@ Creates FineTuneJobs (DPO preference fine-tuning on Kubernetes) and reports on t
 * **Native**: `/v1/finetunejobs/{name}`, the resource's spec and status.
 
 Every endpoint except `/healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer <key>`; a key is
-bound to one namespace. Errors are `{"error": {"message", "type", "param", "code"}}`.
+bound to one namespace. Errors are `{"error": {"message", "type", "param", "code"}}`; request-shape errors
+are 400 with the field in `param` (422 on the seed webhook). Jobs that end are announced with signed
+`fine_tuning.job.succeeded|failed|cancelled` webhook events (Standard Webhooks) to the key's endpoint.
 """
 
 
@@ -49,9 +54,17 @@ def create_app(settings: Settings | None = None, *, k8s: K8s | None = None) -> F
             settings.keys_secret_key,
             settings.keys_refresh_seconds,
         )
+        notifier = None
+        if settings.notify_enabled:
+            notifier = asyncio.create_task(Notifier(state.k8s, state.keys, settings).run(), name="ftapi-notify")
         try:
             yield
         finally:
+            if notifier is not None:
+                notifier.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await notifier
+            state.store.close()
             if owned and state.k8s is not None:
                 await state.k8s.close()
                 state.k8s = None
@@ -75,9 +88,9 @@ def create_app(settings: Settings | None = None, *, k8s: K8s | None = None) -> F
         )
     errors.install(app)
     app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, metrics=state.metrics)
-    app.include_router(health.router)
-    for router in (webhook.router, files.router, jobs.router, native.router):
-        app.include_router(router, responses=ERROR_RESPONSES)
+    for router in (health.router, webhook.router, files.router, jobs.router, native.router):
+        app.include_router(router, dependencies=[Depends(single_query_values)])
+    openapi.install(app, settings)
     return app
 
 

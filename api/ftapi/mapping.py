@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -31,8 +32,21 @@ from ftcrd.names import (
 from ftcrd.trainer_config import default
 from ftcrd.types import PHASE_RUNNING, PHASE_SUCCEEDED, PHASE_UPLOADING, TERMINAL_PHASES, HyperparametersSpec
 
+from ftapi import delivery
+
 DEFAULT_LR = HyperparametersSpec.model_validate({}).learning_rate
 OpenAIStatus = str  # validating_files | queued | running | succeeded | failed | cancelled
+RESULTS_FILE_PREFIX = "file-results-"
+"""A job's results file id is this prefix and the job's name (see ftapi.results)."""
+_JOB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def valid_job_name(name: str) -> bool:
+    return len(name) <= 253 and bool(_JOB_NAME.match(name))
+
+
+def results_file_id(job: str) -> str:
+    return RESULTS_FILE_PREFIX + job
 
 
 def epoch(ts: Any) -> int | None:
@@ -166,16 +180,24 @@ def to_openai_job(ftj: dict[str, Any], organization: str = "") -> dict[str, Any]
         "error": job_error(ftj),
         "hyperparameters": hyperparameters(ftj),
         "method": method(ftj),
-        "result_files": [],
+        "result_files": [results_file_id(meta.get("name", ""))] if state == "succeeded" and artifact.get("uri") else [],
         "seed": int((spec.get("hyperparameters") or {}).get("seed", 0)),
         "trained_tokens": metrics.get("tokens"),
         "training_file": ann.get(ANN_TRAINING_FILE) or (dataset.get("configMap") or {}).get("name", ""),
         "validation_file": ann.get(ANN_VALIDATION_FILE),
         "estimated_finish": estimated_finish(ftj),
-        "integrations": [],
+        "integrations": integrations(spec),
         "metadata": metadata,
         "user_provided_suffix": ann.get(ANN_SUFFIX),
     }
+
+
+def integrations(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """spec.tracking.wandb as OpenAI's integrations list (the API key Secret is not shown)."""
+    wandb = (spec.get("tracking") or {}).get("wandb")
+    if not wandb:
+        return []
+    return [{"type": "wandb", "wandb": {k: wandb.get(k) for k in ("project", "name", "entity", "tags")}}]
 
 
 def actions(ftj: dict[str, Any]) -> list[dict[str, Any]]:
@@ -268,6 +290,9 @@ def to_events(ftj: dict[str, Any], k8s_events: Sequence[dict[str, Any]] = ()) ->
         }
         summary = progress.get("summary") or f"step {progress.get('step')}"
         out.append(_event(job, at, "info", f"Step {summary}", kind="metrics", data=data))
+    record = delivery.read(ftj)
+    for at, level, message, data in delivery.events(record) if record else ():
+        out.append(_event(job, at, level, message, data=data))
     artifact = status.get("artifact") or {}
     if status.get("phase") == PHASE_SUCCEEDED and artifact.get("uri"):
         done = epoch(status.get("completionTime")) or created

@@ -1,11 +1,47 @@
-"""Request bodies. Responses are plain dicts shaped by :mod:`ftapi.mapping` (OpenAI's shapes)."""
+"""Request bodies. Their JSON schemas state every constraint the API enforces on a request's shape, so a
+request that is valid by ``api/openapi.json`` is accepted unless it refers to something that does not exist
+(a file) or does not fit the data (a batch larger than the dataset). Responses are in :mod:`ftapi.responses`.
+
+Numbers, booleans and strings are strict (``"5"`` is not an integer, ``true`` is not a number), as JSON
+Schema reads them. Limits that depend on the deployment (the model catalog, the dataset limits) are written
+into the served document by :func:`ftapi.openapi.document`.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from ftcrd.types import BatchSize, Beta, CommunityId, Epochs
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StrictStr
+from ftcrd.types import WANDB_MAX_TAGS, WANDB_NAME_LIMITS, WANDB_TAG_LIMITS, BatchSize, Beta, CommunityId, Epochs
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    StrictInt,
+    StrictStr,
+    Tag,
+)
+
+
+def _ranges(codepoints: list[int]) -> str:
+    """A regex character-class body for ``codepoints`` (sorted), with ``\\uXXXX`` escapes every engine reads."""
+    out, start = [], 0
+    while start < len(codepoints):
+        end = start
+        while end + 1 < len(codepoints) and codepoints[end + 1] == codepoints[end] + 1:
+            end += 1
+        first, last = codepoints[start], codepoints[end]
+        out.append(f"\\u{first:04x}" + (f"-\\u{last:04x}" if last > first else ""))
+        start = end + 1
+    return "".join(out)
+
+
+NON_BLANK = "[^" + _ranges([c for c in range(0x10000) if chr(c).isspace()]) + "]"
+"""JSON-schema pattern of a string that is not all whitespace, whitespace as the dataset parser (str.strip)
+reads it: JSON Schema's own \\s is ECMA-262's, which differs (U+001C-U+001F, U+0085)."""
 
 
 def _not_blank(value: str) -> str:
@@ -14,23 +50,44 @@ def _not_blank(value: str) -> str:
     return value
 
 
-def _no_integrations(value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-    if value:
-        raise ValueError("integrations (e.g. wandb) are not supported; progress is in the job's events")
-    return value
+def _integral(value: Any) -> Any:
+    """2.0 is an integer in JSON Schema: accept it as 2 (strings and booleans stay refused)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-NonBlank = Annotated[StrictStr, AfterValidator(_not_blank)]
+NonBlank = Annotated[StrictStr, AfterValidator(_not_blank), Field(json_schema_extra={"pattern": NON_BLANK})]
+INTEGRAL = BeforeValidator(_integral)
+"""Put last in an Annotated integer, after its bounds (so they stay minimum/maximum in the JSON schema)."""
 Auto = Literal["auto"]
+FILE_ID_PATTERN = r"^file-[0-9a-f]{24}$"
+FileId = Annotated[StrictStr, Field(pattern=FILE_ID_PATTERN, description="A file id from POST /v1/files.")]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # --- seed webhook --------------------------------------------------------------------------------
 
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+
+
+def callback_url_pattern(allow_http: bool) -> str:
+    """A callback URL: https (or http where the deployment allows it), a DNS host name (no user, no IP literal),
+    an optional port, a path or query. ftapi.openapi writes the deployment's variant into the served document."""
+    scheme = "https?" if allow_http else "https"
+    return f"^{scheme}://" + _LABEL + r"(\." + _LABEL + ")*(:" + _PORT + r")?([/?][^\s#]*)?$"
+
+
+ANY_CALLBACK_URL = callback_url_pattern(allow_http=True)
+"""The model's own pattern; whether http is allowed is checked with the deployment's setting (routers.webhook)."""
+
 
 class SeedRow(BaseModel):
-    """One preference pair, as the original microservice accepted it."""
+    """One preference pair, as the original microservice accepted it (other fields are ignored)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     prompt: NonBlank
     chosen: NonBlank
@@ -38,9 +95,9 @@ class SeedRow(BaseModel):
 
 
 class SeedTrigger(BaseModel):
-    """``POST /trigger-finetune``: the original microservice's payload."""
+    """``POST /trigger-finetune``: the original microservice's payload, plus an optional ``callbackUrl``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     communityId: Annotated[
         CommunityId,
@@ -49,6 +106,16 @@ class SeedTrigger(BaseModel):
         Field(description="Community (tenant) id: letters, digits, '-', '_', '.'; at most 63 characters."),
     ]
     dataset: Annotated[list[SeedRow], Field(min_length=1, description="Preference pairs (at least one).")]
+    callbackUrl: Annotated[
+        StrictStr | None,
+        Field(
+            default=None,
+            max_length=2048,
+            pattern=ANY_CALLBACK_URL,
+            description="Notified (signed, Standard Webhooks) when the job succeeds, fails or is cancelled. Needs "
+            "a webhook signing secret on the API key; https only unless the deployment allows http.",
+        ),
+    ] = None
 
 
 class SeedAccepted(BaseModel):
@@ -63,94 +130,108 @@ class SeedAccepted(BaseModel):
 
 # --- OpenAI fine-tuning jobs ---------------------------------------------------------------------
 
-# batch size, epochs and beta: the CRD's own ranges (ftcrd.types)
-LrMultiplier = Annotated[float, Field(gt=0, le=1e6)]
+# batch size, epochs and beta: the CRD's own ranges (ftcrd.types), read strictly as JSON Schema does
+BatchSizeIn = Annotated[BatchSize, Strict(), INTEGRAL]
+EpochsIn = Annotated[Epochs, Strict(), INTEGRAL]
+BetaIn = Annotated[Beta, Field(allow_inf_nan=False)]
+# At least 1e-6: a smaller multiplier of the base learning rate can underflow to a learning rate of 0.
+LrMultiplier = Annotated[float, Field(ge=1e-6, le=1e6, allow_inf_nan=False)]
 
 
-class Hyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Hyperparameters(StrictModel):
+    """``"auto"`` (or leaving a field out) lets the service choose from the dataset size, as OpenAI does."""
 
-    batch_size: BatchSize | Auto | None = None
+    batch_size: BatchSizeIn | Auto | None = None
     learning_rate_multiplier: LrMultiplier | Auto | None = None
-    n_epochs: Epochs | Auto | None = None
+    n_epochs: EpochsIn | Auto | None = None
 
 
 class DpoHyperparameters(Hyperparameters):
-    beta: Beta | Auto | None = None
+    beta: BetaIn | Auto | None = None
 
 
-class DpoMethod(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DpoMethod(StrictModel):
     hyperparameters: DpoHyperparameters | None = None
 
 
-class SupervisedMethod(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SupervisedMethod(StrictModel):
     hyperparameters: Hyperparameters | None = None
 
 
-class Method(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["supervised", "dpo", "reinforcement"]
-    dpo: DpoMethod | None = None
+class SupervisedChoice(StrictModel):
+    type: Literal["supervised"]
     supervised: SupervisedMethod | None = None
-    reinforcement: dict[str, Any] | None = None
 
+
+class DpoChoice(StrictModel):
+    type: Literal["dpo"]
+    dpo: DpoMethod | None = None
+
+
+def _method_tag(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return {"supervised": "Supervised", "dpo": "Dpo"}.get(kind) if isinstance(kind, str) else None
+
+
+# Tags are capitalised so error locations read "method.type", not "method.dpo.type" (see errors.field_path).
+Method = Annotated[
+    Annotated[SupervisedChoice, Tag("Supervised")] | Annotated[DpoChoice, Tag("Dpo")],
+    Discriminator(
+        _method_tag,
+        custom_error_type="invalid_method",
+        custom_error_message="method.type must be 'supervised' or 'dpo' (reinforcement is not supported)",
+    ),
+]
 
 MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, Field(max_length=512)]
 
 
-class JobCreate(BaseModel):
+class WandbIntegration(StrictModel):
+    """OpenAI's wandb settings; recorded as the job's spec.tracking.wandb (same limits)."""
+
+    project: Annotated[NonBlank, WANDB_NAME_LIMITS, Field(description="W&B project the run is created in.")]
+    name: Annotated[NonBlank, WANDB_NAME_LIMITS] | None = None
+    entity: Annotated[NonBlank, WANDB_NAME_LIMITS] | None = None
+    tags: Annotated[list[Annotated[NonBlank, WANDB_TAG_LIMITS]] | None, Field(max_length=WANDB_MAX_TAGS)] = None
+
+
+class Integration(StrictModel):
+    type: Literal["wandb"]
+    wandb: WandbIntegration
+
+
+class JobCreate(StrictModel):
     """``POST /v1/fine_tuning/jobs`` (the openai client's ``fine_tuning.jobs.create``)."""
 
-    model_config = ConfigDict(extra="forbid")
-
     model: Annotated[NonBlank, Field(max_length=256, description="A model name from the catalog (e.g. 'tiny').")]
-    training_file: Annotated[NonBlank, Field(max_length=64, description="File id from POST /v1/files.")]
-    validation_file: Annotated[NonBlank | None, Field(default=None, max_length=64)] = None
-    method: Annotated[Method | None, Field(default=None, description="Defaults to DPO.")] = None
+    training_file: FileId
+    validation_file: Annotated[
+        FileId | None, Field(default=None, description="Evaluated on during training; its rows are not trained on.")
+    ] = None
+    method: Annotated[Method | None, Field(default=None, description="Defaults to supervised, as OpenAI does.")] = None
     hyperparameters: Annotated[
         Hyperparameters | None, Field(default=None, description="Deprecated: use method.<type>.hyperparameters.")
     ] = None
     suffix: Annotated[
-        str | None, Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$", description="Up to 64 chars.")
+        StrictStr | None,
+        Field(default=None, min_length=1, max_length=64, description="Up to 64 characters, kept with the job."),
     ] = None
-    seed: Annotated[int | None, Field(default=None, ge=0, le=2**31 - 1)] = None
+    seed: Annotated[StrictInt, Field(ge=0, le=2**31 - 1), INTEGRAL] | None = None
     metadata: Annotated[dict[MetadataKey, MetadataValue] | None, Field(default=None, max_length=16)] = None
     integrations: Annotated[
-        list[dict[str, Any]] | None, AfterValidator(_no_integrations), Field(default=None, description="Unsupported.")
+        list[Integration] | None,
+        Field(default=None, max_length=1, description="A Weights & Biases run the trainer reports metrics to."),
     ] = None
 
+    def method_type(self) -> Literal["supervised", "dpo"]:
+        return self.method.type if self.method is not None else "supervised"
 
-# --- errors ---------------------------------------------------------------------------------------
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorBody(BaseModel):
-    """Every error: OpenAI's shape."""
-
-    error: ErrorDetail
-
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": text}
-    for status, text in (
-        (400, "Invalid request (bad file, unknown model or file)"),
-        (401, "Missing or invalid API key"),
-        (404, "Not found (or another tenant's)"),
-        (409, "Conflict (job state, file in use, reused Idempotency-Key)"),
-        (413, "Request or dataset too large"),
-        (422, "Schema error naming the field"),
-        (503, "Kubernetes API unavailable"),
-    )
-}
+    def chosen_hyperparameters(self) -> tuple[Hyperparameters | None, str]:
+        """The hyperparameters in effect and where they were given (the prefix of their ``param``)."""
+        method = self.method
+        if isinstance(method, DpoChoice) and method.dpo and method.dpo.hyperparameters:
+            return method.dpo.hyperparameters, "method.dpo.hyperparameters"
+        if isinstance(method, SupervisedChoice) and method.supervised and method.supervised.hyperparameters:
+            return method.supervised.hyperparameters, "method.supervised.hyperparameters"
+        return self.hyperparameters, "hyperparameters"

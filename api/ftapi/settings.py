@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     )
     trainer_image: str | None = None
     validation_fraction: float | None = None
+    wandb_api_key_secret: str | None = Field(
+        default=None,
+        description="'<secret>/<key>' with a W&B API key, for jobs with a wandb integration; unset: runs are offline.",
+    )
 
     @field_validator("trainer_env")
     @classmethod
@@ -100,6 +104,19 @@ class Settings(BaseSettings):
     max_field_chars: int = 50_000
     configmap_budget_bytes: int = 900 * 1024
     max_list_limit: int = 100
+
+    # --- completion notifications (ftapi.notify)
+    notify_enabled: bool = Field(default=True, description="Deliver fine_tuning.job.* webhook events.")
+    notify_interval_seconds: float = Field(default=5.0, gt=0, description="How often jobs are checked for events.")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="Per delivery attempt.")
+    webhook_retry_seconds: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        description="Waits before the 2nd, 3rd, ... attempt (Standard Webhooks' schedule); then the delivery fails.",
+    )
+    webhook_allow_http: bool = Field(default=False, description="Allow http:// endpoints (tests, local runs).")
+    webhook_allow_private: bool = Field(
+        default=False, description="Allow endpoints on loopback, private and link-local addresses (tests)."
+    )
 
     # --- operations
     metrics_public: bool = Field(

@@ -21,6 +21,7 @@ from ftcrd.types import (
     ResourcesSpec,
     RunPolicySpec,
     SecretKeyRef,
+    TrackingSpec,
 )
 from pydantic import ValidationError
 
@@ -91,6 +92,7 @@ def build_job(
     community_id: str | None,
     labels: dict[str, str],
     annotations: dict[str, str],
+    tracking: TrackingSpec | None = None,
 ) -> dict[str, Any]:
     """The FineTuneJob as a wire dict; ``hyperparameters`` (camelCase) override the configured defaults."""
     try:
@@ -120,6 +122,7 @@ def build_job(
                 "image": settings.trainer_image,
                 "env": [EnvVar(name=k, value=v) for k, v in sorted(settings.trainer_env.items())] or None,
                 "run_policy": RunPolicySpec.model_validate(settings.run_policy),
+                "tracking": tracking,
             }
         )
     except ValidationError as exc:

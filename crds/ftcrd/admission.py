@@ -4,7 +4,8 @@ Creating a FineTuneJob makes the operator create pods, so every field that reach
 identity or a privilege is checked here:
 
 * ``spec.image`` only from the operator-configured allow-list (:attr:`AllowLists.images`);
-* ``spec.serviceAccountName``, Secret references (``spec.output.credentialsSecret``, ``spec.model.hfTokenSecret``)
+* ``spec.serviceAccountName``, Secret references (``spec.output.credentialsSecret``, ``spec.model.hfTokenSecret``,
+  ``spec.tracking.wandb.apiKeySecret``)
   and PersistentVolumeClaim references (``spec.model.claimName``, ``spec.dataset.volume``) only to objects of the
   job's namespace labelled :data:`~ftcrd.names.LABEL_TRAINER_USE` = ``true`` (:data:`REFERENCES`);
 * ``spec.env`` never sets :data:`~ftcrd.names.RESERVED_ENV` (also a CEL rule of the CRD);
@@ -107,6 +108,7 @@ REFERENCES: Final = (
     Reference("ServiceAccount", "serviceaccounts", ("serviceAccountName",)),
     Reference("Secret", "secrets", ("output", "credentialsSecret", "name")),
     Reference("Secret", "secrets", ("model", "hfTokenSecret", "name")),
+    Reference("Secret", "secrets", ("tracking", "wandb", "apiKeySecret", "name")),
     Reference("PersistentVolumeClaim", "persistentvolumeclaims", ("model", "claimName")),
     Reference("PersistentVolumeClaim", "persistentvolumeclaims", ("dataset", "volume", "claimName")),
 )

@@ -18,6 +18,8 @@ MAX_NAME_LENGTH = 52
 ModelPreset = Literal["zephyr", "pythia28", "llama", "tiny"]
 MethodType = Literal["dpo", "ipo", "cdpo", "sft"]
 Optimizer = Literal["RMSprop", "AdamW", "Adam", "SGD"]
+# fttrainer.parallel.CHECKPOINT_POLICIES (the trainer checks they match)
+CheckpointingPolicy = Literal["full", "selective", "every_other"]
 DatasetFormat = Literal["novalto", "jsonl", "openai"]
 Compression = Literal["auto", "none", "gzip"]
 Phase = Literal["Pending", "Running", "Uploading", "Succeeded", "Failed", "Suspended"]

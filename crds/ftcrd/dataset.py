@@ -300,3 +300,12 @@ def load_rows(
 def rows_to_novalto(rows: list[dict[str, str]]) -> bytes:
     """The canonical compressed form the API stores in a dataset ConfigMap."""
     return gzip.compress(json.dumps(rows, ensure_ascii=False, separators=(",", ":")).encode(), mtime=0)
+
+
+def held_out_rows(rows: int, validation_fraction: float) -> int:
+    """How many of ``rows`` the trainer holds out for evaluation (at least one when the fraction is positive and
+    there are two rows or more; never all of them), so the API knows the training rows before a job runs."""
+    held = int(rows * validation_fraction)
+    if validation_fraction > 0 and held == 0 and rows >= 2:
+        held = 1
+    return max(0, min(held, rows - 1))

@@ -32,6 +32,10 @@ LABEL_FILE: Final = f"{GROUP}/file"
 """true on the API's uploaded-file objects."""
 LABEL_TRAINING_FILE: Final = f"{GROUP}/training-file"
 """On a FineTuneJob created from an uploaded file: the file's id."""
+LABEL_VALIDATION_FILE: Final = f"{GROUP}/validation-file"
+"""On a FineTuneJob created with a validation file: the file's id."""
+LABEL_NOTIFY: Final = f"{GROUP}/notify"
+"""pending | done: whether the API still has to deliver the job's completion event (ANN_NOTIFICATIONS)."""
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "finetune-operator"
 LABEL_QUEUE: Final = "kueue.x-k8s.io/queue-name"
@@ -62,6 +66,13 @@ ANN_PURPOSE: Final = f"{GROUP}/purpose"
 ANN_CREATED_AT: Final = f"{GROUP}/created-at"
 ANN_BYTES: Final = f"{GROUP}/bytes"
 ANN_ROWS: Final = f"{GROUP}/rows"
+ANN_NOTIFY: Final = f"{GROUP}/notify"
+"""Set by the API on jobs whose end is notified: the name of the API key (tenant) whose webhook endpoint and
+signing secret are used."""
+ANN_CALLBACK_URL: Final = f"{GROUP}/callback-url"
+"""The seed webhook's per-job callbackUrl, notified besides the key's endpoint."""
+ANN_NOTIFICATIONS: Final = f"{GROUP}/notifications"
+"""The API's delivery record of the job's completion event (JSON: event id, type, per-endpoint attempts)."""
 ANN_COMPLETION_INDEX: Final = "batch.kubernetes.io/job-completion-index"
 """Set by the Job controller on the pods of an Indexed Job (Kubernetes' name, listed so nobody respells it)."""
 
@@ -127,12 +138,14 @@ CREDENTIAL_ENV: Final = (
     ENV_CREDENTIALS,
     ENV_HF_TOKEN,
     "HUGGING_FACE_HUB_TOKEN",
+    "WANDB_API_KEY",
     ENV_TERMINATION_LOG,
     ENV_SERVICE_ACCOUNT_DIR,
     # where credentials are sent: redirecting them would hand the token or key to another host
     "KUBERNETES_SERVICE_HOST",
     "KUBERNETES_SERVICE_PORT",
     "HF_ENDPOINT",
+    "WANDB_BASE_URL",
     "HTTP_PROXY",
     "HTTPS_PROXY",
     "ALL_PROXY",
@@ -166,3 +179,6 @@ DATASET_KEY: Final = "dataset.json.gz"
 """Key of a webhook job's gzip dataset."""
 MANIFEST_NAME: Final = "manifest.json"
 """The upload manifest listing every artifact file with its checksums."""
+METRICS_FILE: Final = "metrics.jsonl"
+"""Per-step training metrics (ftcrd.results.StepMetrics, one JSON object per optimizer step), written by the
+trainer into the export directory, so it is uploaded with the model and listed in the manifest."""

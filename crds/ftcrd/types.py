@@ -30,6 +30,7 @@ from ftcrd.base import (  # noqa: F401 (re-exported: ftcrd.types is the model's 
     BatchSize,
     Beta,
     CamelModel,
+    CheckpointingPolicy,
     CommunityId,
     Compression,
     DatasetFormat,
@@ -225,6 +226,45 @@ class HyperparametersSpec(CamelModel):
             description="Compute reference log-probs in a first pass and drop the reference model (saves memory).",
         ),
     ]
+    # Throughput knobs (docs/trainer.md#performance): how the same examples are computed, never which.
+    packing: Annotated[
+        bool,
+        Field(
+            default=False,
+            description=(
+                "Padding-free batches: each micro-batch's sequences are concatenated without padding, attention "
+                "kept inside each sequence. Same loss as padded batches; faster when lengths vary."
+            ),
+        ),
+    ]
+    max_tokens_per_micro_batch: Annotated[
+        int | None,
+        Field(
+            default=None,
+            ge=16,
+            le=16777216,
+            description=(
+                "Cut each rank's share of a step into forwards of at most this many tokens (real tokens with "
+                "packing, rows x longest without) instead of gradientAccumulationSteps equal parts. Unset: off."
+            ),
+        ),
+    ]
+    activation_checkpointing_policy: Annotated[
+        CheckpointingPolicy,
+        Field(
+            default="full",
+            description=(
+                "With activationCheckpointing: full (recompute whole blocks), selective (keep matmul and attention "
+                "outputs, recompute the rest) or every_other (full, on every second block)."
+            ),
+        ),
+    ]
+    compile: Annotated[
+        bool,
+        Field(
+            default=False, description="torch.compile the transformer blocks (first steps are slower while compiling)."
+        ),
+    ]
 
     @model_validator(mode="after")
     def _prompt_shorter_than_max(self) -> Self:
@@ -258,17 +298,16 @@ class VolumeSource(CamelModel):
     ]
 
 
-class DatasetSpec(CamelModel):
-    """Where the preference pairs live: exactly one of configMap or volume."""
+class DatasetSource(CamelModel):
+    """A dataset file: exactly one of configMap or volume, and how to read it."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
                     "has(self.configMap) != has(self.volume)",
-                    "exactly one of spec.dataset.configMap or spec.dataset.volume must be set",
+                    "exactly one of spec.dataset.validation.configMap or spec.dataset.validation.volume must be set",
                 ),
-                immutable("spec.dataset"),
             ]
         }
     )
@@ -288,9 +327,41 @@ class DatasetSpec(CamelModel):
     compression: Annotated[
         Compression, Field(default="auto", description="auto detects gzip by its magic bytes; none or gzip force it.")
     ]
+
+
+class DatasetSpec(DatasetSource):
+    """Where the preference pairs live: exactly one of configMap or volume."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.configMap) != has(self.volume)",
+                    "exactly one of spec.dataset.configMap or spec.dataset.volume must be set",
+                ),
+                immutable("spec.dataset"),
+            ]
+        }
+    )
+
     validation_fraction: Annotated[
         float,
-        Field(default=0.05, ge=0, lt=1, description="Share of rows held out for evaluation metrics."),
+        Field(
+            default=0.05,
+            ge=0,
+            lt=1,
+            description="Share of rows held out for evaluation metrics (ignored when validation is set).",
+        ),
+    ]
+    validation: Annotated[
+        DatasetSource | None,
+        Field(
+            default=None,
+            description=(
+                "A separate validation dataset (the OpenAI API's validation_file): the trainer evaluates on all of "
+                "its rows and trains on every row of the training dataset (validationFraction is ignored)."
+            ),
+        ),
     ]
 
 
@@ -395,6 +466,41 @@ class RunPolicySpec(CamelModel):
     ]
 
 
+# Limits of the W&B settings, shared with the API's request schema (ftapi.schemas).
+WANDB_NAME_LIMITS = Field(min_length=1, max_length=128)
+WANDB_TAG_LIMITS = Field(min_length=1, max_length=64, description="A W&B run tag.")
+WANDB_MAX_TAGS = 50
+WandbName = Annotated[str, WANDB_NAME_LIMITS]
+WandbTag = Annotated[str, WANDB_TAG_LIMITS]
+
+
+class WandbSpec(CamelModel):
+    """A Weights & Biases run to report training metrics to (the OpenAI API's wandb integration)."""
+
+    project: Annotated[WandbName, Field(description="W&B project the run is created in.")]
+    name: Annotated[WandbName | None, Field(default=None, description="Display name of the run; default: the job.")]
+    entity: Annotated[
+        WandbName | None, Field(default=None, description="W&B team or user; default: the API key's default entity.")
+    ]
+    tags: Annotated[
+        list[WandbTag] | None, Field(default=None, max_length=WANDB_MAX_TAGS, description="Tags attached to the run.")
+    ]
+    api_key_secret: Annotated[
+        SecretKeyRef | None,
+        Field(
+            default=None,
+            description="Secret holding the W&B API key (exposed to the trainer as WANDB_API_KEY); without it the "
+            "run is recorded offline in the trainer's workspace.",
+        ),
+    ]
+
+
+class TrackingSpec(CamelModel):
+    """Experiment tracking: where the trainer reports its metrics besides the job's status."""
+
+    wandb: Annotated[WandbSpec | None, Field(default=None, description="Report to Weights & Biases.")]
+
+
 class FineTuneJobSpec(CamelModel):
     """What to fine-tune, on which data, with which resources, and where the result goes."""
 
@@ -461,6 +567,7 @@ class FineTuneJobSpec(CamelModel):
         ),
     ]
     run_policy: Annotated[RunPolicySpec, Field(default_factory=RunPolicySpec, description="Retries and lifecycle.")]
+    tracking: Annotated[TrackingSpec | None, Field(default=None, description="Experiment tracking (Weights & Biases).")]
 
     @field_validator("env")
     @classmethod

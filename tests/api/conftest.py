@@ -5,6 +5,8 @@
 ClusterRole finetune-api-tenant), two tenant namespaces and a keys Secret with one key for each,
 mints a token for the ServiceAccount (``kubectl create token``), writes a kubeconfig with that token
 (NOT admin) and runs ``python -m ftapi`` (uvicorn) on a free port until /readyz answers.
+``start_api(..., webhooks={0: (url, secret)})`` gives tenant 0's key a webhook endpoint and signing secret;
+``ApiServer.restart()`` stops the process and starts a new one (same port, settings and cluster state).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,6 +66,40 @@ class ApiServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def launch(self) -> None:
+        """Start ``python -m ftapi`` and wait until /readyz answers (the log is appended to)."""
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ftapi"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        proc = self.proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ftapi exited {proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=3) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(ready, 60, 0.3, f"ftapi ready on {self.url}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.launch()
+
     def objects(self, namespace: str) -> dict[str, list[str]]:
         """FineTuneJobs and ConfigMaps (minus kube-root-ca.crt) in a namespace, by name."""
         ftj = self.cluster.get_json("finetunejobs", namespace=namespace)["items"]
@@ -110,11 +145,16 @@ def ensure_crd(cluster: Cluster) -> None:
 
 
 def start_api(
-    cluster: Cluster, tmp: Path, *, extra_env: dict[str, str] | None = None, tenants: int = 2
+    cluster: Cluster,
+    tmp: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    tenants: int = 2,
+    webhooks: dict[int, tuple[str | None, str]] | None = None,
 ) -> Iterator[ApiServer]:
     ensure_crd(cluster)
     api_ns = unique_name("ftapi-sys")
-    tenant_ns = [unique_name(f"ftapi-tenant-{c}") for c in "ab"[:tenants]]
+    tenant_ns = [unique_name(f"ftapi-tenant-{c}") for c in "abc"[:tenants]]
     for ns in [api_ns, *tenant_ns]:
         cluster.kubectl("create", "namespace", ns)
         cluster.kubectl("label", "namespace", ns, "finetune-operator.test=true")
@@ -130,7 +170,7 @@ def start_api(
             b["metadata"]["namespace"] = ns
             docs.append(b)
         keys = {ns: "ftk-test-" + secrets.token_urlsafe(24) for ns in tenant_ns}
-        entries = [
+        entries: list[dict[str, Any]] = [
             # communityId is bound to the key: these tenants' webhook tests name any (tests/security binds them)
             {
                 "name": f"tenant-{i}",
@@ -140,12 +180,17 @@ def start_api(
             }
             for i, (ns, k) in enumerate(keys.items())
         ]
+        data = {}
+        for index, (url, secret) in (webhooks or {}).items():
+            entries[index]["webhook"] = {"url": url, "secretKey": f"webhook-{index}"}
+            data[f"webhook-{index}"] = base64.b64encode(secret.encode()).decode()
+        data["keys.yaml"] = base64.b64encode(yaml.safe_dump(entries).encode()).decode()
         docs.append(
             {
                 "apiVersion": "v1",
                 "kind": "Secret",
                 "metadata": {"name": "finetune-api-keys", "namespace": api_ns},
-                "data": {"keys.yaml": base64.b64encode(yaml.safe_dump(entries).encode()).decode()},
+                "data": data,
             }
         )
         cluster.apply(docs)
@@ -171,32 +216,12 @@ def start_api(
             **(extra_env or {}),
         }
         env.pop("KUBECONFIG", None)
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "ftapi"], env=env, stdout=log, stderr=subprocess.STDOUT)
-        server = ApiServer(f"http://127.0.0.1:{port}", cluster, api_ns, keys, log_path, proc, env)
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"ftapi exited {proc.returncode}:\n{server.log()}")
-            try:
-                with urllib.request.urlopen(f"{server.url}/readyz", timeout=3) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        deadline = time.monotonic() + 60
-        while not ready():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"ftapi not ready:\n{server.log()}")
-            time.sleep(0.3)
+        server = ApiServer(f"http://127.0.0.1:{port}", cluster, api_ns, keys, log_path, None, env)
+        server.launch()
         try:
             yield server
         finally:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-            if proc.poll() is None:
-                proc.kill()
+            server.stop()
     finally:
         if not os.environ.get("FTO_KEEP_NAMESPACES"):
             for ns in [api_ns, *tenant_ns]:

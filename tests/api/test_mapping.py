@@ -208,13 +208,30 @@ def test_job_create_schema():
     body = JobCreate.model_validate(
         {
             "model": "tiny",
-            "training_file": "file-1",
+            "training_file": "file-" + "1" * 24,
             "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto", "n_epochs": 2}}},
         }
     )
-    assert body.method is not None and body.method.dpo is not None
-    with pytest.raises(ValidationError):
-        JobCreate.model_validate({"model": "tiny", "training_file": "f", "integrations": [{"type": "wandb"}]})
+    hp, where = body.chosen_hyperparameters()
+    assert body.method_type() == "dpo" and where == "method.dpo.hyperparameters" and hp is not None
+    assert hp.n_epochs == 2
+    plain = JobCreate.model_validate({"model": "tiny", "training_file": "file-" + "1" * 24})
+    assert plain.method_type() == "supervised"  # OpenAI's default
+    bad = [
+        {"integrations": [{"type": "wandb"}]},  # wandb settings missing
+        {"method": {"type": "reinforcement"}},
+        {"method": {"type": "dpo", "supervised": {}}},  # settings of another method
+        {"seed": True},  # JSON Schema's integers: no booleans, no strings
+        {"seed": "5"},
+        {"suffix": ""},
+        {"training_file": "f"},
+    ]
+    for extra in bad:
+        with pytest.raises(ValidationError):
+            JobCreate.model_validate({"model": "tiny", "training_file": "file-" + "1" * 24, **extra})
+    with pytest.raises(ValidationError) as info:
+        JobCreate.model_validate({"model": "tiny", "training_file": "file-" + "1" * 24, "method": {"type": "rl"}})
+    assert describe_validation_errors(info.value.errors())[1] == "method.type"
 
 
 def test_keys():

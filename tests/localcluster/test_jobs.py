@@ -296,8 +296,12 @@ def test_deleting_a_job_deletes_its_pods_and_kills_their_processes(cluster: Clus
         )
         cluster.apply(spec, namespace)
         pids_file = host_dir / "pids"
-        wait_for(pids_file.exists, 60, 0.3, "the pod to write its pids to the hostPath PV")
-        pid, child, escaped = (int(p) for p in pids_file.read_text().split())
+
+        def three_pids() -> list[int] | None:  # the file exists before its content does
+            pids = [int(p) for p in pids_file.read_text().split()]
+            return pids if len(pids) == 3 else None
+
+        pid, child, escaped = wait_for(three_pids, 60, 0.3, "the pod to write its pids to the hostPath PV")
         assert pid_alive(pid) and pid_alive(child) and pid_alive(escaped)
         pod = job_pods(cluster, namespace, "sleeper")[0]
         assert pod["status"]["phase"] == "Running"
@@ -454,8 +458,7 @@ def test_active_deadline_fails_the_job_and_stops_its_pod(cluster: Cluster, names
         pod={"volumes": [{"name": "tmp", "hostPath": {"path": str(tmp_path), "type": "Directory"}}]},
     )
     cluster.apply(spec, namespace)
-    wait_for(pid_file.exists, 60, 0.2, "the pod to start")
-    pid = int(pid_file.read_text())
+    pid = wait_for(lambda: int(pid_file.read_text()), 60, 0.2, "the pod to write its pid")  # exists before written
     assert pid_alive(pid)
 
     def failed() -> dict[str, Any] | None:

@@ -38,8 +38,8 @@ def test_restarted_node_restarts_always_pods_and_fails_never_pods(cluster: Clust
         }
 
     cluster.apply([pod("always", "Always"), pod("never", "Never")], namespace)
-    wait_for(lambda: (tmp_path / "always").exists() and (tmp_path / "never").exists(), 60, 0.2, "both pods")
-    pids = {n: int((tmp_path / n).read_text()) for n in ("always", "never")}
+    # wait_for retries while a file is missing or still empty (created before its pid is written)
+    pids = wait_for(lambda: {n: int((tmp_path / n).read_text()) for n in ("always", "never")}, 60, 0.2, "both pods")
     (tmp_path / "always").unlink()
 
     node_pid = int((cluster.state_dir / "run" / "processnode.pid").read_text())

@@ -1,11 +1,13 @@
 """The training loop: one readable file, nanoGPT style.
 
 Per optimizer step: each rank runs ``gradient_accumulation_steps`` micro-batches of its slice of the
-global batch (see :mod:`fttrainer.data`), one concatenated chosen+rejected forward each, scales the
-loss by ``1 / gradient_accumulation_steps`` (FSDP2's reduce-scatter averages over ranks, so the
-gradient is the mean over the global batch), clips the global gradient norm, steps the optimizer and
-the warmup schedule, all-reduces the metrics, reports progress, evaluates every ``eval_every``
-examples and checkpoints every ``checkpoint_every`` steps.
+global batch (see :mod:`fttrainer.data`; or, with ``max_tokens_per_micro_batch``, the same slice cut by
+a token budget), one chosen+rejected forward each (padded, or packed without padding:
+:mod:`fttrainer.packing`), sums the per-sequence log-probs of the labelled tokens without full logits
+(:mod:`fttrainer.logprobs`), scales the summed loss by ``1 / examples on this rank`` (FSDP2's
+reduce-scatter averages over ranks, so the gradient is the mean over the global batch), clips the
+global gradient norm, steps the optimizer and the warmup schedule, all-reduces the metrics, reports
+progress, evaluates every ``eval_every`` examples and checkpoints every ``checkpoint_every`` steps.
 
 Everything that decides the weights is a function of the seed and the step number, so a run resumed
 from a checkpoint ends with the same weights as an uninterrupted one.
@@ -13,7 +15,6 @@ from a checkpoint ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
@@ -34,9 +35,11 @@ from torch.distributed.tensor import DTensor
 
 from fttrainer import checkpoint
 from fttrainer.checkpoint import LoopState
-from fttrainer.data import Example, Schedule, collate, shard_for_eval
-from fttrainer.losses import IGNORE_INDEX, batch_logps, preference_loss, sft_loss
-from fttrainer.parallel import Dist, compute_context
+from fttrainer.data import Example, Schedule, shard_for_eval
+from fttrainer.logprobs import sequence_logps
+from fttrainer.losses import preference_loss, sft_loss
+from fttrainer.packing import SequenceBatch, layout, token_budget_micro_batches
+from fttrainer.parallel import Dist
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,11 @@ class LoopConfig:
     checkpoint_dir: Path
     minimum_log_interval_secs: float = 1.0
     exit_after_step: int | None = None  # test hook: hard-exit right after the checkpoint of this step
+    # Throughput (docs/trainer.md#performance). All change how the same examples are computed, not which:
+    packing: bool = False  # padding-free forwards: a micro-batch's sequences concatenated, attention per sequence
+    max_tokens_per_micro_batch: int | None = None  # cut each rank's share of a step by tokens, not a fixed count
+    chunked_logps: bool = True  # score labelled tokens chunk by chunk from the hidden states (no full logits)
+    logits_chunk_tokens: int = 0  # tokens per chunk; 0: automatic (<= 64 MiB of float32 logits per chunk)
 
 
 @dataclass
@@ -119,63 +127,6 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
     return total
 
 
-_ACCEPTS_LOGITS_TO_KEEP: dict[type, bool] = {}
-
-
-def _accepts_logits_to_keep(model: nn.Module) -> bool:
-    cls = type(model)
-    if cls not in _ACCEPTS_LOGITS_TO_KEEP:
-        _ACCEPTS_LOGITS_TO_KEEP[cls] = "logits_to_keep" in inspect.signature(cls.forward).parameters
-    return _ACCEPTS_LOGITS_TO_KEEP[cls]
-
-
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """The batch's tensors on ``device`` (on CUDA through pinned memory, asynchronously); ``index`` stays on the host."""
-    if device.type != "cuda":
-        return {k: v.to(device) for k, v in batch.items() if k != "index"} | {"index": batch["index"]}
-    moved = {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items() if k != "index"}
-    return moved | {"index": batch["index"]}
-
-
-def logits_to_keep(labels: torch.Tensor) -> int:
-    """How many trailing positions need logits: from one before the earliest labelled token of any row.
-
-    Call it with the host copy of the labels (no device sync)."""
-    first = int((labels != IGNORE_INDEX).to(torch.int8).argmax(dim=1).min())
-    return labels.shape[1] - max(first - 1, 0)
-
-
-def sequence_logps(
-    model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device, keep: int | None = None
-) -> torch.Tensor:
-    """Summed response log-probs for every row of a collated batch (chosen rows, then rejected).
-
-    Only positions from the earliest response token of the batch onwards get logits (``logits_to_keep``):
-    the LM head and the float32 log-softmax over the prompts, which no loss reads, are skipped. Same result
-    as computing every position; on the CPU bench this took a step from 1.25x to ~1.0x the bare
-    forward+backward (docs/benchmarks.md).
-
-    ``batch`` may already be on ``device`` (:func:`to_device`); then pass ``keep`` computed from the host
-    labels, so no device-to-host sync is needed. The forward runs in the model's
-    :func:`~fttrainer.parallel.compute_context` (bf16 autocast for a one-rank GPU policy).
-    """
-    if keep is None:
-        keep = logits_to_keep(batch["labels"])
-    labels = batch["labels"].to(device)
-    kwargs: dict[str, Any] = {}
-    if _accepts_logits_to_keep(model) and keep < labels.shape[1]:
-        kwargs["logits_to_keep"] = keep
-        labels = labels[:, -keep:]
-    with compute_context(model):
-        out = model(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            use_cache=False,
-            **kwargs,
-        )
-    return batch_logps(out.logits.float(), labels, average=False)
-
-
 class Trainer:
     def __init__(
         self,
@@ -210,43 +161,47 @@ class Trainer:
 
     # ------------------------------------------------------------------ one micro-batch
 
-    def _reference_logps(self, batch: dict[str, torch.Tensor], n: int, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _logps(self, model: nn.Module, batch: SequenceBatch) -> torch.Tensor:
+        return sequence_logps(model, batch, chunked=self.cfg.chunked_logps, chunk_tokens=self.cfg.logits_chunk_tokens)
+
+    def _layout(self, indices: list[int]) -> SequenceBatch:
+        """The micro-batch on the host, padded or packed (``cfg.packing``); SFT scores the chosen rows only."""
+        examples = [self.examples[i] for i in indices]
+        return layout(examples, pairs=self.loss.name != "sft", packed=self.cfg.packing, pad_token_id=self.pad_token_id)
+
+    def _reference_logps(self, batch: SequenceBatch, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reference_logps is not None:
-            ref = self.reference_logps[batch["index"]].to(self.d.device, non_blocking=True)
+            ref = self.reference_logps[batch.index].to(self.d.device, non_blocking=True)
             return ref[:, 0], ref[:, 1]
         assert self.reference is not None
         with torch.no_grad():
-            logps = sequence_logps(self.reference, batch, self.d.device, keep)
+            logps = self._logps(self.reference, batch)
         return logps[:n], logps[n:]
 
     def _micro_batch(
         self, indices: list[int], train: bool, counted: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-        """(mean loss to backpropagate, the 7 per-example metric sums over the first ``counted`` rows as a
+        """(summed loss to backpropagate, the 7 per-example metric sums over the first ``counted`` rows as a
         float64 device tensor, [rows counted, tokens counted]) for one micro-batch.
 
         The batch goes to the device once (policy and reference forwards share it), and nothing here waits
         for the device: the metric sums stay on it until the step's single all-reduce."""
         n = len(indices)
         k = n if counted is None else counted
-        host = collate([self.examples[i] for i in indices], self.pad_token_id)
+        host = self._layout(indices)
+        lengths = host.lengths
+        tokens = float(sum(lengths[:k]) + (sum(lengths[n : n + k]) if self.loss.name != "sft" else 0))
+        batch = host.to(self.d.device)
+        with torch.set_grad_enabled(train):
+            logps = self._logps(self.policy, batch)
         if self.loss.name == "sft":
-            host = {key: (v[:n] if key != "index" else v) for key, v in host.items()}
-        keep = logits_to_keep(host["labels"])
-        mask = host["attention_mask"]
-        tokens = float(mask[:k].sum()) if self.loss.name == "sft" else float(mask[:k].sum() + mask[n : n + k].sum())
-        batch = to_device(host, self.d.device)
-        if self.loss.name == "sft":
-            with torch.set_grad_enabled(train):
-                policy_chosen = sequence_logps(self.policy, batch, self.d.device, keep)
+            policy_chosen = logps
             losses = sft_loss(policy_chosen)
             policy_rejected = torch.zeros_like(policy_chosen)
             chosen_rewards = rejected_rewards = torch.zeros_like(policy_chosen)
         else:
-            with torch.set_grad_enabled(train):
-                logps = sequence_logps(self.policy, batch, self.d.device, keep)
             policy_chosen, policy_rejected = logps[:n], logps[n:]
-            ref_chosen, ref_rejected = self._reference_logps(batch, n, keep)
+            ref_chosen, ref_rejected = self._reference_logps(batch, n)
             losses, chosen_rewards, rejected_rewards = preference_loss(
                 policy_chosen,
                 policy_rejected,
@@ -268,7 +223,7 @@ class Trainer:
                 policy_rejected.detach(),
             ]
         )[:, :k]
-        return losses.mean(), per_example.sum(dim=1).double(), [float(k), tokens]
+        return losses.sum(), per_example.sum(dim=1).double(), [float(k), tokens]
 
     def _reduce(
         self, sums: torch.Tensor, counts: list[float], extra: list[float], after: torch.Tensor | None = None
@@ -316,14 +271,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
+    def micro_batches(self, step: int) -> list[list[int]]:
+        """This rank's micro-batches for ``step``: the schedule's, or (``max_tokens_per_micro_batch``) the same
+        examples cut by a token budget (:func:`fttrainer.packing.token_budget_micro_batches`)."""
+        if self.cfg.max_tokens_per_micro_batch is None:
+            return self.schedule.micro_batches(step, self.d.rank)
+        shares = [[i for mb in self.schedule.micro_batches(step, r) for i in mb] for r in range(self.d.world_size)]
+        return token_budget_micro_batches(
+            shares,
+            self.d.rank,
+            self.examples,
+            budget=self.cfg.max_tokens_per_micro_batch,
+            pairs=self.loss.name != "sft",
+            packed=self.cfg.packing,
+        )
+
     def step(self) -> dict[str, float]:
-        micro_batches = self.schedule.micro_batches(self.state.step, self.d.rank)
-        accum = len(micro_batches)
+        micro_batches = self.micro_batches(self.state.step)
+        # every rank trains on the same number of examples, so (sum of this rank's losses / its examples),
+        # averaged over ranks by FSDP2's reduce-scatter, is the global-batch mean however they are cut
+        examples = sum(len(mb) for mb in micro_batches)
         sums = torch.zeros(7, dtype=torch.float64, device=self.d.device)
         counts = [0.0, 0.0]
         for indices in micro_batches:
             loss, s, c = self._micro_batch(indices, train=True)
-            (loss / accum).backward()
+            (loss / examples).backward()
             sums += s
             counts = [a + b for a, b in zip(counts, c, strict=True)]
         grad_norm_t = clip_grad_norm(self.params, self.cfg.max_grad_norm)
@@ -435,22 +407,33 @@ class Trainer:
 
 
 def precompute_reference_logps(
-    reference: nn.Module, examples: list[Example], d: Dist, batch_size: int, pad_token_id: int
+    reference: nn.Module,
+    examples: list[Example],
+    d: Dist,
+    batch_size: int,
+    pad_token_id: int,
+    *,
+    packing: bool = False,
+    chunked_logps: bool = True,
+    logits_chunk_tokens: int = 0,
 ) -> torch.Tensor:
     """Reference log-probs ``(n_examples, 2)`` (chosen, rejected) for every example, on every rank.
 
     Each rank computes its strided share (all ranks run the same number of forwards, as FSDP needs),
     then one all-gather gives everybody the whole table; the caller can then drop the reference model.
+    Pass the loop's ``packing``/``chunked_logps``/``logits_chunk_tokens`` so the table is computed as the
+    online reference would be.
     """
     world = d.world_size
     all_indices = list(range(len(examples)))
     rows: list[torch.Tensor] = []
     with torch.no_grad():
         for indices, _ in shard_for_eval(all_indices, d.rank, world, max(1, batch_size // world)):
-            batch = collate([examples[i] for i in indices], pad_token_id)
-            logps = sequence_logps(reference, batch, d.device).double()
+            host = layout([examples[i] for i in indices], pairs=True, packed=packing, pad_token_id=pad_token_id)
+            batch = host.to(d.device)
+            logps = sequence_logps(reference, batch, chunked=chunked_logps, chunk_tokens=logits_chunk_tokens).double()
             n = len(indices)
-            rows.append(torch.stack([batch["index"].double().to(d.device), logps[:n], logps[n:]], dim=1))
+            rows.append(torch.stack([host.index.double().to(d.device), logps[:n], logps[n:]], dim=1))
     mine = torch.cat(rows)
     gathered = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(gathered, mine)

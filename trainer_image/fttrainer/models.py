@@ -82,17 +82,21 @@ def load_models(cfg: TrainerConfig, rows: list[Any], d: Any, needs_reference: bo
 
         return load_full, lambda: AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
 
+    hp = cfg.hyperparameters
     t0 = time.monotonic()
     policy = build_sharded(
         *loader(m.policy_dtype),
         block_name,
         d,
         mixed_precision=on_gpu and m.fsdp_policy_mp == "bfloat16",
-        activation_checkpointing=cfg.hyperparameters.activation_checkpointing,
+        activation_checkpointing=hp.activation_checkpointing_policy if hp.activation_checkpointing else False,
+        compile=hp.compile,
     )
     reference = None
     if needs_reference:
-        reference = build_sharded(*loader(m.reference_dtype), block_name, d, mixed_precision=False, frozen=True)
+        reference = build_sharded(
+            *loader(m.reference_dtype), block_name, d, mixed_precision=False, frozen=True, compile=hp.compile
+        )
     log.info("models loaded from %s in %.1fs (reference: %s)", path, time.monotonic() - t0, needs_reference)
     return Models(tokenizer=tokenizer, policy=policy, reference=reference, hf_config=hf_config)
 

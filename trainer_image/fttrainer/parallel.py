@@ -105,16 +105,68 @@ def _replace_child(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
     raise ValueError("module not found in its root")
 
 
-def apply_activation_checkpointing(model: nn.Module, block_name: str) -> None:
-    """Wrap each block so its activations are recomputed in backward (torchtitan style).
+CHECKPOINT_POLICIES = ("full", "selective", "every_other")
+
+# ops whose outputs selective checkpointing keeps (the matmuls and attention: the expensive ones to recompute);
+# everything else in a block (norms, activations, rotary, residual adds) is recomputed in backward
+_SAVED_OPS = (
+    "mm",
+    "addmm",
+    "bmm",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+)
+
+
+def _selective_context() -> Any:
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    saved = {getattr(torch.ops.aten, name).default for name in _SAVED_OPS if hasattr(torch.ops.aten, name)}
+
+    def policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+        return CheckpointPolicy.MUST_SAVE if op in saved else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+def apply_activation_checkpointing(model: nn.Module, block_name: str, policy: str = "full") -> None:
+    """Wrap blocks so their activations are recomputed in backward (torchtitan style).
+
+    * ``full``: every block keeps only its input; everything is recomputed (least memory, ~1 extra forward).
+    * ``selective``: every block, but the outputs of its matmuls and attention are kept and only the cheap ops
+      (norms, activation functions, rotary, adds) are recomputed (op-level selective checkpointing).
+    * ``every_other``: full recomputation of every second block (blocks 0, 2, 4, ...): half the saving for half
+      the recomputation.
 
     The wrapper sits outside ``fully_shard`` so FSDP's unshard hooks run once per recomputation;
     ``get_model_state_dict`` strips the wrapper's ``_checkpoint_wrapped_module`` from the names.
     """
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 
-    for block in find_blocks(model, block_name):
-        _replace_child(model, block, checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT))
+    if policy not in CHECKPOINT_POLICIES:
+        raise ValueError(f"activation checkpointing policy must be one of {CHECKPOINT_POLICIES}, got {policy!r}")
+    for i, block in enumerate(find_blocks(model, block_name)):
+        if policy == "every_other" and i % 2:
+            continue
+        kwargs: dict[str, Any] = {"checkpoint_impl": CheckpointImpl.NO_REENTRANT}
+        if policy == "selective":
+            kwargs["context_fn"] = _selective_context
+        _replace_child(model, block, checkpoint_wrapper(block, **kwargs))
+
+
+def compile_blocks(model: nn.Module, block_name: str) -> int:
+    """``torch.compile`` every block in place (names and state dict unchanged), after activation checkpointing
+    (a checkpointed block is compiled with its wrapper) and before ``fully_shard``, as torchtitan does.
+
+    Shapes change with every batch (padded widths, packed token counts), so the blocks compile with dynamic
+    shapes; packed attention runs outside the graph (:mod:`fttrainer.varlen`). Returns the blocks compiled."""
+    blocks = [m for m in model.modules() if type(m).__name__ == "CheckpointWrapper"] or find_blocks(model, block_name)
+    for block in blocks:
+        block.compile(dynamic=True)
+    log.info("torch.compile: %d %s blocks", len(blocks), block_name)
+    return len(blocks)
 
 
 def shard(model: nn.Module, block_name: str, d: Dist, *, mixed_precision: bool) -> nn.Module:
@@ -173,8 +225,9 @@ def build_sharded(
     d: Dist,
     *,
     mixed_precision: bool,
-    activation_checkpointing: bool = False,
+    activation_checkpointing: bool | str = False,
     frozen: bool = False,
+    compile: bool = False,
 ) -> nn.Module:
     """Load the weights on rank 0 only, shard everywhere, broadcast the shards (one rank: load, no sharding).
 
@@ -183,6 +236,9 @@ def build_sharded(
     not 8. After ``fully_shard`` the others materialise empty shards on their device and
     ``set_model_state_dict(broadcast_from_rank0=True)`` fills every rank's shards from rank 0's full
     state dict. Buffers that are not in the state dict (rotary-embedding tables) are broadcast too.
+
+    ``activation_checkpointing``: False, True (= ``"full"``) or a policy of :func:`apply_activation_checkpointing`;
+    ``compile``: :func:`compile_blocks` (after checkpointing, before sharding).
     """
     if d.is_main:
         model = load_full()
@@ -194,7 +250,10 @@ def build_sharded(
     if frozen:
         freeze(model)
     if activation_checkpointing:
-        apply_activation_checkpointing(model, block_name)
+        policy = "full" if activation_checkpointing is True else str(activation_checkpointing)
+        apply_activation_checkpointing(model, block_name, policy)
+    if compile:
+        compile_blocks(model, block_name)
     shard_or_not(model, block_name, d, mixed_precision=mixed_precision)
     if d.world_size == 1:
         return model

@@ -137,13 +137,22 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
         raise InvalidInput(Reason.INVALID_SPEC, str(exc)) from None
 
     models = load_models(cfg, rows, d, needs_reference=loss.needs_reference)
+    if hp.packing:
+        from fttrainer import varlen
+
+        try:  # refused here, before any step, rather than at the first forward
+            for model in (models.policy, models.reference):
+                if model is not None:
+                    varlen.enable(model)
+        except ValueError as exc:
+            raise InvalidInput(Reason.INVALID_SPEC, f"hyperparameters.packing: {exc}") from None
     tok = models.tokenizer
     examples = tokenize_rows(rows, tok, hp.max_length, hp.max_prompt_length, truncation_side=hp.truncation_side)
     reference_logps = None
     if models.reference is not None and hp.precompute_reference:
         t0 = time.monotonic()
         reference_logps = precompute_reference_logps(
-            models.reference, examples, d, cfg.run.eval_batch_size, tok.pad_token_id
+            models.reference, examples, d, cfg.run.eval_batch_size, tok.pad_token_id, packing=hp.packing
         )
         models.reference = None
         gc.collect()
@@ -162,6 +171,8 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
             checkpoint_dir=Path(cfg.run.checkpoint_dir),
             minimum_log_interval_secs=cfg.run.minimum_log_interval_secs,
             exit_after_step=cfg.run.exit_after_step,
+            packing=hp.packing,
+            max_tokens_per_micro_batch=hp.max_tokens_per_micro_batch,
         ),
         loss=loss,
         d=d,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Header, Query, Request
 from ftcrd import names
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -77,13 +78,32 @@ async def update_job(
         except ApiException as exc:
             if exc.status != 409:
                 raise
-    raise APIError(409, "The job is being changed concurrently; retry", code="conflict")
+    raise APIError(409, "The job is being changed concurrently; retry", code="conflict", retryable=True)
 
 
-def idempotency_key(value: str | None) -> str | None:
-    if value is None:
-        return None
-    value = value.strip()
-    if not value or len(value) > 255 or not value.isprintable():
-        raise APIError(400, "Idempotency-Key must be 1 to 255 printable characters", param="Idempotency-Key")
-    return value
+async def single_query_values(request: Request) -> None:
+    """No query parameter of this API is a list: a repeated one is refused rather than silently cut to one."""
+    seen: set[str] = set()
+    for key, _ in request.query_params.multi_items():
+        if key in seen:
+            raise APIError(400, f"{key}: given more than once", code="invalid_value", param=key)
+        seen.add(key)
+
+
+Limit = Annotated[int, Query(description="Page size; values outside 1 to the maximum are clamped, as OpenAI does.")]
+
+
+def clamp(limit: int, maximum: int) -> int:
+    return max(1, min(limit, maximum))
+
+
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]{0,253}[!-~])?$"
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="1 to 255 printable ASCII characters, no leading or trailing space: a retried POST with the "
+        "same key returns the same job.",
+    ),
+]

@@ -1,19 +1,26 @@
-"""``POST /trigger-finetune``: the original microservice's webhook, answered at once with 202."""
+"""``POST /trigger-finetune``: the original microservice's webhook, answered at once with 202.
+
+Schema errors answer 422 here (the seed's FastAPI did), everything else as on the OpenAI routes. An optional
+``callbackUrl`` is notified when the job ends, signed like the key's own webhook (ftapi.notify).
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Response
 from ftcrd import names
 from ftcrd.dataset import DatasetError, load_rows, rows_to_novalto
 
+from ftapi import hyper, webhooks
+from ftapi.auth import Tenant as TenantInfo
 from ftapi.deps import Config, Kube, State, Tenant
 from ftapi.errors import APIError
-from ftapi.routers.common import create_idempotent, idempotency_key
+from ftapi.responses import error_responses
+from ftapi.routers.common import IdempotencyKey, create_idempotent
 from ftapi.schemas import SeedAccepted, SeedTrigger
+from ftapi.settings import Settings
 from ftapi.specbuild import (
     build_job,
     dataset_from_configmap,
@@ -27,15 +34,32 @@ from ftapi.specbuild import (
 router = APIRouter(tags=["webhook"])
 
 
+def _callback(body: SeedTrigger, tenant: TenantInfo, settings: Settings) -> str | None:
+    url = body.callbackUrl
+    if url is None:
+        return None
+    problem = webhooks.url_problem(url, allow_http=settings.webhook_allow_http)
+    if problem is None and (tenant.webhook is None or tenant.webhook.secret is None):
+        problem = (
+            "needs a webhook signing secret on this API key (keys.yaml: webhook.secretKey); ask the operator "
+            "of this service to configure one"
+        )
+    if problem:
+        raise APIError(422, f"callbackUrl {problem}", code="invalid_value", param="callbackUrl")
+    return url
+
+
 @router.post(
     "/trigger-finetune",
     status_code=202,
     response_model=SeedAccepted,
     summary="Start a DPO fine-tune from the seed payload (never blocks on training)",
     responses={
-        403: {"description": "The API key may not name this communityId"},
-        413: {"description": "Dataset too large for a ConfigMap"},
-        422: {"description": "Invalid payload"},
+        202: {
+            "description": "Accepted; poll statusUrl (also in Location)",
+            "headers": {"Location": {"description": "statusUrl", "schema": {"type": "string"}}},
+        },
+        **error_responses(400, 401, 403, 409, 413, 422, 503),
     },
 )
 async def trigger_finetune(
@@ -46,9 +70,8 @@ async def trigger_finetune(
     k8s: Kube,
     settings: Config,
     state: State,
-    idempotency: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency: IdempotencyKey = None,
 ) -> SeedAccepted:
-    key = idempotency_key(idempotency)
     if not tenant.may_use(body.communityId):
         # the community is a folder under the tenant's prefix: a key names only its own (keys.yaml: communities)
         raise APIError(
@@ -76,14 +99,29 @@ async def trigger_finetune(
         raise APIError(422, f"{param}: {exc.detail}", code="invalid_dataset", param=param) from None
     if len(data) > settings.configmap_budget_bytes:
         raise too_large(len(data), settings)
+    callback = _callback(body, tenant, settings)
+    try:  # the batch is fitted to the rows (the seed caller does not choose it)
+        sized = hyper.training_data(settings, len(rows), separate_validation=False, param="dataset")
+        hyperparameters = hyper.resolve(None, settings=settings, data=sized, param_prefix="", openai_auto=False)
+    except APIError as exc:
+        exc.status_code = 422
+        raise
 
     model = resolve_model(settings, settings.webhook_model)
-    name = new_job_name(tenant.namespace, key)
-    digest = request_digest("seed", {"communityId": body.communityId, "sha256": hashlib.sha256(data).hexdigest()})
+    name = new_job_name(tenant.namespace, idempotency)
+    digest = request_digest(
+        "seed",
+        {"communityId": body.communityId, "sha256": hashlib.sha256(data).hexdigest(), "callbackUrl": callback},
+    )
     labels = {names.LABEL_CREATED_BY: "api-webhook"}
     annotations = {names.ANN_OPENAI_MODEL: settings.webhook_model}
-    if key:
+    if idempotency:
         annotations[names.ANN_IDEMPOTENCY] = digest
+    if callback or (tenant.webhook is not None and tenant.webhook.url):
+        annotations[names.ANN_NOTIFY] = tenant.name
+        labels[names.LABEL_NOTIFY] = "pending"
+    if callback:
+        annotations[names.ANN_CALLBACK_URL] = callback
     configmap_name = f"{name}-dataset"
     ftj = build_job(
         settings,
@@ -92,7 +130,7 @@ async def trigger_finetune(
         model=model,
         dataset=dataset_from_configmap(settings, configmap_name, names.DATASET_KEY, "novalto"),
         method=webhook_method(settings),
-        hyperparameters={},
+        hyperparameters=hyperparameters,
         community_id=body.communityId,
         labels=labels,
         annotations=annotations,
@@ -107,7 +145,7 @@ async def trigger_finetune(
         "binaryData": {names.DATASET_KEY: base64.b64encode(data).decode()},
     }
     job, created = await create_idempotent(
-        k8s, tenant.namespace, ftj, configmap, idempotent=key is not None, digest=digest
+        k8s, tenant.namespace, ftj, configmap, idempotent=idempotency is not None, digest=digest
     )
     if created:
         state.metrics.jobs_created.labels("webhook").inc()
