@@ -13,6 +13,7 @@ from ftcrd.names import METRICS_FILE
 from ftcrd.results import RESULTS_FILENAME, RESULTS_PURPOSE, MetricsFileError, parse_metrics, results_csv
 from ftcrd.trainer_config import TrainerOutput
 from kubernetes_asyncio.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from ftapi import mapping
 from ftapi.errors import APIError, not_found
@@ -35,13 +36,16 @@ def metrics_location(ftj: dict[str, Any], settings: Settings) -> tuple[str, str]
         return None
     uri = str(((ftj.get("status") or {}).get("artifact") or {}).get("uri") or "")
     meta = ftj.get("metadata") or {}
-    own = TrainerOutput(
-        bucket=settings.output_bucket,
-        prefix=settings.output_prefix,
-        community_id=(ftj.get("spec") or {}).get("communityId"),
-        namespace=meta.get("namespace"),
-        job_uid=meta.get("uid"),
-    ).object_prefix(meta.get("name", ""))
+    try:
+        own = TrainerOutput(
+            bucket=settings.output_bucket,
+            prefix=settings.output_prefix,
+            community_id=(ftj.get("spec") or {}).get("communityId"),
+            namespace=meta.get("namespace"),
+            job_uid=meta.get("uid"),
+        ).object_prefix(meta.get("name", ""))
+    except (ValidationError, ValueError):  # nothing this job could have uploaded to
+        return None
     if uri != f"gs://{settings.output_bucket}/{own}":
         return None
     return settings.output_bucket, own + METRICS_FILE

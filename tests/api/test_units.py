@@ -82,7 +82,7 @@ def test_results_csv_one_row_per_step():
 
 
 def test_results_are_read_only_from_this_jobs_folder():
-    s = settings(output_bucket="b", output_prefix="models")
+    s = settings(output_bucket="bkt", output_prefix="models")
     job = {
         "metadata": {"name": "ftjob-1", "namespace": "team-a", "uid": "u1"},
         "spec": {"communityId": "c"},
@@ -93,14 +93,14 @@ def test_results_are_read_only_from_this_jobs_folder():
         job["status"]["artifact"]["uri"] = uri  # type: ignore[index]
         return results.metrics_location(job, s)
 
-    own = "gs://b/models/team-a/c/ftjob-1-u1/"
-    assert where(own) == ("b", "models/team-a/c/ftjob-1-u1/metrics.jsonl")
+    own = "gs://bkt/models/team-a/c/ftjob-1-u1/"
+    assert where(own) == ("bkt", "models/team-a/c/ftjob-1-u1/metrics.jsonl")
     for elsewhere in (
         "gs://other/models/team-a/c/ftjob-1-u1/",
-        "gs://b/secrets/team-a/c/ftjob-1-u1/",
-        "gs://b/models/team-b/c/ftjob-1-u1/",  # another tenant's prefix
-        "gs://b/models/team-a/c/ftjob-1-u0/",  # an earlier job of the same name
-        "gs://b/models/team-a/c/ftjob-1/",
+        "gs://bkt/secrets/team-a/c/ftjob-1-u1/",
+        "gs://bkt/models/team-b/c/ftjob-1-u1/",  # another tenant's prefix
+        "gs://bkt/models/team-a/c/ftjob-1-u0/",  # an earlier job of the same name
+        "gs://bkt/models/team-a/c/ftjob-1/",
     ):
         assert where(elsewhere) is None, elsewhere
     job["status"]["phase"] = "Running"  # type: ignore[index]

@@ -4,10 +4,11 @@ cluster, uploading to the GCS emulator).
 Known values are planted where real ones live: the API keys (and a wrong key a client presents), a Firebase
 service-account key (the tenant's output Secret, mounted into the trainer), a Hugging Face token (a catalog
 model's ``hfTokenSecret``, the trainer's ``HF_TOKEN``) and a webhook signing secret (beside the key table). Then a
-seed-webhook job trains to the end, an OpenAI-path job is created and cancelled, and requests fail in every way a
+seed-webhook job trains to the end (its tenant's endpoint gets the signed completion event), an OpenAI-path job is
+created and cancelled, and requests fail in every way a
 client can make them fail. Scanned afterwards, for each value and its base64: every object in the namespaces
 involved but the Secrets themselves (FineTuneJob specs and statuses, Jobs, pods with their termination messages,
-Events, ConfigMaps), the error bodies the API answered, the logs of the API, the operator, the trainer pods and
+Events, ConfigMaps), the error bodies the API answered, the webhook deliveries, the logs of the API, the operator, the trainer pods and
 the control plane, the files the trainer pods left, and the uploaded manifest.
 """
 
@@ -16,7 +17,9 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ import pytest
 from ftcrd.names import LABEL_TRAINER_USE, TRAINER_USE_VALUE
 
 from tests.api.conftest import ApiServer, start_api
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, wait_for
 from tests.support.ftj import wait_phase
 
 pytestmark = pytest.mark.e2e
@@ -87,8 +90,39 @@ def tenant_secrets(cluster: Cluster, namespace: str, planted: Planted) -> None:
     )
 
 
+class Receiver:
+    """A tenant's webhook endpoint: records every delivery (headers and body) and answers 200."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[str] = []
+        received = self.deliveries
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"])).decode(errors="replace")
+                received.append(json.dumps(dict(self.headers.items())) + "\n" + body)
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
 @pytest.fixture(scope="module")
-def api(cluster: Cluster, gcs, planted: Planted, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def api(
+    cluster: Cluster, gcs, planted: Planted, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServer]:
     catalog = {
         "tiny": {"name": "tiny", "preset": "tiny"},
         "tiny-gated": {"name": "tiny", "preset": "tiny", "hfTokenSecret": "hf-token/token"},
@@ -108,14 +142,14 @@ def api(cluster: Cluster, gcs, planted: Planted, tmp_path_factory: pytest.TempPa
         "FTAPI_RESOURCES": json.dumps(TINY),
         "FTAPI_HYPERPARAMETERS": json.dumps(QUICK),
         "FTAPI_RUN_POLICY": json.dumps({"backoffLimit": 0, "activeDeadlineSeconds": 900}),
+        "FTAPI_NOTIFY_INTERVAL_SECONDS": "1",
+        "FTAPI_WEBHOOK_ALLOW_HTTP": "true",
+        "FTAPI_WEBHOOK_ALLOW_PRIVATE": "true",
     }
-    for server in start_api(cluster, tmp_path_factory.mktemp("ftapi-scan"), extra_env=env):
+    # tenant A's key carries a completion webhook whose signing secret lives beside the key table
+    webhooks = {0: (receiver.url, planted["webhook_secret"])}
+    for server in start_api(cluster, tmp_path_factory.mktemp("ftapi-scan"), extra_env=env, webhooks=webhooks):
         tenant_secrets(cluster, server.ns_a, planted)
-        # the webhook signing secret lives beside the key table (keys.yaml's entries name it by its key)
-        patch = {"stringData": {"tenant-0-webhook": planted["webhook_secret"]}}
-        cluster.kubectl(
-            "-n", server.api_namespace, "patch", "secret", "finetune-api-keys", "--type=merge", "-p", json.dumps(patch)
-        )
         yield server
 
 
@@ -178,7 +212,7 @@ def pod_files(cluster: Cluster, namespace: str) -> dict[str, str]:
     return out
 
 
-def test_no_secret_value_anywhere(running_operator, cluster, gcs, api: ApiServer, planted: Planted):
+def test_no_secret_value_anywhere(running_operator, cluster, gcs, api: ApiServer, planted: Planted, receiver):  # noqa: PLR0917
     planted = Planted(planted, **{f"api key {ns}": k for ns, k in api.tenants.items()})
     name, errors = exercise(api, planted)
     ftj = wait_phase(cluster, api.ns_a, name, "Succeeded", timeout=900)
@@ -186,11 +220,13 @@ def test_no_secret_value_anywhere(running_operator, cluster, gcs, api: ApiServer
     assert spec["model"]["hfTokenSecret"] == {"name": "hf-token", "key": "token"}  # a reference, not a value
     assert spec["output"]["credentialsSecret"]["name"] == "firebase-service-account"
 
+    wait_for(lambda: any("fine_tuning.job.succeeded" in d for d in receiver.deliveries), 60, 0.5, "the signed event")
     artifact = ftj["status"]["artifact"]
     manifest = gcs.download(artifact["manifestUri"].removeprefix(f"gs://{gcs.bucket}/")).decode()
     places: dict[str, str] = {
         **{f"objects in {ns}": namespaced_objects(cluster, ns) for ns in (api.ns_a, api.ns_b, api.api_namespace)},
         "error bodies": "\n".join(errors),
+        "webhook deliveries (headers and bodies)": "\n".join(receiver.deliveries),
         "API log": api.log(),
         "operator log": running_operator.logs(),
         "uploaded manifest": manifest,
