@@ -34,7 +34,7 @@ fmt: ## Format the code
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
 .PHONY: manifests
-manifests: ## Render crds/finetunejob.yaml, docs/conditions.md and docs/crd-reference.md from crds/ftcrd, and the chart
+manifests: ## Render crds/finetunejob.yaml, docs/conditions.md, docs/crd-reference.md and the admission policies from crds/ftcrd, and the chart
 	$(PY) -m ftcrd.generate
 	$(PY) -m ftdev.chart
 
@@ -48,7 +48,7 @@ openapi: ## Write api/openapi.json (the API's OpenAPI document; a test fails whe
 
 .PHONY: manifests-check
 manifests-check: manifests openapi ## Fail when generated files (CRD, docs, OpenAPI) differ from the checked-in ones
-	git diff --exit-code -- crds docs/conditions.md docs/crd-reference.md api/openapi.json deploy/chart
+	git diff --exit-code -- crds docs/conditions.md docs/crd-reference.md api/openapi.json deploy/chart deploy/base/admission deploy/base/trainer/own-job-policy.yaml
 
 # Tiers (tests/support/tiers.py): unit (pure, seconds; needs only the venv), process (real trainer runs, the GCS
 # emulator), cluster (the local control plane), e2e (operator + real trainer on it). `make test` runs them all.

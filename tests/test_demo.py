@@ -28,7 +28,11 @@ def test_demo_flow(cluster: Cluster, capsys):
     lines = out.rstrip().splitlines()
     assert rc == 0, out[-6000:]
     last = lines[-1]
-    m = re.fullmatch(r"job=(ftjob-[0-9a-f]+) phase=Succeeded artifact=(gs://finetune-demo/models/demo/\1/)", last)
+    # the job's own folder: <prefix>/<tenant namespace>/<community>/<job>-<uid>/ (docs/security.md)
+    m = re.fullmatch(
+        r"job=(ftjob-[0-9a-f]+) phase=Succeeded artifact=(gs://finetune-demo/models/finetune-jobs/demo/\1-[0-9a-f-]{36}/)",
+        last,
+    )
     assert m, last
     # Every step ran and the phases the job went through were shown.
     for n in range(1, Demo.STEPS + 1):
@@ -42,6 +46,6 @@ def test_demo_flow(cluster: Cluster, capsys):
     assert after > before
     # Cleaned up: the job is gone, the operator and API Deployments too.
     job = m.group(1)
-    assert cluster.kubectl("get", "ftj", job, "-n", "finetune-system", check=False).returncode != 0
+    assert cluster.kubectl("get", "ftj", job, "-n", "finetune-jobs", check=False).returncode != 0
     deploys = cluster.kubectl("get", "deploy", "-n", "finetune-system", "-o", "name", check=False).stdout
     assert "finetune-operator" not in deploys and "finetune-api" not in deploys

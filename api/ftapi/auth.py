@@ -5,6 +5,7 @@ Secret ``finetune-api-keys`` (in the API's own namespace), key ``keys.yaml``::
     - name: team-a            # shown in logs instead of the key
       sha256: 9f86d0...        # hex sha256 of the bearer key
       namespace: team-a       # the only namespace this key may use
+      communities: [c-1, c-2] # optional: the communityIds it may name ("*": any); default: only its namespace
       webhook:                # optional: where the jobs this key creates are notified when they end
         url: https://hooks.team-a.example/finetune
         secretKey: team-a-webhook   # a key of this same Secret holding the whsec_... signing secret
@@ -40,6 +41,10 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
+ANY_COMMUNITY = "*"
+_COMMUNITY = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")  # ftcrd.base.CommunityId
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A key's webhook endpoint; the signing secret is read from the keys Secret (by ``secret_key``)."""
@@ -53,7 +58,14 @@ class Endpoint:
 class Tenant:
     name: str
     namespace: str
+    communities: tuple[str, ...] | None = None
+    """The communityIds this key may name; None: the one derived from the key, its namespace."""
     webhook: Endpoint | None = None
+
+    def may_use(self, community: str) -> bool:
+        """Whether this key may write under ``community`` (the artifact folder <prefix>/<namespace>/<community>/)."""
+        allowed = self.communities if self.communities is not None else (self.namespace,)
+        return ANY_COMMUNITY in allowed or community in allowed
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,20 @@ class KeyEntry:
     name: str
     sha256: bytes = field(repr=False)
     namespace: str
+    communities: tuple[str, ...] | None = None
     webhook: Endpoint | None = None
+
+
+def _communities(name: str, raw: object) -> tuple[str, ...] | None:
+    """The entry's ``communities`` list; a malformed list grants nothing rather than everything."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(
+        isinstance(c, str) and (c == ANY_COMMUNITY or _COMMUNITY.match(c)) for c in raw
+    ):
+        log.warning("keys.yaml entry %r has a malformed communities list; it may name no community", name)
+        return ()
+    return tuple(raw)
 
 
 def hash_key(key: str) -> str:
@@ -86,8 +111,15 @@ def parse_keys(text: str) -> list[KeyEntry]:
         if not _HEX64.match(digest) or not _DNS_LABEL.match(namespace):
             log.warning("keys.yaml entry %r has no valid sha256/namespace; skipped", name)
             continue
+        communities = _communities(name, item.get("communities"))
         out.append(
-            KeyEntry(name=name, sha256=bytes.fromhex(digest), namespace=namespace, webhook=_endpoint(item, name))
+            KeyEntry(
+                name=name,
+                sha256=bytes.fromhex(digest),
+                namespace=namespace,
+                communities=communities,
+                webhook=_endpoint(item, name),
+            )
         )
     return out
 
@@ -193,7 +225,7 @@ class KeyStore:
         entry = match(await self.entries(), key)
         if entry is None:
             raise unauthorized("Incorrect API key provided")
-        return Tenant(name=entry.name, namespace=entry.namespace, webhook=entry.webhook)
+        return Tenant(name=entry.name, namespace=entry.namespace, communities=entry.communities, webhook=entry.webhook)
 
     async def by_name(self, name: str) -> KeyEntry | None:
         return next((e for e in await self.entries() if e.name == name), None)

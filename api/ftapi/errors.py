@@ -228,7 +228,7 @@ def from_kubernetes(exc: ApiException) -> APIError:
     if status == 429:
         return APIError(429, "Kubernetes API is throttling requests; retry later", code="rate_limited")
     if status in (401, 403):
-        log.error("apiserver refused the API's own credentials (%s): %s", status, message)
+        log.error("apiserver refused the API's request (its RBAC, or an admission policy) (%s): %s", status, message)
         return APIError(503, "The service is not allowed to perform this operation; contact the operator", code="k8s")
     log.error("apiserver error %s: %s", status, message)
     return APIError(503, "Kubernetes API unavailable; retry later", code="service_unavailable")

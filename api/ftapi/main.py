@@ -127,6 +127,9 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The Kubernetes client logs whole response bodies at debug, the keys Secret's data among them: never below
+    # info, whatever the API's own level (tests/security/test_secret_scan.py runs the API at debug).
+    logging.getLogger("kubernetes_asyncio.client.rest").setLevel(max(logging.INFO, root.level))
 
 
 def main() -> None:

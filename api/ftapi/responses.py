@@ -258,6 +258,7 @@ class Readiness(Closed):
 _ERROR_TEXT = {
     400: "Invalid request, naming the field in `param`",
     401: "Missing or invalid API key",
+    403: "The API key may not name this communityId (keys.yaml `communities`)",
     404: "Not found (or another tenant's)",
     409: "Conflict (job state, file in use, reused Idempotency-Key); `x-should-retry: false` unless retrying helps",
     413: "Request or dataset too large",

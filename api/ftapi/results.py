@@ -11,7 +11,9 @@ from typing import Any
 
 from ftcrd.names import METRICS_FILE
 from ftcrd.results import RESULTS_FILENAME, RESULTS_PURPOSE, MetricsFileError, parse_metrics, results_csv
+from ftcrd.trainer_config import TrainerOutput
 from kubernetes_asyncio.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from ftapi import mapping
 from ftapi.errors import APIError, not_found
@@ -27,19 +29,26 @@ def is_results_id(file_id: str) -> bool:
 def metrics_location(ftj: dict[str, Any], settings: Settings) -> tuple[str, str] | None:
     """(bucket, object) of the job's metrics file, when the job succeeded with an artifact in this API's bucket.
 
-    The artifact URI comes from the job's status; only a folder of this job under the configured bucket and
-    prefix is read, so a status pointing elsewhere cannot make the API read another tenant's objects."""
+    The artifact URI comes from the job's status; it is read only when it is exactly this job's own folder
+    (``<prefix>/<namespace>/<communityId>/<job>-<uid>/``, ftcrd.trainer_config.TrainerOutput) in the configured
+    bucket, so a status pointing elsewhere cannot make the API read another job's or tenant's objects."""
     if mapping.openai_status(ftj) != "succeeded":
         return None
     uri = str(((ftj.get("status") or {}).get("artifact") or {}).get("uri") or "")
-    name = (ftj.get("metadata") or {}).get("name", "")
-    prefix = f"gs://{settings.output_bucket}/"
-    if not uri.startswith(prefix) or not uri.endswith(f"/{name}/") or "/../" in uri:
+    meta = ftj.get("metadata") or {}
+    try:
+        own = TrainerOutput(
+            bucket=settings.output_bucket,
+            prefix=settings.output_prefix,
+            community_id=(ftj.get("spec") or {}).get("communityId"),
+            namespace=meta.get("namespace"),
+            job_uid=meta.get("uid"),
+        ).object_prefix(meta.get("name", ""))
+    except (ValidationError, ValueError):  # nothing this job could have uploaded to
         return None
-    path = uri[len(prefix) :]
-    if settings.output_prefix.strip("/") and not path.startswith(settings.output_prefix.strip("/") + "/"):
+    if uri != f"gs://{settings.output_bucket}/{own}":
         return None
-    return settings.output_bucket, path + METRICS_FILE
+    return settings.output_bucket, own + METRICS_FILE
 
 
 async def _job(k8s: K8s, namespace: str, fid: str) -> dict[str, Any]:

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from ftcrd.names import RESERVED_ENV
 from ftcrd.types import AdapterSpec, ModelPreset
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class CatalogModel(BaseModel):
-    """What an OpenAI ``model`` name resolves to: the spec.model.name and the trainer preset."""
+    """What an OpenAI ``model`` name resolves to: the spec.model.name and the trainer preset, and for a gated model
+    the Secret holding a Hugging Face token (``<secret>/<key>`` in the job's namespace, labelled
+    finetune.dev/trainer-use=true): it becomes spec.model.hfTokenSecret, a reference; the token itself never
+    appears in a spec, a response or a log."""
 
     name: str
     preset: ModelPreset
+    hf_token_secret: str | None = Field(
+        default=None, validation_alias=AliasChoices("hf_token_secret", "hfTokenSecret"), pattern=r"^[^/]+(/[^/]+)?$"
+    )
 
 
 def default_catalog() -> dict[str, CatalogModel]:
@@ -72,13 +79,28 @@ class Settings(BaseSettings):
         default_factory=dict, description="spec.hyperparameters defaults (camelCase keys), e.g. a quick CPU run."
     )
     run_policy: dict[str, Any] = Field(default_factory=dict, description="spec.runPolicy defaults (camelCase).")
-    trainer_env: dict[str, str] = Field(default_factory=dict, description="Extra trainer environment (spec.env).")
+    trainer_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra trainer environment (spec.env): literal values only, never a credential (use Secrets).",
+    )
     trainer_image: str | None = None
     validation_fraction: float | None = None
     wandb_api_key_secret: str | None = Field(
         default=None,
         description="'<secret>/<key>' with a W&B API key, for jobs with a wandb integration; unset: runs are offline.",
     )
+
+    @field_validator("trainer_env")
+    @classmethod
+    def _no_credentials_in_env(cls, env: dict[str, str]) -> dict[str, str]:
+        # Every job's spec.env is readable through GET /v1/finetunejobs/{name}: a token here would be published.
+        reserved = sorted(set(env) & set(RESERVED_ENV))
+        if reserved:
+            raise ValueError(
+                f"FTAPI_TRAINER_ENV may not set {', '.join(reserved)} (reserved: credentials go by reference, "
+                "e.g. a catalog model's hfTokenSecret)"
+            )
+        return env
 
     # --- limits
     max_body_bytes: int = 16 * 1024 * 1024

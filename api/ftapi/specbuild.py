@@ -62,11 +62,12 @@ def resolve_model(settings: Settings, model: str) -> CatalogModel:
     return entry
 
 
-def _secret_ref(value: str | None) -> SecretKeyRef | None:
+def _secret_ref(value: str | None, default_key: str) -> SecretKeyRef | None:
+    """``<secret>/<key>`` (or ``<secret>``, meaning ``default_key``) as a reference: the value stays in the Secret."""
     if not value:
         return None
     name, _, key = value.partition("/")
-    return SecretKeyRef(name=name, key=key or "service-account.json")
+    return SecretKeyRef(name=name, key=key or default_key)
 
 
 def webhook_method(settings: Settings) -> MethodSpec:
@@ -103,7 +104,12 @@ def build_job(
             {
                 "community_id": community_id,
                 "model": ModelSpec.model_validate(
-                    {"name": model.name, "preset": model.preset, **({"from": model_from} if model_from else {})}
+                    {
+                        "name": model.name,
+                        "preset": model.preset,
+                        "hf_token_secret": _secret_ref(model.hf_token_secret, "token"),
+                        **({"from": model_from} if model_from else {}),
+                    }
                 ),
                 "method": method,
                 "hyperparameters": hp,
@@ -113,7 +119,7 @@ def build_job(
                     {
                         "bucket": settings.output_bucket,
                         "prefix": settings.output_prefix,
-                        "credentials_secret": _secret_ref(settings.output_credentials_secret),
+                        "credentials_secret": _secret_ref(settings.output_credentials_secret, "service-account.json"),
                     }
                 ),
                 "image": settings.trainer_image,

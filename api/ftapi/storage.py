@@ -16,6 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ftcrd.names import ENV_CREDENTIALS
+
 from ftapi.errors import APIError
 
 log = logging.getLogger("ftapi.storage")
@@ -30,7 +32,7 @@ def _credentials() -> Any:
         return AnonymousCredentials()
     from firebase_admin import credentials
 
-    key = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    key = os.environ.get(ENV_CREDENTIALS)
     if key and Path(key).is_file():
         try:
             return credentials.Certificate(key)

@@ -63,6 +63,7 @@ class Reason:
     PREEMPTED: Final = KUEUE_PREEMPTED
     EVICTED: Final = KUEUE_EVICTED
     EVAL_SAMPLES: Final = "EvalSamples"
+    ADMISSION_REFUSED: Final = "AdmissionRefused"
 
 
 # Reasons, with the text that explains them to a user.
@@ -135,6 +136,11 @@ REASONS: Final[dict[str, str]] = {
     ),
     Reason.EVAL_SAMPLES: "Event only (never a phase reason): completions of held-out prompts at an evaluation "
     "(spec.tracking.sampleDuringEval; status.samples holds the latest set).",
+    Reason.ADMISSION_REFUSED: (
+        "The job names an image, ServiceAccount, Secret, PersistentVolumeClaim, node selector, toleration or priority "
+        "class the operator does not allow, or runs in the operator's namespace (docs/security.md); the message "
+        "names each field and rule. No pod was created."
+    ),
 }
 
 

@@ -52,6 +52,11 @@ KUEUE_EVICTED: Final = "Evicted"
 """Workload condition: evicted (reason Preempted, or another eviction such as a deactivation)."""
 KUEUE_PREEMPTED: Final = "Preempted"
 KUEUE_INADMISSIBLE: Final = "Inadmissible"
+LABEL_TRAINER_USE: Final = f"{GROUP}/trainer-use"
+"""Opt-in on a ServiceAccount, Secret or PersistentVolumeClaim (value :data:`TRAINER_USE_VALUE`): FineTuneJobs of
+its namespace may name it (spec.serviceAccountName, credentialsSecret, hfTokenSecret, claimName). Anything
+unlabelled is refused by the admission policies and by the operator (ftcrd.admission)."""
+TRAINER_USE_VALUE: Final = "true"
 
 # --- annotations -------------------------------------------------------------------------------------
 ANN_TRAINER_CONFIG: Final = f"{GROUP}/trainer-config"
@@ -89,6 +94,12 @@ TRAINER_IDENTITY: Final = "finetune-trainer"
 """ServiceAccount, Role and RoleBinding of the trainers of a namespace; also the ClusterRole users may bind."""
 OWN_JOB_POLICY: Final = "finetune-trainer-own-job"
 """ValidatingAdmissionPolicy keeping each trainer to its own job's status."""
+ADMISSION_POLICY: Final = "finetune-job-admission"
+"""ValidatingAdmissionPolicy with the rules a FineTuneJob's own fields must meet (ftcrd.admission); the policies
+checking its references to other objects are named ``<ADMISSION_POLICY>-<plural>``."""
+ADMISSION_CONFIG: Final = "finetune-admission"
+"""ConfigMap in the operator's namespace holding the operator-configured allow-lists: the admission policies'
+parameter object and the operator's environment (``envFrom``), so both enforce the same lists."""
 
 DATA_DIR: Final = "/data"
 VALIDATION_DIR: Final = "/data-validation"
@@ -127,7 +138,7 @@ ENV_WANDB_MODE: Final = "WANDB_MODE"
 ENV_MLFLOW_TOKEN: Final = "MLFLOW_TRACKING_TOKEN"
 """spec.tracking.mlflow.tokenSecret, through a secretKeyRef (MLflow's own variable)."""
 
-RESERVED_ENV: Final = (
+RANK_WIRING_ENV: Final = (
     "PET_NNODES",
     "PET_NPROC_PER_NODE",
     "PET_NODE_RANK",
@@ -139,10 +150,49 @@ RESERVED_ENV: Final = (
     "WORLD_SIZE",
     "LOCAL_RANK",
     ENV_COMPLETION_INDEX,
-    ENV_JOB_NAME,
-    ENV_JOB_NAMESPACE,
 )
-"""Environment variables the operator sets for rank wiring and reporting; spec.env may not set them."""
+"""torchrun's rank wiring, set by the operator and torchrun."""
+ENV_CREDENTIALS: Final = "GOOGLE_APPLICATION_CREDENTIALS"
+"""The mounted Firebase key's path (when output.credentialsSecret is set)."""
+ENV_HF_TOKEN: Final = "HF_TOKEN"
+"""The Hugging Face token, from model.hfTokenSecret (a secretKeyRef: never a literal value)."""
+CREDENTIAL_ENV: Final = (
+    ENV_CREDENTIALS,
+    ENV_HF_TOKEN,
+    "HUGGING_FACE_HUB_TOKEN",
+    "WANDB_API_KEY",
+    ENV_TERMINATION_LOG,
+    ENV_SERVICE_ACCOUNT_DIR,
+    # where credentials are sent: redirecting them would hand the token or key to another host
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+    "HF_ENDPOINT",
+    "WANDB_BASE_URL",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "REQUESTS_CA_BUNDLE",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "CURL_CA_BUNDLE",
+    # code the interpreter or the loader would run from a path the job controls (a mounted dataset)
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "LD_AUDIT",
+)
+"""Variables that carry, locate or redirect the trainer's credentials, or load code: spec.env may not set them
+(a credential reaches the trainer by reference only: docs/security.md)."""
+
+RESERVED_ENV: Final = (*RANK_WIRING_ENV, ENV_JOB_NAME, ENV_JOB_NAMESPACE, *CREDENTIAL_ENV)
+"""Environment variables spec.env may not set: the rank wiring and reporting target the operator sets, and
+:data:`CREDENTIAL_ENV`. Enforced by the CRD (CEL), the admission model (pydantic) and the operator."""
 
 # --- data keys ---------------------------------------------------------------------------------------
 FILE_DATA_KEY: Final = "data.jsonl.gz"

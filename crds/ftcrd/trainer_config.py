@@ -94,11 +94,44 @@ class TrainerDataset(TrainerDatasetFile):
 
 
 class TrainerOutput(CamelModel):
-    """Where the export is uploaded: gs://<bucket>/<prefix>/<communityId or "default">/<job>/."""
+    """Where the export is uploaded: ``gs://<bucket>/<prefix>/<namespace>/<communityId>/<job>-<uid>/``
+    (:meth:`object_prefix`; ``default`` stands in for a namespace or community that is not set, and the ``-<uid>``
+    suffix is left out when the job has none, as in a run by hand)."""
 
     bucket: str = crd_field(OutputSpec, "bucket")
     prefix: str = crd_field(OutputSpec, "prefix")
     community_id: str | None = crd_field(FineTuneJobSpec, "community_id")
+    namespace: str | None = Field(
+        default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="The job's namespace."
+    )
+    job_uid: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9-]+$",
+        description="The FineTuneJob's metadata.uid: a job re-created under the same name gets a folder of its own.",
+    )
+
+    def tenant_prefix(self) -> str:
+        """``<prefix>/<namespace>/``: everything one tenant namespace's jobs write, what a per-tenant credential is
+        scoped to (docs/security.md)."""
+        return tenant_prefix(self.prefix, self.namespace)
+
+    def object_prefix(self, job: str) -> str:
+        """The job's own folder (no leading slash, one trailing slash)."""
+        if not job or "/" in job:
+            raise ValueError(f"invalid job name {job!r}")
+        folder = f"{job}-{self.job_uid}" if self.job_uid else job
+        return f"{self.tenant_prefix()}{self.community_id or DEFAULT_SEGMENT}/{folder}/"
+
+
+DEFAULT_SEGMENT: Final = "default"
+"""The path segment standing in for an unset namespace or communityId."""
+
+
+def tenant_prefix(prefix: str, namespace: str | None) -> str:
+    """``<prefix>/<namespace or default>/`` without a leading slash (``prefix`` may be empty or nested)."""
+    parts = [p for p in prefix.strip("/").split("/") if p]
+    return "/".join([*parts, namespace or DEFAULT_SEGMENT]) + "/"
 
 
 class TrainerRun(CamelModel):

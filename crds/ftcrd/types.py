@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from ftcrd.adapter import (  # noqa: F401 (re-exported)
     QLORA_ONE_GPU,
@@ -455,7 +455,8 @@ class ResourcesSpec(CamelModel):
 
 
 class OutputSpec(CamelModel):
-    """Where the exported model goes: gs://<bucket>/<prefix>/<communityId>/<job>/."""
+    """Where the exported model goes: gs://<bucket>/<prefix>/<namespace>/<communityId>/<job>-<uid>/ (the job's uid
+    makes every job's folder its own: a re-used name never overwrites an earlier model)."""
 
     bucket: Annotated[str, Field(min_length=3, max_length=222, description="Firebase Storage (GCS) bucket name.")]
     prefix: Annotated[str, Field(default="models", max_length=512, description="Object prefix inside the bucket.")]
@@ -473,6 +474,12 @@ class EnvVar(CamelModel):
 
     name: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
     value: Annotated[str, Field(default="", max_length=32768)]
+
+
+RESERVED_ENV_MESSAGE = (
+    "spec.env may not set the reserved variables (rank wiring, reporting, credentials and where they are sent, "
+    "code loading): " + ", ".join(RESERVED_ENV)
+)
 
 
 class RunPolicySpec(CamelModel):
@@ -634,7 +641,10 @@ class FineTuneJobSpec(CamelModel):
         Field(
             default=None,
             max_length=64,
-            description="Extra environment variables for the trainer; rank-wiring variables are reserved.",
+            description=(
+                "Extra environment variables for the trainer (literal values, never credentials: use Secrets by"
+                " reference); rank wiring and credential variables are reserved."
+            ),
             json_schema_extra={
                 # keyed by name: the apiserver refuses the same variable twice
                 "x-kubernetes-list-type": "map",
@@ -642,7 +652,7 @@ class FineTuneJobSpec(CamelModel):
                 "x-kubernetes-validations": [
                     cel(
                         "self.all(e, !(e.name in " + str(list(RESERVED_ENV)) + "))",
-                        "spec.env may not set the reserved rank-wiring variables " + ", ".join(RESERVED_ENV),
+                        RESERVED_ENV_MESSAGE,
                     )
                 ],
             },
@@ -664,6 +674,15 @@ class FineTuneJobSpec(CamelModel):
         if not qlora_fits(self.method.adapter, self.resources.gpus_per_node, self.resources.nodes):
             raise ValueError(QLORA_ONE_GPU)
         return self
+
+    @field_validator("env")
+    @classmethod
+    def _no_reserved_env(cls, env: list[EnvVar] | None) -> list[EnvVar] | None:
+        # The CEL rule above, for the API and the operator, which validate without an apiserver.
+        reserved = [e.name for e in env or [] if e.name in RESERVED_ENV]
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)}: {RESERVED_ENV_MESSAGE}")
+        return env
 
 
 class FineTuneJob(CamelModel):

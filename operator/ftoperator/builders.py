@@ -24,6 +24,8 @@ from ftcrd.names import (
     CONTAINER,
     DATA_DIR,
     ENV_COMPLETION_INDEX,
+    ENV_CREDENTIALS,
+    ENV_HF_TOKEN,
     ENV_JOB_NAME,
     ENV_JOB_NAMESPACE,
     ENV_MLFLOW_TOKEN,
@@ -161,12 +163,15 @@ def _validation_file(spec: FineTuneJobSpec) -> TrainerDatasetFile | None:
 def trainer_config(
     spec: FineTuneJobSpec,
     name: str,
+    namespace: str | None = None,
+    uid: str | None = None,
     *,
     storage: CheckpointStorage | None = None,
     source: ModelSource | None = None,
 ) -> TrainerConfig:
     """The trainer's resolved configuration: the spec's own models, the pod's paths, where the checkpoints live
-    and the verified model to start from."""
+    and the verified model to start from; the namespace and the job's uid place the upload in a folder of its own
+    (ftcrd.trainer_config.TrainerOutput)."""
     model = spec.model
     return TrainerConfig(
         job=name,
@@ -187,7 +192,13 @@ def trainer_config(
             validation_fraction=spec.dataset.validation_fraction,
             validation=_validation_file(spec),
         ),
-        output=TrainerOutput(bucket=spec.output.bucket, prefix=spec.output.prefix, community_id=spec.community_id),
+        output=TrainerOutput(
+            bucket=spec.output.bucket,
+            prefix=spec.output.prefix,
+            community_id=spec.community_id,
+            namespace=namespace,
+            job_uid=uid,
+        ),
         tracking=spec.tracking,
         run=TrainerRun(
             run_dir=RUN_DIR,
@@ -258,12 +269,12 @@ def _env(ftj: FineTuneJob) -> list[dict[str, Any]]:
     if spec.output.credentials_secret is not None:
         env.append(
             {
-                "name": "GOOGLE_APPLICATION_CREDENTIALS",
+                "name": ENV_CREDENTIALS,
                 "value": f"{FIREBASE_DIR}/{spec.output.credentials_secret.key}",
             }
         )
     if spec.model.hf_token_secret is not None:
-        env.append(_secret_env("HF_TOKEN", spec.model.hf_token_secret))
+        env.append(_secret_env(ENV_HF_TOKEN, spec.model.hf_token_secret))
     if spec.model.claim_name:
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     env += _tracking_env(spec)
@@ -417,7 +428,11 @@ def pod_template(ftj: FineTuneJob, settings: Settings, source: ModelSource | Non
         pod_spec["tolerations"] = [t.wire() for t in res.tolerations]
     if res.priority_class_name:
         pod_spec["priorityClassName"] = res.priority_class_name
-    annotations = {ANN_TRAINER_CONFIG: trainer_config(spec, name, storage=storage, source=source).render()}
+    meta = ftj.metadata
+    config = trainer_config(
+        spec, name, namespace=meta.get("namespace"), uid=meta.get("uid"), storage=storage, source=source
+    )
+    annotations = {ANN_TRAINER_CONFIG: config.render()}
     return {"metadata": {"labels": labels(ftj), "annotations": annotations}, "spec": pod_spec}
 
 

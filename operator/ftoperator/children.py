@@ -23,7 +23,7 @@ from ftcrd.conditions import Reason as R
 from ftcrd.names import KIND
 from ftcrd.types import TERMINAL_PHASES
 
-from ftoperator import builders, metrics, sources
+from ftoperator import admission, builders, metrics, sources
 from ftoperator import status as st
 from ftoperator.kube import ApiError
 from ftoperator.objects import rfc3339, short
@@ -69,16 +69,24 @@ class Attempts:
     retry_at: float = 0.0
     """time.monotonic() of the retry kopf has scheduled (until then the resync leaves the job alone)."""
     gave_up: str = ""
-    """The failure message once the budget ran out."""
+    """The failure message once the budget ran out (or the job was refused)."""
     gave_up_reason: str = R.CHILD_CREATE_FAILED
 
 
 class Permanent(Exception):
     """Retrying cannot help (an invalid object, a child owned by someone else, a model source that failed)."""
 
+    default_reason: str = R.CHILD_CREATE_FAILED
+
     def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
-        self.reason = reason
+        self.reason = reason or self.default_reason
+
+
+class Refused(Permanent):
+    """The job breaks an admission rule (ftoperator.admission)."""
+
+    default_reason = R.ADMISSION_REFUSED
 
 
 class Conflict(Exception):
@@ -261,6 +269,11 @@ class Workloads:
             except pydantic.ValidationError as exc:
                 msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
                 raise Permanent(f"invalid spec: {msg}") from exc
+            if self.reconciler.job_of(key_of(raw), uid) is None:  # pods would be created: the rules decide first
+                assert self.reconciler.kube is not None
+                refused = await admission.refusals(self.reconciler.kube, body, self.settings)
+                if refused:
+                    raise Refused(admission.message(refused))
             source = await self._model_source(raw, logger)
             if isinstance(source, sources.Unresolved):
                 self.attempts.pop(uid, None)  # waiting is not a failed attempt: the budget starts when it ends
@@ -271,7 +284,7 @@ class Workloads:
             await self.reconcile_suspend(raw, job, logger)
         except Permanent as exc:
             metrics.ERRORS.labels(handler).inc()
-            reason = exc.reason or (R.INVALID_SPEC if str(exc).startswith("invalid spec") else R.CHILD_CREATE_FAILED)
+            reason = R.INVALID_SPEC if str(exc).startswith("invalid spec") else exc.reason
             rec.gave_up, rec.gave_up_reason = str(exc), reason
             await self._fail_logged(raw, reason, str(exc), logger)
             return None

@@ -61,9 +61,13 @@ class ApiError(Exception):
         super().__init__(f"{method} {path}: {status} {self.reason}: {self.message}")
 
 
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
 # Collection paths of the child kinds (namespaced).
 PATHS = {
     ("v1", "ServiceAccount"): "/api/v1/namespaces/{ns}/serviceaccounts",
+    ("v1", "Secret"): "/api/v1/namespaces/{ns}/secrets",
+    ("v1", "PersistentVolumeClaim"): "/api/v1/namespaces/{ns}/persistentvolumeclaims",
     ("v1", "Service"): "/api/v1/namespaces/{ns}/services",
     ("v1", "Pod"): "/api/v1/namespaces/{ns}/pods",
     ("v1", "Event"): "/api/v1/namespaces/{ns}/events",
@@ -115,13 +119,14 @@ class Kube:
         *,
         query: Mapping[str, str] | None = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> dict[str, Any]:
         for attempt in (1, 2):
             if self.session is None:
                 self._open()
             assert self.session is not None
             data = None if body is None else json.dumps(body)
-            headers = {"Accept": "application/json", "Content-Type": content_type}
+            headers = {"Accept": accept, "Content-Type": content_type}
             async with self.session.request(
                 method, self.server + path, data=data, params=query, headers=headers
             ) as resp:
@@ -143,6 +148,12 @@ class Kube:
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
         return await self.request("GET", f"{collection_path(api_version, kind, namespace)}/{name}")
+
+    async def get_metadata(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        """Only the object's metadata (PartialObjectMetadata): the admission check reads the labels of Secrets it
+        may name, and their data never enters the operator."""
+        path = f"{collection_path('v1', kind, namespace)}/{name}"
+        return await self.request("GET", path, accept=METADATA_ONLY)
 
     async def merge_patch(
         self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any], *, subresource: str = ""

@@ -15,6 +15,8 @@ import shlex
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ftcrd import admission
+
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
 PREFIX = "FTO_"
 _QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
@@ -119,6 +121,27 @@ class Settings:
     allow_entrypoint_annotation: bool = False
     """Development/benchmarks only: honour the ``finetune.dev/trainer-entrypoint`` annotation of a FineTuneJob
     (a shell-quoted command replacing ``torchrun``, e.g. a stub trainer whose pods exit at once)."""
+    operator_namespace: str = "finetune-system"
+    """The operator's own namespace (the Deployment sets it from the downward API): FineTuneJobs there are refused,
+    since the operator's ServiceAccount reaches every namespace (ftcrd.admission)."""
+    allowed_images: tuple[str, ...] = dataclasses.field(
+        default=admission.DEFAULT_IMAGES, metadata=_parse(admission.split_list)
+    )
+    """Trainer image repositories spec.image may name (any tag or digest; ``prefix/`` allows a path, ``*`` any).
+    This and the other ``allowed_*`` lists come from ConfigMap finetune-admission, which the admission policies
+    read too (deploy/base/admission)."""
+    allowed_node_selector_keys: tuple[str, ...] = dataclasses.field(
+        default=admission.DEFAULT_NODE_SELECTOR_KEYS, metadata=_parse(admission.split_list)
+    )
+    """Node labels spec.resources.nodeSelector may use."""
+    allowed_toleration_keys: tuple[str, ...] = dataclasses.field(
+        default=admission.DEFAULT_TOLERATION_KEYS, metadata=_parse(admission.split_list)
+    )
+    """Taint keys spec.resources.tolerations may tolerate (``*``: any, including a toleration without a key)."""
+    allowed_priority_classes: tuple[str, ...] = dataclasses.field(
+        default=admission.DEFAULT_PRIORITY_CLASSES, metadata=_parse(admission.split_list)
+    )
+    """PriorityClasses spec.resources.priorityClassName may name (none by default)."""
     trainer_uid: int = 1000
     """runAsUser/runAsGroup/fsGroup of trainer pods (the trainer image's non-root user)."""
     metrics_port: int = 9090
@@ -159,6 +182,11 @@ class Settings:
     log_format: str = dataclasses.field(default="json", metadata=_parse(str.lower))
     """json (structured, one object per line) or plain."""
     verbose: bool = False
+
+    def allow_lists(self) -> admission.AllowLists:
+        return admission.AllowLists(
+            **{field: getattr(self, f"allowed_{field}") for field in admission.LIST_KEYS},
+        )
 
     @classmethod
     def env_name(cls, field: str) -> str:

@@ -171,7 +171,13 @@ def start_api(
             docs.append(b)
         keys = {ns: "ftk-test-" + secrets.token_urlsafe(24) for ns in tenant_ns}
         entries: list[dict[str, Any]] = [
-            {"name": f"tenant-{i}", "sha256": hashlib.sha256(k.encode()).hexdigest(), "namespace": ns}
+            # communityId is bound to the key: these tenants' webhook tests name any (tests/security binds them)
+            {
+                "name": f"tenant-{i}",
+                "sha256": hashlib.sha256(k.encode()).hexdigest(),
+                "namespace": ns,
+                "communities": ["*"],
+            }
             for i, (ns, k) in enumerate(keys.items())
         ]
         data = {}

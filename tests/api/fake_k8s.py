@@ -141,7 +141,10 @@ class FakeK8s:
     async def read_secret(self, namespace: str, name: str) -> Any:
         if namespace != self.keys_namespace or name != "finetune-api-keys":
             raise _err(404, "not found")
-        entries = [{"name": f"key-{ns}", "sha256": hash_key(k), "namespace": ns} for k, ns in self.keys.items()]
+        entries = [
+            {"name": f"key-{ns}", "sha256": hash_key(k), "namespace": ns, "communities": ["*"]}
+            for k, ns in self.keys.items()
+        ]
         data = base64.b64encode(yaml.safe_dump(entries).encode()).decode()
         return SimpleNamespace(data={"keys.yaml": data})
 

@@ -82,18 +82,29 @@ def test_results_csv_one_row_per_step():
 
 
 def test_results_are_read_only_from_this_jobs_folder():
-    s = settings(output_bucket="b", output_prefix="models")
-    job = {"metadata": {"name": "ftjob-1"}, "status": {"phase": "Succeeded", "artifact": {"uri": ""}}}
+    s = settings(output_bucket="bkt", output_prefix="models")
+    job = {
+        "metadata": {"name": "ftjob-1", "namespace": "team-a", "uid": "u1"},
+        "spec": {"communityId": "c"},
+        "status": {"phase": "Succeeded", "artifact": {"uri": ""}},
+    }
 
     def where(uri: str):
         job["status"]["artifact"]["uri"] = uri  # type: ignore[index]
         return results.metrics_location(job, s)
 
-    assert where("gs://b/models/team-a/ftjob-1/") == ("b", "models/team-a/ftjob-1/metrics.jsonl")
-    for elsewhere in ("gs://other/models/t/ftjob-1/", "gs://b/secrets/t/ftjob-1/", "gs://b/models/t/ftjob-2/"):
-        assert where(elsewhere) is None
+    own = "gs://bkt/models/team-a/c/ftjob-1-u1/"
+    assert where(own) == ("bkt", "models/team-a/c/ftjob-1-u1/metrics.jsonl")
+    for elsewhere in (
+        "gs://other/models/team-a/c/ftjob-1-u1/",
+        "gs://bkt/secrets/team-a/c/ftjob-1-u1/",
+        "gs://bkt/models/team-b/c/ftjob-1-u1/",  # another tenant's prefix
+        "gs://bkt/models/team-a/c/ftjob-1-u0/",  # an earlier job of the same name
+        "gs://bkt/models/team-a/c/ftjob-1/",
+    ):
+        assert where(elsewhere) is None, elsewhere
     job["status"]["phase"] = "Running"  # type: ignore[index]
-    assert where("gs://b/models/team-a/ftjob-1/") is None
+    assert where(own) is None
 
 
 def test_signed_delivery_verifies_with_standardwebhooks():

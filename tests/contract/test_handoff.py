@@ -56,7 +56,11 @@ def test_community_strings_reach_the_upload_path_exactly(community: str, tmp_pat
     cfg = from_file(file_in_pod(template, tmp_path))
     assert cfg.output is not None and cfg.output.community_id == community
     assert isinstance(cfg.output.community_id, str)
-    assert object_prefix(cfg.output.prefix, cfg.output.community_id, cfg.job) == f"models/{community}/tiny-demo/"
+    # the namespace and the job's uid make the folder the job's own (a re-used name never lands in it)
+    expected = f"models/team-a/{community}/tiny-demo-0000-uid/"
+    assert cfg.output.object_prefix(cfg.job) == expected
+    out = cfg.output
+    assert object_prefix(out.prefix, out.community_id, cfg.job, namespace=out.namespace, uid=out.job_uid) == expected
 
 
 def test_the_pod_runs_the_trainer_with_its_config_file(tmp_path: Path):
@@ -68,7 +72,7 @@ def test_the_pod_runs_the_trainer_with_its_config_file(tmp_path: Path):
     assert not [a for a in args if "=" in a]  # no Hydra overrides left on the command line
     cfg = with_preset(from_file(file_in_pod(template, tmp_path)))
     ftj = builders.parse(sample())
-    assert cfg == with_preset(builders.trainer_config(ftj.spec, "tiny-demo"))
+    assert cfg == with_preset(builders.trainer_config(ftj.spec, "tiny-demo", "team-a", "0000-uid"))
     # the spec's own models, unchanged: nothing re-defaulted on the way
     assert cfg.method == ftj.spec.method and cfg.hyperparameters == ftj.spec.hyperparameters
     assert cfg.dataset.path == f"{names.DATA_DIR}/dataset.json" and cfg.run.checkpoint_dir == names.CHECKPOINT_DIR

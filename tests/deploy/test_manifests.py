@@ -69,9 +69,10 @@ def test_overlay_has_everything(rendered, overlay):
     assert api["spec"]["template"]["spec"]["serviceAccountName"] == "finetune-api"
     assert {"configMapRef": {"name": "finetune-defaults", "optional": True}} in container(api)["envFrom"]
 
+    find(docs, "Namespace", "finetune-jobs")  # the default tenant: jobs never run in finetune-system
     for d in docs:
         if d["kind"] not in deployctl.CLUSTER_SCOPED:
-            assert d["metadata"].get("namespace") == "finetune-system", deployctl.name_of(d)
+            assert d["metadata"].get("namespace") in ("finetune-system", "finetune-jobs"), deployctl.name_of(d)
         else:
             assert "namespace" not in d["metadata"], deployctl.name_of(d)
         assert d["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "finetune-operator"

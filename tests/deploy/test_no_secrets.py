@@ -127,7 +127,7 @@ def test_kubernetes_secrets_hold_placeholders_only():
     assert checked >= 1, "expected at least the Firebase Secret template under deploy/"
 
 
-@pytest.mark.parametrize("name", ["firebase-secret.yaml"])
+@pytest.mark.parametrize("name", ["tenant/firebase-secret.yaml"])
 def test_firebase_template_is_a_placeholder(name):
     text = (ROOT / "deploy" / "base" / name).read_text()
     assert "REPLACE_ME" in text and "private_key" not in text

@@ -20,6 +20,7 @@ from tests.support.cluster import Cluster
 pytestmark = pytest.mark.cluster
 
 SYSTEM_NS = "finetune-system"
+TENANT_NS = "finetune-jobs"  # the default tenant namespace of the base
 OPERATOR = f"system:serviceaccount:{SYSTEM_NS}:finetune-operator"
 API = f"system:serviceaccount:{SYSTEM_NS}:finetune-api"
 RBAC_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
@@ -39,10 +40,14 @@ OPERATOR_TABLE = [
     ("patch", "clusterkopfpeerings.kopf.dev", None, None, True),
     ("delete", "jobs.batch", "tenant-x", None, True),  # a gang or watchdog restart replaces the whole Job
     ("create", "persistentvolumeclaims", "tenant-x", None, True),  # the checkpoint claim <job>-checkpoints
+    # the admission rules read the labels of what a job names (as metadata only; never list or watch)
+    ("get", "secrets", "tenant-x", None, True),
+    ("get", "serviceaccounts", "tenant-x", None, True),
+    ("get", "persistentvolumeclaims", "tenant-x", None, True),
     # never
-    ("get", "secrets", "tenant-x", None, False),
     ("list", "secrets", None, None, False),
-    ("get", "secrets", SYSTEM_NS, None, False),
+    ("watch", "secrets", None, None, False),
+    ("list", "secrets", "tenant-x", None, False),
     ("create", "pods", "tenant-x", None, False),
     ("delete", "pods", "tenant-x", None, False),
     ("create", "pods/exec", "tenant-x", None, False),
@@ -52,26 +57,29 @@ OPERATOR_TABLE = [
     ("update", "customresourcedefinitions.apiextensions.k8s.io", None, None, False),
     ("delete", "nodes", None, None, False),
     ("create", "configmaps", "tenant-x", None, False),
-    ("get", "serviceaccounts", "tenant-x", None, False),  # the trainer identity: created, never read
+    ("list", "serviceaccounts", "tenant-x", None, False),
     ("delete", "rolebindings.rbac.authorization.k8s.io", "tenant-x", None, False),
     ("create", "serviceaccounts", "tenant-x", "token", False),
 ]
 
 API_TABLE = [
     ("get", "secrets/finetune-api-keys", SYSTEM_NS, None, True),
-    ("create", "finetunejobs.finetune.dev", SYSTEM_NS, None, True),
-    ("get", "finetunejobs.finetune.dev", SYSTEM_NS, None, True),
-    ("list", "finetunejobs.finetune.dev", SYSTEM_NS, None, True),
-    ("create", "configmaps", SYSTEM_NS, None, True),
+    ("create", "finetunejobs.finetune.dev", TENANT_NS, None, True),
+    ("get", "finetunejobs.finetune.dev", TENANT_NS, None, True),
+    ("list", "finetunejobs.finetune.dev", TENANT_NS, None, True),
+    ("create", "configmaps", TENANT_NS, None, True),
+    # the operator's namespace is no tenant: no jobs there (the admission rules refuse them too)
+    ("create", "finetunejobs.finetune.dev", SYSTEM_NS, None, False),
+    ("create", "configmaps", SYSTEM_NS, None, False),
     # never
-    ("get", "secrets/firebase-service-account", SYSTEM_NS, None, False),
+    ("get", "secrets/firebase-service-account", TENANT_NS, None, False),
     ("list", "secrets", SYSTEM_NS, None, False),
     ("watch", "secrets", SYSTEM_NS, None, False),
     ("update", "secrets/finetune-api-keys", SYSTEM_NS, None, False),
     ("get", "secrets", "tenant-x", None, False),
     ("create", "pods", SYSTEM_NS, None, False),
     ("create", "jobs.batch", SYSTEM_NS, None, False),
-    ("patch", "finetunejobs.finetune.dev", SYSTEM_NS, "status", False),
+    ("patch", "finetunejobs.finetune.dev", TENANT_NS, "status", False),
     ("create", "finetunejobs.finetune.dev", "tenant-x", None, False),  # no RoleBinding there: no access
     ("list", "finetunejobs.finetune.dev", None, None, False),
     ("create", "rolebindings.rbac.authorization.k8s.io", SYSTEM_NS, None, False),

@@ -84,7 +84,8 @@ def test_tiny_sample_end_to_end(running_operator, cluster, namespace, gcs):
     assert seen[0] in ("Pending", "Running") and "Running" in seen, seen
     assert progress_rows, "progress never visible in kubectl get ftj while running"
     assert status["reason"] == "Completed"
-    assert status["artifact"]["uri"] == f"gs://{gcs.bucket}/models/007/{name}/"
+    uid = (get_ftj(cluster, namespace, name) or {})["metadata"]["uid"]
+    assert status["artifact"]["uri"] == f"gs://{gcs.bucket}/models/{namespace}/007/{name}-{uid}/"
     assert_uploaded(status, gcs)
     loss = cluster.kubectl("get", "ftj", name, "-n", namespace, "-o", "jsonpath={.status.metrics.loss}").stdout
     assert len(loss.strip().lstrip("0.").replace(".", "")) <= 4, loss  # rounded for kubectl get ftj

@@ -52,6 +52,7 @@ RBAC_FILES = (
     "operator/clusterrolebinding.yaml",
     "operator/peering.yaml",
     "trainer/own-job-policy.yaml",  # what narrows each namespace's trainer identity to its own job
+    "admission/policies.yaml",  # what a FineTuneJob may name (the operator enforces the same rules)
 )
 
 

@@ -120,6 +120,8 @@ def test_every_override_lands_in_the_typed_config():
         "bucket": "my-bucket",
         "prefix": "models",
         "community_id": "007",
+        "namespace": None,
+        "job_uid": None,
     }
 
 

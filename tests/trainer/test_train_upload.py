@@ -42,12 +42,12 @@ def test_upload_to_storage_keeps_the_community_string(trainer: Trainer, emulator
     msg = run.termination_message()
     assert msg["status"] == "succeeded"
     artifact = msg["artifact"]
-    assert artifact["uri"] == f"gs://{emulator.bucket}/models/007/job-up/"
+    assert artifact["uri"] == f"gs://{emulator.bucket}/models/default/007/job-up/"
     assert artifact["manifestUri"].endswith("manifest.json") and artifact["files"] >= 5
-    names = emulator.list("models/007/job-up/")
+    names = emulator.list("models/default/007/job-up/")
     for name in ("model.safetensors", "config.json", "tokenizer.json", "policy.pt", "manifest.json"):
-        assert f"models/007/job-up/{name}" in names, names
-    manifest = json.loads(emulator.download("models/007/job-up/manifest.json"))
+        assert f"models/default/007/job-up/{name}" in names, names
+    manifest = json.loads(emulator.download("models/default/007/job-up/manifest.json"))
     assert manifest["communityId"] == "007" and manifest["config"]["output"]["communityId"] == "007"
     # the status gets rounded metrics, the manifest keeps full precision
     full = manifest["metrics"]["loss"]
@@ -76,7 +76,7 @@ def test_failed_upload_exits_3_and_the_retry_only_uploads(trainer: Trainer, emul
     assert "models loaded" not in second.output
     msg = second.termination_message()
     assert msg["status"] == "succeeded" and msg["steps"] == STEPS and msg["attemptSteps"] == 0
-    assert "models/default/job-retry/model.safetensors" in emulator.list("models/default/job-retry/")
+    assert "models/default/default/job-retry/model.safetensors" in emulator.list("models/default/default/job-retry/")
 
 
 def test_rank_dying_after_the_verified_upload_still_succeeds(trainer: Trainer, emulator: GcsEmulator):

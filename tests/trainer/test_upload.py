@@ -40,9 +40,10 @@ def emulator_env(gcs, monkeypatch):
 
 
 def test_object_prefix():
-    assert object_prefix("models", "c1", "job") == "models/c1/job/"
-    assert object_prefix("/a/b/", None, "job") == "a/b/default/job/"
-    assert object_prefix("", "c", "j") == "c/j/"
+    assert object_prefix("models", "c1", "job") == "models/default/c1/job/"
+    assert object_prefix("models", "c1", "job", namespace="team-a", uid="0f1e") == "models/team-a/c1/job-0f1e/"
+    assert object_prefix("/a/b/", None, "job", namespace="ns") == "a/b/ns/default/job/"
+    assert object_prefix("", "c", "j") == "default/c/j/"
     with pytest.raises(ValueError):
         object_prefix("m", None, "a/b")
 
@@ -60,7 +61,7 @@ def test_upload_roundtrip(emulator_env, tmp_path, monkeypatch):
         export, bucket=emu.bucket, prefix="models", community_id="c1", job="job-rt", metrics=metrics, config=config
     )
 
-    base = "models/c1/job-rt/"
+    base = "models/default/c1/job-rt/"
     assert res.uri == f"gs://{emu.bucket}/{base}"
     assert res.manifest_uri == f"gs://{emu.bucket}/{base}manifest.json"
     assert res.files == len(files)
@@ -93,17 +94,42 @@ def test_upload_roundtrip(emulator_env, tmp_path, monkeypatch):
     }
 
 
-def test_reupload_skips_identical_and_replaces_changed(emulator_env, tmp_path, caplog):
+def test_reupload_of_a_finished_upload_is_reused_and_nothing_is_overwritten(emulator_env, tmp_path, caplog):
+    """A folder with a manifest is a finished upload: the same export is reused (a retried pod), a different one is
+    refused and the first upload stays byte for byte."""
     emu = emulator_env
     export = tmp_path / "export"
-    make_export(export, big=10_000)
+    files = make_export(export, big=10_000)
     kw = {"bucket": emu.bucket, "prefix": "models", "community_id": None, "job": "job-re", "metrics": {}, "config": {}}
-    upload_export(export, **kw)
-    (export / "config.json").write_bytes(b'{"changed": true}')
+    first = upload_export(export, **kw)
     with caplog.at_level(logging.INFO, logger="fttrainer.upload"):
-        upload_export(export, **kw)
-    assert "(3 sent" not in caplog.text and "1 sent, 3 already there" in caplog.text
-    assert emu.download("models/default/job-re/config.json") == b'{"changed": true}'
+        again = upload_export(export, **kw)
+    assert again.sha256 == first.sha256 and "reused" in caplog.text
+    (export / "config.json").write_bytes(b'{"changed": true}')
+    with pytest.raises(UploadError, match="already holds a finished upload of other files; it is not overwritten"):
+        upload_export(export, **{**kw, "retries": 0})
+    base = "models/default/default/job-re/"
+    assert emu.download(base + "config.json") == files["config.json"]
+    assert hashlib.sha256(emu.download(base + "manifest.json")).hexdigest() == first.sha256
+
+
+def test_unfinished_attempt_leftovers_never_mix_with_a_new_export(emulator_env, tmp_path):
+    """An earlier attempt of the same job that died before its manifest left objects behind: those not in the new
+    export (stale shards) are removed, identical ones kept, and the new files written."""
+    emu = emulator_env
+    base = "models/team-a/c/job-left-0f1e/"
+    kw = {"bucket": emu.bucket, "prefix": "models", "community_id": "c", "job": "job-left", "metrics": {}, "config": {}}
+    old = tmp_path / "old"
+    make_export(old, big=1000)
+    (old / "model-00002-of-00002.safetensors").write_bytes(b"stale shard")
+    handle = emu.client().bucket(emu.bucket)
+    for name in ("config.json", "model-00002-of-00002.safetensors", "model.safetensors"):
+        handle.blob(base + name).upload_from_string((old / name).read_bytes())
+    new = tmp_path / "new"
+    files = make_export(new, big=2000)
+    upload_export(new, namespace="team-a", uid="0f1e", **kw)
+    assert emu.list(base) == sorted([base + n for n in files] + [base + "manifest.json"])
+    assert emu.download(base + "model.safetensors") == files["model.safetensors"]
 
 
 @pytest.mark.process  # starts its own emulator, late
@@ -129,7 +155,7 @@ def test_retries_until_the_server_comes_back(tmp_path, monkeypatch):
             timeout=10,
         )
         assert res.files == len(files)
-        assert len(late.list("m/c/job-late/")) == len(files) + 1
+        assert len(late.list("m/default/c/job-late/")) == len(files) + 1
     finally:
         starter.join()
         late.stop()
@@ -197,4 +223,6 @@ def test_checksum_mismatch_is_retried_then_fails(emulator_env, tmp_path, monkeyp
             retries=1,
             backoff=0.01,
         )
-    assert "m/default/job-bad/manifest.json" not in emu.list("m/default/job-bad/")  # no manifest for a bad upload
+    assert "m/default/default/job-bad/manifest.json" not in emu.list(
+        "m/default/default/job-bad/"
+    )  # no manifest for a bad upload

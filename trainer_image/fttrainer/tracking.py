@@ -69,12 +69,10 @@ def run_params(cfg: TrainerConfig, **extra: Any) -> dict[str, Any]:
 
 
 def planned_artifact_uri(cfg: TrainerConfig, export_dir: Path) -> str:
-    """Where the export will be once uploaded (:func:`fttrainer.upload.object_prefix`), or the local folder."""
+    """Where the export will be once uploaded (``TrainerOutput.object_prefix``), or the local folder."""
     if cfg.output is None:
         return export_dir.resolve().as_uri() + "/"
-    from fttrainer.upload import object_prefix
-
-    return f"gs://{cfg.output.bucket}/{object_prefix(cfg.output.prefix, cfg.output.community_id, cfg.job)}"
+    return f"gs://{cfg.output.bucket}/{cfg.output.object_prefix(cfg.job)}"
 
 
 def finite(metrics: dict[str, Any]) -> dict[str, float]:

@@ -359,6 +359,8 @@ def upload_and_report(
                 prefix=cfg.output.prefix,
                 community_id=cfg.output.community_id,
                 job=cfg.job,
+                namespace=cfg.output.namespace,
+                uid=cfg.output.job_uid,
                 metrics=kept.metrics,
                 config=cfg.model_dump(mode="json", by_alias=True),
                 contents=contents(cfg.method.adapter, cfg.model.name_or_path, cfg.model.revision),

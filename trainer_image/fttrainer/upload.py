@@ -1,7 +1,8 @@
 """Upload an exported model to Firebase Storage (Google Cloud Storage) and verify it.
 
-Layout: ``gs://<bucket>/<prefix>/<communityId or "default">/<job>/`` holds every file of the export
-directory (relative paths kept) and, written last, ``manifest.json``::
+Layout: ``gs://<bucket>/<prefix>/<namespace>/<communityId>/<job>-<uid>/`` (``ftcrd.trainer_config.TrainerOutput``:
+every FineTuneJob's folder is its own, a job re-created under the same name gets a new one) holds every file of the
+export directory (relative paths kept) and, written last, ``manifest.json``::
 
     {"files": [{"path": "model.safetensors", "size": 123, "sha256": "..."}, ...],
      "totalBytes": 123, "metrics": {...}, "config": {...}, "contents": {"kind": "model" | "adapter", ...},
@@ -17,15 +18,25 @@ Credentials: ``GOOGLE_APPLICATION_CREDENTIALS`` (a service-account JSON, as the 
 the application-default chain (workload identity). With ``STORAGE_EMULATOR_HOST`` set (tests, local
 runs) anonymous credentials are used; google-cloud-storage then talks to the emulator.
 
+Nothing is overwritten: every object is written with the precondition ``ifGenerationMatch=0`` (the server refuses
+it when the object exists). A folder that already holds a manifest is a finished upload: it is reused when it
+lists exactly the export's files (a retried pod after a lost termination message), and refused otherwise. Objects
+left by an earlier, unfinished attempt of the same job that are not part of this export are deleted first (each
+with its generation as precondition), so stale shards never mix with the new ones; identical ones are kept.
+
 Retries: every object is retried with exponential backoff (``FTJ_UPLOAD_RETRIES`` attempts after the
 first, default 6; first wait ``FTJ_UPLOAD_BACKOFF`` seconds, default 2, doubling up to 60). An object
 that already exists with the same size and checksum is not uploaded again, so a retried pod resumes a
 partial upload cheaply. When an object still fails, :class:`UploadError` is raised (exit code 3).
+
+Credentials need, on the tenant's prefix only: create, get, list and delete objects (docs/security.md,
+"Per-tenant credentials").
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -41,7 +52,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ftcrd.names import ENV_UPLOAD_BACKOFF, ENV_UPLOAD_RETRIES, MANIFEST_NAME
+from ftcrd.names import ENV_CREDENTIALS, ENV_UPLOAD_BACKOFF, ENV_UPLOAD_RETRIES, MANIFEST_NAME
+from ftcrd.trainer_config import TrainerOutput
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +110,14 @@ def trainer_version() -> str:
         return "0.1.0"
 
 
-def object_prefix(prefix: str, community_id: str | None, job: str) -> str:
-    """``<prefix>/<communityId or default>/<job>/`` without a leading slash (prefix may be empty)."""
-    if not job or "/" in job:
-        raise ValueError(f"invalid job name {job!r}")
-    parts = [p for p in prefix.strip("/").split("/") if p]
-    parts += [community_id or "default", job]
-    return "/".join(parts) + "/"
+def object_prefix(
+    prefix: str, community_id: str | None, job: str, *, namespace: str | None = None, uid: str | None = None
+) -> str:
+    """The job's folder, ``<prefix>/<namespace>/<communityId>/<job>-<uid>/`` (``default`` for what is unset; no
+    ``-<uid>`` without a uid), without a leading slash (prefix may be empty)."""
+    return TrainerOutput(
+        bucket="unused", prefix=prefix, community_id=community_id, namespace=namespace, job_uid=uid
+    ).object_prefix(job)
 
 
 def hash_file(path: Path, name: str) -> LocalFile:
@@ -153,7 +166,7 @@ def _credentials() -> Any:
         return AnonymousCredentials()
     from firebase_admin import credentials
 
-    key = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    key = os.environ.get(ENV_CREDENTIALS)
     if key and Path(key).is_file():
         try:
             return credentials.Certificate(key)  # a Firebase service-account key (the operator's Secret)
@@ -236,26 +249,87 @@ def _matches(blob: Any, f: LocalFile) -> bool:
 
 
 def _upload_one(bucket: Any, base: str, f: LocalFile, *, timeout: float) -> bool:
-    """Upload (unless already there, identical) and verify one file. True if bytes were sent."""
+    """Upload (unless already there, identical) and verify one file. True if bytes were sent. The write's
+    precondition (no object of that name yet) makes the server refuse to replace anything."""
+    from google.api_core.exceptions import PreconditionFailed
+
     blob_name = base + f.name
     existing = bucket.get_blob(blob_name, timeout=timeout, retry=None)
-    if existing is not None and _matches(existing, f):
-        log.info("gs://%s/%s already uploaded (same checksum), skipped", bucket.name, blob_name)
-        return False
+    if existing is not None:
+        if _matches(existing, f):
+            log.info("gs://%s/%s already uploaded (same checksum), skipped", bucket.name, blob_name)
+            return False
+        raise _Permanent(f"gs://{bucket.name}/{blob_name} exists with other content; it is not overwritten")
     blob = bucket.blob(blob_name, chunk_size=CHUNK_SIZE if f.size > CHUNK_SIZE else None)
     # Re-check the file: a checkpoint writer still touching the export would make the manifest lie.
     if f.path.stat().st_size != f.size:
         raise _Permanent(f"{f.path} changed size while uploading")
     # checksum=: the client checksums what it sent against what the server stored and raises on a mismatch
     # (a corrupted object is then deleted by the client); _verify below compares with our own read of the file.
-    blob.upload_from_filename(
-        str(f.path), content_type=_content_type(f.name), checksum="auto", timeout=timeout, retry=None
-    )
+    # PreconditionFailed: written meanwhile (our own earlier try whose answer was lost, or a race): verified below
+    with contextlib.suppress(PreconditionFailed):
+        blob.upload_from_filename(
+            str(f.path),
+            content_type=_content_type(f.name),
+            checksum="auto",
+            timeout=timeout,
+            retry=None,
+            if_generation_match=0,
+        )
     uploaded = bucket.get_blob(blob_name, timeout=timeout, retry=None)
     if uploaded is None:
         raise ChecksumMismatch(f"{blob_name}: not found after upload")
-    _verify(uploaded, f)
+    try:
+        _verify(uploaded, f)
+    except ChecksumMismatch:
+        # what we just wrote is corrupt: remove exactly that generation, so the next try writes it again
+        uploaded.delete(if_generation_match=uploaded.generation, timeout=timeout, retry=None)
+        raise
     return True
+
+
+def _existing(bucket: Any, base: str, *, timeout: float) -> dict[str, Any]:
+    """The objects already in the job's folder, by name."""
+    return {b.name: b for b in bucket.list_blobs(prefix=base, timeout=timeout, retry=None)}
+
+
+def _finished(bucket: Any, base: str, manifest: Any, files: list[LocalFile], *, timeout: float) -> str:
+    """A folder with a manifest holds a finished upload: the same one when it lists exactly these files (their
+    sha256), each object still matching; anything else is refused, never overwritten."""
+    raw = manifest.download_as_bytes(timeout=timeout, retry=None)
+    try:
+        listed = {(e["path"], e["sha256"]) for e in json.loads(raw)["files"]}
+    except (ValueError, KeyError, TypeError):
+        listed = set()
+    same = listed == {(f.name, f.sha256) for f in files}
+    for f in files if same else ():
+        blob = bucket.get_blob(base + f.name, timeout=timeout, retry=None)
+        same = same and blob is not None and _matches(blob, f)
+    if not same:
+        raise _Permanent(
+            f"gs://{bucket.name}/{base} already holds a finished upload of other files; it is not overwritten "
+            "(every FineTuneJob uploads to a folder of its own)"
+        )
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _remove_leftovers(
+    bucket: Any, base: str, existing: dict[str, Any], files: list[LocalFile], *, timeout: float
+) -> int:
+    """Delete objects of an earlier, unfinished attempt of this job that are not this export's (each only if it is
+    still the generation we saw), so a consumer of the folder never mixes stale shards with new ones."""
+    from google.api_core.exceptions import NotFound, PreconditionFailed
+
+    wanted = {base + f.name: f for f in files}
+    stale = [b for name, b in existing.items() if name not in wanted or not _matches(b, wanted[name])]
+    for blob in stale:
+        with contextlib.suppress(NotFound, PreconditionFailed):
+            blob.delete(if_generation_match=blob.generation, timeout=timeout, retry=None)
+    if stale:
+        log.warning(
+            "removed %d objects of an earlier, unfinished upload under gs://%s/%s", len(stale), bucket.name, base
+        )
+    return len(stale)
 
 
 def _content_type(name: str) -> str:
@@ -276,19 +350,22 @@ def upload_export(
     metrics: dict,
     config: dict,
     contents: dict | None = None,
+    namespace: str | None = None,
+    uid: str | None = None,
     retries: int | None = None,
     backoff: float | None = None,
     timeout: float = 300.0,
     workers: int = 4,
 ) -> UploadResult:
-    """Upload every file of ``export_dir``, verify each, then write ``manifest.json``.
+    """Upload every file of ``export_dir`` into the job's own folder, verify each, then write ``manifest.json``.
 
-    Raises :class:`UploadError` when an object still fails after the retries.
+    Raises :class:`UploadError` when an object still fails after the retries, or when the folder already holds
+    something else that would have to be overwritten.
     """
     export_dir = Path(export_dir)
     retries = int(os.environ.get(ENV_UPLOAD_RETRIES, "6")) if retries is None else retries
     backoff = float(os.environ.get(ENV_UPLOAD_BACKOFF, "2")) if backoff is None else backoff
-    base = object_prefix(prefix, community_id, job)
+    base = object_prefix(prefix, community_id, job, namespace=namespace, uid=uid)
     uri = f"gs://{bucket}/{base}"
     files = scan_export(export_dir)
     total = sum(f.size for f in files)
@@ -300,6 +377,26 @@ def upload_export(
         raise UploadError(f"cannot open bucket {bucket!r}: {type(e).__name__}: {e}") from e
     try:
         t0 = time.monotonic()
+        existing = _with_retries(
+            f"list {uri}", lambda: _existing(handle, base, timeout=timeout), retries=retries, backoff=backoff
+        )
+        if base + MANIFEST_NAME in existing:
+            digest = _with_retries(
+                f"read {uri}{MANIFEST_NAME}",
+                lambda: _finished(handle, base, existing[base + MANIFEST_NAME], files, timeout=timeout),
+                retries=retries,
+                backoff=backoff,
+            )
+            log.info("%s already holds this export's verified upload (manifest sha256 %s); reused", uri, digest)
+            return UploadResult(
+                uri=uri, manifest_uri=uri + MANIFEST_NAME, size_bytes=total, sha256=digest, files=len(files)
+            )
+        _with_retries(
+            f"clean {uri}",
+            lambda: _remove_leftovers(handle, base, existing, files, timeout=timeout),
+            retries=retries,
+            backoff=backoff,
+        )
 
         def one(f: LocalFile) -> bool:
             return _with_retries(
@@ -318,6 +415,8 @@ def upload_export(
             "config": config,
             "contents": contents,  # what the folder holds: a model, or an adapter (+ merged/) for its base
             "job": job,
+            "namespace": namespace,
+            "uid": uid,
             "communityId": community_id,
             "uri": uri,
             "createdAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

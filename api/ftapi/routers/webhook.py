@@ -59,7 +59,7 @@ def _callback(body: SeedTrigger, tenant: TenantInfo, settings: Settings) -> str 
             "description": "Accepted; poll statusUrl (also in Location)",
             "headers": {"Location": {"description": "statusUrl", "schema": {"type": "string"}}},
         },
-        **error_responses(400, 401, 409, 413, 422, 503),
+        **error_responses(400, 401, 403, 409, 413, 422, 503),
     },
 )
 async def trigger_finetune(
@@ -72,6 +72,15 @@ async def trigger_finetune(
     state: State,
     idempotency: IdempotencyKey = None,
 ) -> SeedAccepted:
+    if not tenant.may_use(body.communityId):
+        # the community is a folder under the tenant's prefix: a key names only its own (keys.yaml: communities)
+        raise APIError(
+            403,
+            f"This API key may not write for communityId '{body.communityId}'; it may use: "
+            + ", ".join(tenant.communities if tenant.communities is not None else (tenant.namespace,)),
+            code="community_not_allowed",
+            param="communityId",
+        )
     rows = [{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected} for r in body.dataset]
     data = rows_to_novalto(rows)
     try:  # the trainer's own loader, on the exact bytes the trainer will read

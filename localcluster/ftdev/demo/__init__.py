@@ -21,6 +21,9 @@ from ftdev.cluster import ROOT
 
 DATA = ROOT / "hack" / "demo-data"
 NAMESPACE = "finetune-system"
+"""The operator's and the API's namespace."""
+JOB_NAMESPACE = "finetune-jobs"
+"""The default tenant namespace (deploy/base/tenant), where the demo key's jobs run: never the operator's."""
 API_DEPLOYMENT = "finetune-api"
 OPERATOR_DEPLOYMENT = "finetune-operator"
 KEYS_SECRET = "finetune-api-keys"

@@ -25,6 +25,7 @@ from ftdev.demo import (
     BUCKET,
     COMMUNITY,
     DATA,
+    JOB_NAMESPACE,
     KEYS_SECRET,
     NAMESPACE,
     OPERATOR_DEPLOYMENT,
@@ -70,7 +71,7 @@ class Demo:
         self.deployed = False
         self.api = self.key = "?"
         self.job: str | None = None
-        self.job_ns = NAMESPACE
+        self.job_ns = JOB_NAMESPACE
         self.watch_rv: str | None = None
         self.seen = Watched()
         self.spec: dict[str, Any] = {}
@@ -156,14 +157,14 @@ class Demo:
             f'         -d \'{{"communityId": "{COMMUNITY}", "dataset": [{len(rows)} preference pairs]}}\''
         )
         # Taken before the job exists, so the watch (step 5) sees every update.
-        listing = self.custom_objects().list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)
+        listing = self.custom_objects().list_namespaced_custom_object(GROUP, VERSION, JOB_NAMESPACE, PLURAL)
         self.watch_rv = listing["metadata"]["resourceVersion"]
         code, resp = http("POST", f"{self.api}/trigger-finetune", {"communityId": COMMUNITY, "dataset": rows}, self.key)
         say(f"    -> {code} {json.dumps(resp)}")
         if code not in (200, 201, 202) or not isinstance(resp, dict) or "jobName" not in resp:
             raise DemoError(f"webhook answered {code}: {resp}")
         self.job = resp["jobName"]
-        self.job_ns = resp.get("namespace", NAMESPACE)
+        self.job_ns = resp.get("namespace", JOB_NAMESPACE)
         self.spec = self.ftj()["spec"]
         hp, res = self.spec.get("hyperparameters", {}), self.spec.get("resources", {})
         say(

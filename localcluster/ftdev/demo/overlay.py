@@ -10,7 +10,16 @@ from typing import Any
 import yaml
 
 from ftdev import free_port
-from ftdev.demo import API_DEPLOYMENT, DEFAULTS_CONFIGMAP, DEMO_KEY_NAME, KEYS_SECRET, NAMESPACE, OPERATOR_DEPLOYMENT
+from ftdev.demo import (
+    API_DEPLOYMENT,
+    COMMUNITY,
+    DEFAULTS_CONFIGMAP,
+    DEMO_KEY_NAME,
+    JOB_NAMESPACE,
+    KEYS_SECRET,
+    NAMESPACE,
+    OPERATOR_DEPLOYMENT,
+)
 from ftdev.deploy import Kubectl
 
 Obj = dict[str, Any]
@@ -35,8 +44,13 @@ def customize(
             d["data"]["FTAPI_TRAINER_ENV"] = json.dumps({"STORAGE_EMULATOR_HOST": emulator_host})
             d["data"]["FTAPI_OUTPUT_BUCKET"] = bucket
         if kind == "Secret" and name == KEYS_SECRET:
-            # The key itself is never stored: only its sha256 and the namespace it may use.
-            entry = {"name": DEMO_KEY_NAME, "sha256": hashlib.sha256(key.encode()).hexdigest(), "namespace": NAMESPACE}
+            # The key itself is never stored: only its sha256, the namespace and the community it may use.
+            entry = {
+                "name": DEMO_KEY_NAME,
+                "sha256": hashlib.sha256(key.encode()).hexdigest(),
+                "namespace": JOB_NAMESPACE,
+                "communities": [COMMUNITY],
+            }
             d.pop("data", None)
             d["stringData"] = {"keys.yaml": yaml.safe_dump([*other_keys, entry], sort_keys=False)}
         if kind == "Deployment" and name == API_DEPLOYMENT:
