@@ -188,8 +188,9 @@ def test_checkpoint_holds_only_the_adapter_and_its_optimizer_state(d, tmp_path):
     policy = adapters.wrap(copy.deepcopy(base), SPEC)
     trainer = make_trainer(d, policy, policy, examples, LOSSES["dpo"], batch_size=4, optimizer="AdamW", lr=1e-2)
     trainer.step()
+    store = checkpoint.Store(root=tmp_path, owner=True)  # one process: it commits its own checkpoint
     path = checkpoint.save(
-        tmp_path, trainer.state, model=policy, optimizer=trainer.optimizer, scheduler=trainer.scheduler, d=d
+        store, trainer.state, model=policy, optimizer=trainer.optimizer, scheduler=trainer.scheduler, d=d
     )
     keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
     model_keys = [k for k in keys if k.startswith("model.")]
