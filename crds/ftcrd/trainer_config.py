@@ -20,9 +20,9 @@ from __future__ import annotations
 import copy
 import types as pytypes
 import typing
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from ftcrd.types import (
     CamelModel,
@@ -34,6 +34,7 @@ from ftcrd.types import (
     MethodSpec,
     ModelPreset,
     ModelSpec,
+    ObjectSource,
     OutputSpec,
 )
 
@@ -67,13 +68,21 @@ class TrainerModel(CamelModel):
 
 
 class TrainerDataset(CamelModel):
-    """The dataset file inside the pod and how to read it (spec.dataset without its source)."""
+    """The dataset file inside the pod and how to read it: a local ``path`` (a mounted ConfigMap or volume), or
+    an object ``source`` the trainer downloads and verifies first (spec.dataset.object)."""
 
-    path: str = Field(min_length=1, description="The dataset file (under /data in a pod).")
+    path: str | None = Field(default=None, min_length=1, description="The dataset file (under /data in a pod).")
+    source: ObjectSource | None = Field(default=None, description="An object to download (spec.dataset.object).")
     format: DatasetFormat = crd_field(DatasetSpec, "format")
     compression: Compression = crd_field(DatasetSpec, "compression")
     validation_fraction: float = crd_field(DatasetSpec, "validation_fraction")
-    max_rows: int | None = Field(default=None, ge=1, description="Read at most this many rows.")
+    max_rows: int | None = Field(default=None, ge=1, description="Refuse a dataset with more rows than this.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.path is None) == (self.source is None):
+            raise ValueError("dataset: exactly one of path or source must be set")
+        return self
 
 
 class TrainerOutput(CamelModel):
@@ -91,6 +100,11 @@ class TrainerRun(CamelModel):
     checkpoint_dir: str = Field(
         min_length=1,
         description="Resumable checkpoints and the export (kept there so a retried upload needs no training).",
+    )
+    data_cache_dir: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Downloaded datasets and the tokenized dataset, reused on resume; None: <checkpointDir>/data.",
     )
     eval_batch_size: int = Field(default=16, ge=1, description="Examples per evaluation forward.")
     n_eval_examples: int | None = Field(

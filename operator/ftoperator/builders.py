@@ -99,12 +99,14 @@ def processes_per_node(spec: FineTuneJobSpec) -> int:
     return res.gpus_per_node or res.processes_per_node or 1
 
 
-def dataset_path(spec: FineTuneJobSpec) -> str:
+def dataset_path(spec: FineTuneJobSpec) -> str | None:
+    """Where the mounted dataset file is; None for an object, which the trainer downloads itself."""
     ds = spec.dataset
     if ds.config_map is not None:
         return f"{DATA_DIR}/{ds.config_map.key}"
-    assert ds.volume is not None  # CEL: exactly one of configMap or volume
-    return f"{DATA_DIR}/{ds.volume.path}"
+    if ds.volume is not None:
+        return f"{DATA_DIR}/{ds.volume.path}"
+    return None
 
 
 def trainer_config(spec: FineTuneJobSpec, name: str) -> TrainerConfig:
@@ -122,6 +124,7 @@ def trainer_config(spec: FineTuneJobSpec, name: str) -> TrainerConfig:
         hyperparameters=spec.hyperparameters,
         dataset=TrainerDataset(
             path=dataset_path(spec),
+            source=spec.dataset.object,
             format=spec.dataset.format,
             compression=spec.dataset.compression,
             validation_fraction=spec.dataset.validation_fraction,
@@ -201,12 +204,12 @@ def _volumes(ftj: FineTuneJob, settings: Settings | None = None) -> tuple[list[d
     ds = spec.dataset
     if ds.config_map is not None:
         volumes.append({"name": "dataset", "configMap": {"name": ds.config_map.name}})
-    else:
-        assert ds.volume is not None
+    elif ds.volume is not None:
         volumes.append(
             {"name": "dataset", "persistentVolumeClaim": {"claimName": ds.volume.claim_name, "readOnly": True}}
         )
-    mounts.append({"name": "dataset", "mountPath": DATA_DIR, "readOnly": True})
+    if volumes:  # an object dataset has no volume: the trainer downloads it (fttrainer.datasource)
+        mounts.append({"name": "dataset", "mountPath": DATA_DIR, "readOnly": True})
     if spec.output.credentials_secret is not None:
         volumes.append(
             {

@@ -20,7 +20,7 @@ import os
 import signal
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -185,7 +185,7 @@ class Trainer:
         d: Dist,
         policy: nn.Module,
         reference: nn.Module | None,
-        examples: list[Example],
+        examples: Sequence[Example],
         schedule: Schedule,
         eval_indices: list[int],
         pad_token_id: int,
@@ -435,7 +435,7 @@ class Trainer:
 
 
 def precompute_reference_logps(
-    reference: nn.Module, examples: list[Example], d: Dist, batch_size: int, pad_token_id: int
+    reference: nn.Module, examples: Sequence[Example], d: Dist, batch_size: int, pad_token_id: int
 ) -> torch.Tensor:
     """Reference log-probs ``(n_examples, 2)`` (chosen, rejected) for every example, on every rank.
 

@@ -54,6 +54,7 @@ from fttrainer.config import (
     register_resolver,
     with_preset,
 )
+from fttrainer.datasource import DatasetFile, read_dataset
 
 log = logging.getLogger("fttrainer")
 LOG_FORMAT = "[rank{rank}] %(asctime)s %(name)s %(levelname)s %(message)s"
@@ -70,24 +71,6 @@ def _world() -> int:
 # ---------------------------------------------------------------------------------------------- input
 
 
-def read_dataset(cfg: TrainerConfig) -> list[Any]:
-    """Parse and validate the dataset with ftcrd (the API's rules); raises ``InvalidInput(InvalidDataset)``."""
-    from ftcrd.dataset import DatasetError, load_rows
-
-    ds = cfg.dataset
-    path = Path(ds.path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InvalidInput(Reason.INVALID_DATASET, f"dataset file {path} does not exist") from None
-    except OSError as exc:
-        raise InvalidInput(Reason.INVALID_DATASET, f"dataset file {path} cannot be read: {exc.strerror}") from None
-    try:
-        return load_rows(data, ds.format, ds.compression, max_rows=ds.max_rows)
-    except DatasetError as exc:
-        raise InvalidInput(Reason.INVALID_DATASET, f"dataset {path.name}: {exc}") from None
-
-
 def fail(reason: str, message: str, code: int) -> int:
     from fttrainer.report import write_termination
 
@@ -101,15 +84,16 @@ def fail(reason: str, message: str, code: int) -> int:
 # ---------------------------------------------------------------------------------------------- training
 
 
-def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any) -> tuple[Any, int]:
+def train_and_export(cfg: TrainerConfig, dataset: DatasetFile, d: Any, reporter: Any) -> tuple[Any, int]:
     """Train (resuming from the latest checkpoint) and export; returns (rank 0's KeptExport or None, the
     optimizer steps this attempt ran)."""
     import torch
 
-    from fttrainer.data import Schedule, split_indices, tokenize_rows
+    from fttrainer.data import Schedule, split_indices
     from fttrainer.export import export, export_dir, mark_complete
     from fttrainer.loop import LoopConfig, LossSpec, Trainer, precompute_reference_logps
     from fttrainer.models import load_models
+    from fttrainer.tokencache import load_examples, rows_used
 
     hp, method = cfg.hyperparameters, cfg.method
     torch.manual_seed(hp.seed)
@@ -120,7 +104,7 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
         reference_free=method.reference_free,
     )
     reporter.progress(step=0, total_steps=0, epoch=0.0, examples=0, stage="loading", metrics={})
-    train_idx, eval_idx = split_indices(len(rows), cfg.dataset.validation_fraction, hp.seed)
+    train_idx, eval_idx = split_indices(dataset.counts.rows, cfg.dataset.validation_fraction, hp.seed)
     if cfg.run.n_eval_examples is not None:
         eval_idx = eval_idx[: cfg.run.n_eval_examples]
     try:
@@ -136,9 +120,11 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
     except ValueError as exc:
         raise InvalidInput(Reason.INVALID_SPEC, str(exc)) from None
 
-    models = load_models(cfg, rows, d, needs_reference=loss.needs_reference)
+    models = load_models(cfg, dataset.sample, d, needs_reference=loss.needs_reference)
     tok = models.tokenizer
-    examples = tokenize_rows(rows, tok, hp.max_length, hp.max_prompt_length, truncation_side=hp.truncation_side)
+    # Precomputed reference log-probs cover every row; otherwise only the rows this run reads are tokenized.
+    used = None if hp.precompute_reference else rows_used(schedule, eval_idx, dataset.counts.rows)
+    examples = load_examples(dataset, tok, hp, d, used)
     reference_logps = None
     if models.reference is not None and hp.precompute_reference:
         t0 = time.monotonic()
@@ -210,7 +196,7 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
     return kept, result.step - (result.resumed_from or 0)
 
 
-def train(cfg: TrainerConfig, rows: list[Any]) -> int:
+def train(cfg: TrainerConfig, dataset: DatasetFile) -> int:
     """Everything after the input checks, on every rank; returns the job's exit code (the same on every rank)."""
     from fttrainer.export import find_kept_export
     from fttrainer.parallel import broadcast_from_main, init_distributed
@@ -232,7 +218,7 @@ def train(cfg: TrainerConfig, rows: list[Any]) -> int:
                 )
         else:
             try:
-                kept, attempt_steps = train_and_export(cfg, rows, d, reporter)
+                kept, attempt_steps = train_and_export(cfg, dataset, d, reporter)
             except InvalidInput as exc:
                 return fail(exc.reason, str(exc), ExitCode.INVALID_INPUT)
         outcome: tuple[int, TerminationMessage | None] = (ExitCode.OK, None)
@@ -331,18 +317,18 @@ def run(cfg: TrainerConfig) -> int:
     try:
         cfg = with_preset(cfg)
         check_world_size(cfg, _world())
-        rows = read_dataset(cfg)
+        dataset = read_dataset(cfg)
     except InvalidInput as exc:
         return fail(exc.reason, str(exc), ExitCode.INVALID_INPUT)
     if _rank() == 0:
-        log.info("dataset: %d rows (%s), config valid", len(rows), cfg.dataset.format)
+        log.info("dataset: %d rows (%s), config valid", dataset.counts.rows, cfg.dataset.format)
         run_dir = Path(cfg.run.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RESOLVED_NAME).write_text(cfg.render() + "\n")
     import torch.distributed as dist
 
     try:
-        code = train(cfg, rows)
+        code = train(cfg, dataset)
     except BaseException:
         if dist.is_initialized():
             dist.destroy_process_group()
