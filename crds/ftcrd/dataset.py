@@ -243,6 +243,16 @@ class RowCounts:
     content_bytes: int = 0  # decoded (decompressed) size
 
 
+def supervised_row(number: int) -> DatasetError:
+    """Row ``number`` is supervised where a preference method needs pairs (the API words a file's record so)."""
+    return DatasetError(
+        "is a supervised row without a rejected reply; preference methods (dpo, ipo) need pairs: "
+        '{"input", "preferred_output", "non_preferred_output"} or {"prompt", "chosen", "rejected"}',
+        row=number,
+        field="messages",
+    )
+
+
 class RowValidator:
     """Push the bytes of a dataset (gzip or not, in pieces of any size) in; get validated rows out.
 
@@ -276,12 +286,7 @@ class RowValidator:
             row = parse_row(obj, number, self.max_field_chars)
             if not row.is_pair:
                 if self.require_pairs:
-                    raise DatasetError(
-                        "is a supervised row without a rejected reply; preference methods (dpo, ipo) need pairs: "
-                        '{"input", "preferred_output", "non_preferred_output"} or {"prompt", "chosen", "rejected"}',
-                        row=number,
-                        field="messages",
-                    )
+                    raise supervised_row(number)
                 if self.counts.first_conversation is None:
                     self.counts.first_conversation = number
             else:
