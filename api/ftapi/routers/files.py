@@ -113,10 +113,13 @@ async def create_file(request: Request, tenant: Tenant, k8s: Kube, settings: Con
         def check_form(form: Form) -> None:
             purpose = form.fields.get("purpose")
             if purpose is None and form.complete:
-                raise APIError(400, "purpose: Field required ('fine-tune')", code="invalid_value", param="purpose")
+                raise APIError(400, "purpose: Field required", code="invalid_value", param="purpose")
             if purpose is not None and purpose != PURPOSE:
                 raise APIError(
-                    400, f"purpose must be 'fine-tune', got {purpose[:40]!r}", code="invalid_value", param="purpose"
+                    400,
+                    f"purpose: Input should be 'fine-tune' (got {purpose[:40]!r})",
+                    code="invalid_value",
+                    param="purpose",
                 )
             expires[0] = filerecords.expiry(settings, form.fields, created)
 
