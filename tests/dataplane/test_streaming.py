@@ -55,7 +55,16 @@ def test_novalto_scalars_cut_at_any_byte():
 
 @pytest.mark.parametrize(
     "bad",
-    [b'[{"a":1},{"b":2]', b'[{"a":1}\n,\n {"b":x}]', b'[{"a":1}', b"", b"x", b"[1] 2", b"  \n\n", b'[{"a": "\\uZZZZ"}]'],
+    [
+        b'[{"a":1},{"b":2]',
+        b'[{"a":1}\n,\n {"b":x}]',
+        b'[{"a":1}',
+        b"",
+        b"x",
+        b"[1] 2",
+        b"  \n\n",
+        b'[{"a": "\\uZZZZ"}]',
+    ],
 )
 def test_novalto_errors_name_the_place_json_names(bad):
     """Line and column as json.loads reports them, however the bytes were cut."""
@@ -144,7 +153,9 @@ BOUNDED = textwrap.dedent(
 def test_a_bomb_costs_megabytes_not_its_size():
     """In a fresh interpreter: validating a 1 GiB bomb raises its peak memory by a few MiB at most."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    p = subprocess.run([sys.executable, "-c", BOUNDED, str(1 << 30)], capture_output=True, text=True, env=env, check=True)
+    p = subprocess.run(
+        [sys.executable, "-c", BOUNDED, str(1 << 30)], capture_output=True, text=True, env=env, check=True
+    )
     kind, grown_mib = p.stdout.split()
     assert kind == "DatasetTooLarge" and int(grown_mib) < 64, p.stdout
 

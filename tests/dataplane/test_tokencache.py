@@ -87,7 +87,9 @@ def test_a_short_run_tokenizes_only_the_rows_it_reads(tmp_path, tokenizer, d):
     steps = {i for step in range(short.total_steps) for i in short.global_batch(step)}
     assert steps | set(evaluation) == set(used)
     cached = load_examples(info, tokenizer, HP, d, used)
-    assert isinstance(cached, TokenizedDataset) and json.loads((cached.folder / "meta.json").read_text())["examples"] == 17
+    assert (
+        isinstance(cached, TokenizedDataset) and json.loads((cached.folder / "meta.json").read_text())["examples"] == 17
+    )
     full = tokenize_rows(list(info.rows()), tokenizer, HP.max_length, HP.max_prompt_length)
     assert all(cached[i] == full[i] for i in used)
     with pytest.raises(IndexError, match="not among the rows tokenized"):
@@ -102,4 +104,6 @@ def test_a_row_the_tokenizer_refuses_is_invalid_input(tmp_path, tokenizer, d):
     rows = [*synthetic_rows(5), {"prompt": "p <|endoftext|>", "chosen": "c", "rejected": "r"}]
     with pytest.raises(InvalidInput) as err:
         load_examples(dataset(tmp_path, rows), tokenizer, HP, d, None)
-    assert err.value.reason == Reason.INVALID_DATASET and "row 6" in str(err.value) and "special token" in str(err.value)
+    assert (
+        err.value.reason == Reason.INVALID_DATASET and "row 6" in str(err.value) and "special token" in str(err.value)
+    )

@@ -84,7 +84,9 @@ def test_object_dataset_downloaded_once_per_node_and_reused(on_emulator, gcs, tm
     assert downloads(gcs, source.uri) == 1  # two ranks, one download
     assert f"160 rows (160 pairs), {len(data)} bytes, sha256 {source.sha256}" in first.output
     assert "tokenized 160 of 160 rows" in first.output
-    assert (cache / next(p.name for p in cache.iterdir() if p.name.startswith("object-")) / "content").read_bytes() == data
+    assert (
+        cache / next(p.name for p in cache.iterdir() if p.name.startswith("object-")) / "content"
+    ).read_bytes() == data
     second = run(on_emulator, "second", config(tmp_path, "second", source, cache))
     assert second.returncode == 0, second.output[-4000:]
     assert "reusing the verified download" in second.output and downloads(gcs, source.uri) == 1
@@ -128,12 +130,9 @@ def test_gs_object_without_sha256_is_checked_against_the_servers_crc32c(gcs, tmp
 def https_server(tmp_path, monkeypatch):
     """A local HTTPS server (self-signed certificate, trusted through SSL_CERT_FILE) serving ``files``."""
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
-        + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )
+    x509 = ["-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+    x509 += ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]
+    subprocess.run(["openssl", "req", *x509], check=True, capture_output=True)
     files: dict[str, bytes] = {}
 
     class Handler(http.server.BaseHTTPRequestHandler):
