@@ -58,6 +58,8 @@ def test_100_mb_file_is_trained_on_exactly_as_uploaded(e2e_api, gcs, running_ope
     pods = e2e_api.cluster.get_json("pods", "-l", f"{names.LABEL_JOB}={job.id}", namespace=ns)["items"]
     logs = "".join(e2e_api.cluster.pod_log(ns, p["metadata"]["name"]) for p in pods)
     # what the trainer read: every row of the uploaded bytes, verified against the sha256 the API recorded
-    read = f"{source['uri']}: {dataset.rows} rows ({dataset.rows} pairs), {dataset.bytes} bytes, sha256 {dataset.sha256}"
+    read = (
+        f"{source['uri']}: {dataset.rows} rows ({dataset.rows} pairs), {dataset.bytes} bytes, sha256 {dataset.sha256}"
+    )
     assert read in logs, logs[-4000:]
     assert f"downloaded and verified {dataset.bytes} bytes" in logs and "2 steps of 8 examples" in logs
