@@ -13,10 +13,12 @@ the operator (the tests' helpers). Per size, with a synthetic file (ftdev.synthe
 * **upload → Running**: ``fine_tuning.jobs.create`` on the file, then until the FineTuneJob's phase is Running
   (the trainer pod started; the job is deleted then). ``upload_to_running_s`` counts from the upload's start.
 * **loader** (a fresh interpreter: ``--loader FILE``): the trainer's streaming validation pass
-  (``fttrainer.datasource.read_dataset``) and the tokenization of every row into the token cache
-  (``fttrainer.tokencache.load_examples``; the tiny preset's tokenizer). ``loader_rows_s`` = rows / the time of
-  both; ``loader_peak_rss_mib`` = the largest growth of the process's peak RSS over its RSS before each step (the
-  peak is reset through /proc/self/clear_refs), to compare with ``tokenized_mib`` (tokens, masks and index).
+  (``fttrainer.datasource.read_dataset``; every size: ``validate_rows_s``, ``validate_peak_rss_mib``) and, for the
+  sizes in ``--loader-sizes`` (default: all), the tokenization of every row into the token cache
+  (``fttrainer.tokencache.load_examples``, one process; the tiny preset's tokenizer). ``loader_rows_s`` = rows /
+  the time of both; ``loader_peak_rss_mib`` = the largest growth of the process's peak RSS over its RSS before
+  each step (the peak is reset through /proc/self/clear_refs), to compare with ``tokenized_mib`` (tokens, masks
+  and index).
 
 The last stdout line is one JSON object (lists per size); the table goes into docs/benchmarks.md between the
 data-plane markers. Each size's file is deleted after use (500 MB needs ~1.5 GB free in $TMPDIR).
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,8 +61,9 @@ def status_kib(field: str, pid: int | str = "self") -> int:
 # --------------------------------------------------------------------------------------------- the loader
 
 
-def loader(path: Path) -> dict[str, Any]:
-    """The trainer's loading of ``path`` in this process (see the module doc); its measurements."""
+def loader(path: Path, tokenize: bool) -> dict[str, Any]:
+    """The trainer's loading of ``path`` in this process (see the module doc); its measurements. Without
+    ``tokenize``, the validation pass only."""
     from ftcrd.trainer_config import TrainerConfig, TrainerDataset, TrainerModel, TrainerRun
     from ftcrd.types import HyperparametersSpec
     from fttrainer import tiny
@@ -90,12 +94,19 @@ def loader(path: Path) -> dict[str, Any]:
 
     try:
         info, read_s = measured(lambda: read_dataset(cfg))
+        out: dict[str, Any] = {
+            "rows": info.counts.rows,
+            "validate_s": round(read_s, 2),
+            "validate_rows_s": round(info.counts.rows / read_s, 1),
+            "validate_peak_growth_mib": round(growth[0] / 1024, 1),
+        }
+        if not tokenize:
+            return out
         texts = [t for r in info.sample for t in (r.prompt_text(), r.chosen, r.rejected)]
         tokenizer = AutoTokenizer.from_pretrained(tiny.ensure(work / "tiny", texts, tiny.TinySpec()))
         examples, tokenize_s = measured(lambda: load_examples(info, tokenizer, hp, d, None))
         return {
-            "rows": info.counts.rows,
-            "validate_s": round(read_s, 2),
+            **out,
             "tokenize_s": round(tokenize_s, 2),
             "rows_s": round(info.counts.rows / (read_s + tokenize_s), 1),
             "peak_growth_mib": round(max(growth) / 1024, 1),
@@ -106,11 +117,10 @@ def loader(path: Path) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_loader(path: Path) -> dict[str, Any]:
+def run_loader(path: Path, tokenize: bool) -> dict[str, Any]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    p = subprocess.run(
-        [sys.executable, __file__, "--loader", str(path)], capture_output=True, text=True, env=env, check=False
-    )
+    cmd = [sys.executable, __file__, "--loader", str(path), *([] if tokenize else ["--validate-only"])]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if p.returncode != 0:
         raise RuntimeError(f"loader failed:\n{p.stderr[-3000:]}")
     return dict(json.loads(p.stdout.strip().splitlines()[-1]))
@@ -184,8 +194,8 @@ def measure(sizes: list[int], loader_sizes: set[int]) -> dict[str, Any]:
                 path = work / f"prefs-{size_mb}mb.jsonl"
                 written = write_jsonl(path, size_mb * 1_000_000)
                 row = {"size_mb": size_mb, "rows": written.rows, **upload_and_run(server, path, written.bytes)}
-                if size_mb in loader_sizes:
-                    row.update({f"loader_{k}": v for k, v in run_loader(path).items()})
+                loaded = run_loader(path, tokenize=size_mb in loader_sizes)
+                row.update({f"loader_{k}": v for k, v in loaded.items()})
                 path.unlink()
                 print(json.dumps(row), file=sys.stderr)
                 rows.append(row)
@@ -193,7 +203,7 @@ def measure(sizes: list[int], loader_sizes: set[int]) -> dict[str, Any]:
             op.stop()
             servers.close()
             shutil.rmtree(work, ignore_errors=True)
-    loaded = [r for r in rows if "loader_rows" in r]
+    loaded = [r for r in rows if "loader_tokenized_mib" in r]
     return {
         "sizes_mb": [r["size_mb"] for r in rows],
         "upload_mb_s": [r["upload_mb_s"] for r in rows],
@@ -203,6 +213,8 @@ def measure(sizes: list[int], loader_sizes: set[int]) -> dict[str, Any]:
         "loader_rows_s": [r.get("loader_rows_s") for r in rows],
         "upload_to_running_s": [r["upload_to_running_s"] for r in rows],
         "tokenized_mib": [r.get("loader_tokenized_mib") for r in rows],
+        "validate_rows_s": [r["loader_validate_rows_s"] for r in rows],
+        "validate_peak_rss_mib": [r["loader_validate_peak_growth_mib"] for r in rows],
         "rows": [r["rows"] for r in rows],
         "details": rows,
         "targets": {
@@ -217,16 +229,16 @@ def measure(sizes: list[int], loader_sizes: set[int]) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        "| file | rows | upload | per API CPU-second | API peak RSS | upload → Running | loader rows/s "
-        "| loader peak growth | tokenized |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| file | rows | upload | per API CPU-second | API peak RSS | upload → Running | validation rows/s "
+        "(peak growth) | loader rows/s | loader peak growth | tokenized |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["details"]:
         lines.append(
             f"| {r['size_mb']} MB | {r['rows']} | {r['upload_mb_s']} MB/s | {r['upload_mb_per_api_cpu_s']} MB | "
-            f"{r['api_peak_rss_mib']} MiB | "
-            f"{r['upload_to_running_s']} s | {r.get('loader_rows_s', '-')} | {r.get('loader_peak_growth_mib', '-')} MiB | "
-            f"{r.get('loader_tokenized_mib', '-')} MiB |"
+            f"{r['api_peak_rss_mib']} MiB | {r['upload_to_running_s']} s | {r['loader_validate_rows_s']} "
+            f"({r['loader_validate_peak_growth_mib']} MiB) | {r.get('loader_rows_s', '-')} | "
+            f"{r.get('loader_peak_growth_mib', '-')} MiB | {r.get('loader_tokenized_mib', '-')} MiB |"
         )
     return "\n".join(lines)
 
@@ -249,12 +261,14 @@ def write_docs(text: str, result: dict[str, Any]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10,100,500", help="file sizes in MB, comma-separated")
-    ap.add_argument("--loader-sizes", help="sizes (MB) whose loading is measured too; default: every size")
+    ap.add_argument("--loader-sizes", help="sizes (MB) also tokenized by the loader; default: every size")
+    ap.add_argument("--validate-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     ap.add_argument("--loader", metavar="FILE", help=argparse.SUPPRESS)  # one loader measurement (a subprocess)
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups (API, operator, emulator)
     if args.loader:
-        print(json.dumps(loader(Path(args.loader))))
+        print(json.dumps(loader(Path(args.loader), tokenize=not args.validate_only)))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     chosen = args.loader_sizes

@@ -17,7 +17,7 @@ from fttrainer.config import InvalidInput
 from fttrainer.data import Schedule, split_indices, tokenize_rows
 from fttrainer.datasource import read_dataset
 from fttrainer.parallel import init_distributed
-from fttrainer.tokencache import TokenizedDataset, load_examples, rows_used
+from fttrainer.tokencache import TokenizedDataset, build_part, finish, load_examples, rows_used
 from transformers import AutoTokenizer
 
 from tests.support.trainer import synthetic_rows
@@ -72,7 +72,7 @@ def test_cached_examples_equal_tokenize_rows(tmp_path, tokenizer, d):
     meta = (folder / "meta.json").stat().st_mtime_ns
     again = load_examples(info, tokenizer, HP, d, None)
     assert again.folder == folder and (folder / "meta.json").stat().st_mtime_ns == meta  # reused, not rebuilt
-    assert cached.nbytes == sum(e.n_tokens for e in expected) * 5 + len(rows) * 5 * 8
+    assert cached.nbytes == sum(e.n_tokens for e in expected) * 5 + len(rows) * 6 * 8  # tokens, mask, index
 
 
 def test_a_short_run_tokenizes_only_the_rows_it_reads(tmp_path, tokenizer, d):
@@ -107,3 +107,20 @@ def test_a_row_the_tokenizer_refuses_is_invalid_input(tmp_path, tokenizer, d):
     assert (
         err.value.reason == Reason.INVALID_DATASET and "row 6" in str(err.value) and "special token" in str(err.value)
     )
+
+
+@pytest.mark.parametrize(("parts", "used"), [(3, None), (2, [1, 4, 5, 9, 17, 20])])
+def test_parts_tokenized_by_the_processes_of_a_node_merge_into_one_dataset(tmp_path, tokenizer, parts, used):
+    """What torchrun's local ranks do (each a share of the rows), merged by the node's first process."""
+    info = dataset(tmp_path, synthetic_rows(25))
+    building = tmp_path / ".building"
+    building.mkdir()
+    for part in range(parts):
+        build_part(info, tokenizer, HP, used, out=building / f"part-{part}", part=part, parts=parts)
+    meta = finish(info, building, tmp_path / "tokens", parts, 0.0)
+    cached = TokenizedDataset(tmp_path / "tokens")
+    full = tokenize_rows(list(info.rows()), tokenizer, HP.max_length, HP.max_prompt_length)
+    wanted = range(25) if used is None else used
+    assert [cached[i] for i in wanted] == [full[i] for i in wanted]
+    assert meta["parts"] == parts and meta["examples"] == len(wanted) and all(n > 0 for n in meta["partTokens"])
+    assert not building.exists()  # published by a rename

@@ -5,16 +5,18 @@ the pod) skips tokenization and no rank holds the examples as Python lists.
 ``<data cache>/tokens-<key>/`` (``key``: sha256 of :data:`CACHE_VERSION`, the dataset's sha256 and how it is
 read, the tokenizer's fingerprint, the length settings and the set of rows)::
 
-    tokens.bin   int32, per example its chosen sequence then its rejected sequence
-    mask.bin     uint8 per token: 1 where it is trained (its label is the token itself), 0 where the label is -100
-    index.npy    int64 (examples, 5): dataset index, offset in tokens.bin, chosen length, rejected length,
-                 prompt length
-    meta.json    written last, by a rename of the finished folder: a folder without it does not exist
+    part-<p>/tokens.bin   int32, per example its chosen sequence then its rejected sequence
+    part-<p>/mask.bin     uint8 per token: 1 where it is trained (its label is the token), 0 where it is -100
+    index.npy             int64 (examples, 6): dataset index, part, offset in the part, chosen length,
+                          rejected length, prompt length
+    meta.json             written last; the folder appears by a rename, so one without it does not exist
 
-Which rows: a run that goes over every row tokenizes all of them; a run limited to fewer examples
-(``hyperparameters.examples``) tokenizes only the rows its schedule and evaluation use (:func:`rows_used`), so
-a few steps on a large dataset do not tokenize the whole of it. The first process of each node writes the
-cache, the others wait at a barrier and map it.
+Who tokenizes: every process of a node, a share each (part ``p`` = the ``local rank``: every
+``LOCAL_WORLD_SIZE``-th used row), into ``.tokens-<key>.node-<n>/``; the node's first process merges the
+indexes and renames the folder into place; three barriers keep the node's processes in step. Which rows: a
+run that goes over every row tokenizes all of them; a run limited to fewer examples
+(``hyperparameters.examples``) only the rows its schedule and evaluation use (:func:`rows_used`), so a few
+steps on a large dataset do not tokenize the whole of it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from array import array
 from collections.abc import Iterable, Sequence
@@ -39,6 +40,11 @@ from fttrainer.config import InvalidInput
 from fttrainer.data import Example, RowTokenizer, Schedule, tokenize_row
 from fttrainer.datasource import DatasetFile, cache_dir
 from fttrainer.losses import IGNORE_INDEX
+
+ENV_NODE_RANK = "GROUP_RANK"
+"""torchrun's rank of this node (its processes share a node-local building folder)."""
+ENV_LOCAL_WORLD_SIZE = "LOCAL_WORLD_SIZE"
+"""torchrun's number of processes on this node (each tokenizes a share)."""
 
 log = logging.getLogger("fttrainer")
 
@@ -88,20 +94,22 @@ class TokenizedDataset(Sequence[Example]):
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.meta = json.loads((folder / "meta.json").read_text())
-        self.table = np.load(folder / "index.npy")
-        n_tokens = int(self.meta["tokens"])
-        if n_tokens:
-            self.tokens: np.ndarray = np.memmap(folder / "tokens.bin", dtype=np.int32, mode="r", shape=(n_tokens,))
-            self.mask: np.ndarray = np.memmap(folder / "mask.bin", dtype=np.uint8, mode="r", shape=(n_tokens,))
-        else:
-            self.tokens, self.mask = np.zeros(0, np.int32), np.zeros(0, np.uint8)
+        self.table = np.load(folder / "index.npy")  # dataset index, part, offset, chosen, rejected, prompt
+        self.tokens: list[np.ndarray] = []
+        self.mask: list[np.ndarray] = []
+        for part in range(int(self.meta["parts"])):
+            n = int(self.meta["partTokens"][part])
+            where = folder / f"part-{part}"
+            mapped = n > 0
+            self.tokens.append(np.memmap(where / "tokens.bin", np.int32, "r", shape=(n,)) if mapped else _EMPTY)
+            self.mask.append(np.memmap(where / "mask.bin", np.uint8, "r", shape=(n,)) if mapped else _EMPTY_MASK)
         self.position = np.full(int(self.meta["rows"]), -1, dtype=np.int64)
         self.position[self.table[:, 0]] = np.arange(len(self.table))
 
     @property
     def nbytes(self) -> int:
         """Size of the tokenized data (tokens, masks and index)."""
-        return int(self.tokens.nbytes + self.mask.nbytes + self.table.nbytes)
+        return int(sum(t.nbytes for t in self.tokens) + sum(m.nbytes for m in self.mask) + self.table.nbytes)
 
     def __len__(self) -> int:
         return len(self.position)
@@ -116,9 +124,9 @@ class TokenizedDataset(Sequence[Example]):
         pos = int(self.position[i])
         if pos < 0:
             raise IndexError(f"row {i} is not among the rows tokenized for this run")
-        index, offset, chosen, rejected, prompt = (int(v) for v in self.table[pos])
-        ids = self.tokens[offset : offset + chosen + rejected]
-        labels = np.where(self.mask[offset : offset + chosen + rejected] != 0, ids, IGNORE_INDEX)
+        index, part, offset, chosen, rejected, prompt = (int(v) for v in self.table[pos])
+        ids = self.tokens[part][offset : offset + chosen + rejected]
+        labels = np.where(self.mask[part][offset : offset + chosen + rejected] != 0, ids, IGNORE_INDEX)
         return Example(
             index=index,
             chosen_input_ids=ids[:chosen].tolist(),
@@ -127,6 +135,9 @@ class TokenizedDataset(Sequence[Example]):
             rejected_labels=labels[chosen:].tolist(),
             prompt_length=prompt,
         )
+
+
+_EMPTY, _EMPTY_MASK = np.zeros(0, np.int32), np.zeros(0, np.uint8)
 
 
 def _mask(ids: np.ndarray, labels: list[int]) -> bytes:
@@ -138,73 +149,100 @@ def _mask(ids: np.ndarray, labels: list[int]) -> bytes:
     return trained.astype(np.uint8).tobytes()
 
 
-def build(dataset: DatasetFile, tokenizer: Any, hp: Any, used: list[int] | None, folder: Path) -> dict[str, Any]:
-    """Tokenize the used rows of ``dataset`` into ``folder`` (made atomically); returns its meta."""
-    t0 = time.monotonic()
-    wanted = None if used is None else set(used)
-    tmp = Path(tempfile.mkdtemp(prefix=".tokens-", dir=folder.parent))
+def build_part(
+    dataset: DatasetFile, tokenizer: Any, hp: Any, used: list[int] | None, *, out: Path, part: int, parts: int
+) -> int:
+    """Tokenize this part's share of the used rows (every ``parts``-th, from position ``part``) into ``out``
+    (tokens.bin, mask.bin, index.npy); returns its token count."""
+    mine = None if used is None else set(used[part::parts])
+    out.mkdir(parents=True)
     rt = RowTokenizer(tokenizer)
-    index: list[tuple[int, int, int, int, int]] = []
+    index: list[tuple[int, int, int, int, int, int]] = []
     offset = 0
+    with (
+        (out / "tokens.bin").open("wb", buffering=_BUFFER) as tokens,
+        (out / "mask.bin").open("wb", buffering=_BUFFER) as masks,
+    ):
+        for i, row in enumerate(dataset.rows()):
+            if (mine is None and i % parts != part) or (mine is not None and i not in mine):
+                continue
+            ex = tokenize_row(row, i, rt, hp.max_length, hp.max_prompt_length, truncation_side=hp.truncation_side)
+            ids = np.asarray(ex.chosen_input_ids + ex.rejected_input_ids, dtype=np.int32)
+            tokens.write(ids.tobytes())
+            masks.write(_mask(ids, ex.chosen_labels + ex.rejected_labels))
+            index.append((i, part, offset, len(ex.chosen_input_ids), len(ex.rejected_input_ids), ex.prompt_length))
+            offset += len(ids)
+    np.save(out / "index.npy", np.array(index, dtype=np.int64).reshape(-1, 6))
+    return offset
+
+
+def finish(dataset: DatasetFile, building: Path, folder: Path, parts: int, seconds: float) -> dict[str, Any]:
+    """Merge the parts' indexes and publish ``building`` as ``folder`` (a rename: complete or absent)."""
+    tables = [np.load(building / f"part-{p}" / "index.npy") for p in range(parts)]
+    table = np.concatenate(tables) if tables else np.zeros((0, 6), np.int64)
+    np.save(building / "index.npy", table[np.argsort(table[:, 0], kind="stable")])
+    part_tokens = [(building / f"part-{p}" / "tokens.bin").stat().st_size // 4 for p in range(parts)]
+    meta = {
+        "version": CACHE_VERSION,
+        "rows": dataset.counts.rows,
+        "examples": len(table),
+        "parts": parts,
+        "partTokens": part_tokens,
+        "tokens": sum(part_tokens),
+        "datasetSha256": dataset.sha256,
+        "seconds": round(seconds, 3),
+    }
+    (building / "meta.json").write_text(json.dumps(meta))
     try:
-        with (
-            (tmp / "tokens.bin").open("wb", buffering=_BUFFER) as tokens,
-            (tmp / "mask.bin").open("wb", buffering=_BUFFER) as masks,
-        ):
-            for i, row in enumerate(dataset.rows()):
-                if wanted is not None and i not in wanted:
-                    continue
-                ex = tokenize_row(row, i, rt, hp.max_length, hp.max_prompt_length, truncation_side=hp.truncation_side)
-                ids = np.asarray(ex.chosen_input_ids + ex.rejected_input_ids, dtype=np.int32)
-                tokens.write(ids.tobytes())
-                masks.write(_mask(ids, ex.chosen_labels + ex.rejected_labels))
-                index.append((i, offset, len(ex.chosen_input_ids), len(ex.rejected_input_ids), ex.prompt_length))
-                offset += len(ids)
-        np.save(tmp / "index.npy", np.array(index, dtype=np.int64).reshape(-1, 5))
-        meta = {
-            "version": CACHE_VERSION,
-            "rows": dataset.counts.rows,
-            "examples": len(index),
-            "tokens": offset,
-            "datasetSha256": dataset.sha256,
-            "seconds": round(time.monotonic() - t0, 3),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another node's writer on shared storage won the race: same content
-            if not (folder / "meta.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        os.rename(building, folder)
+    except OSError:  # another node's writer on shared storage won the race: same content
+        if not (folder / "meta.json").is_file():
+            raise
+        shutil.rmtree(building, ignore_errors=True)
     return meta
 
 
 def load_examples(dataset: DatasetFile, tokenizer: Any, hp: Any, d: Any, used: list[int] | None) -> TokenizedDataset:
-    """The run's examples from the token cache, tokenizing first when this node has none yet (every rank calls
-    this; raises ``InvalidInput(InvalidDataset)`` on every rank for a row the tokenizer refuses)."""
+    """The run's examples from the token cache, tokenizing first when this node has none yet. Every rank calls
+    this: the processes of a node tokenize a share each (the node's first process merges), then all map the
+    result. Raises ``InvalidInput(InvalidDataset)`` on every rank for a row the tokenizer refuses."""
     root = cache_dir(dataset.cfg)
     folder = root / f"tokens-{cache_key(dataset, tokenizer, hp, used)}"
-    error = root / f"{folder.name}.error"
+    # one building folder per node: nodes sharing the storage never write into each other's
+    node = int(os.environ.get(ENV_NODE_RANK, "0"))
+    parts = int(os.environ.get(ENV_LOCAL_WORLD_SIZE, "1"))
+    building = root / f".{folder.name}.node-{node}"
+    plan = building / "plan"
     if d.is_local_main:
         root.mkdir(parents=True, exist_ok=True)
         if (folder / "meta.json").is_file():
             log.info("tokenized dataset reused from %s", folder)
         else:
-            error.unlink(missing_ok=True)
-            try:
-                meta = build(dataset, tokenizer, hp, used, folder)
-                log.info(
-                    "tokenized %d of %d rows (%d tokens) in %.1fs into %s",
-                    meta["examples"],
-                    meta["rows"],
-                    meta["tokens"],
-                    meta["seconds"],
-                    folder,
-                )
-            except DatasetError as exc:
-                error.write_text(str(exc))
-    d.barrier()
-    if error.is_file():
-        raise InvalidInput(Reason.INVALID_DATASET, f"dataset: {error.read_text()}")
+            shutil.rmtree(building, ignore_errors=True)  # an interrupted attempt's
+            building.mkdir()
+            plan.write_text("build")
+    d.barrier()  # the plan is decided: the node's processes all build, or none does
+    t0 = time.monotonic()
+    if plan.is_file():
+        part = d.local_rank
+        try:
+            build_part(dataset, tokenizer, hp, used, out=building / f"part-{part}", part=part, parts=parts)
+        except DatasetError as exc:
+            (building / f"error-{part}.txt").write_text(str(exc))
+    d.barrier()  # every part written
+    errors = sorted(building.glob("error-*.txt")) if plan.is_file() else []
+    if d.is_local_main and plan.is_file() and not errors:
+        meta = finish(dataset, building, folder, parts, time.monotonic() - t0)
+        log.info(
+            "tokenized %d of %d rows (%d tokens, %d processes) in %.1fs into %s",
+            meta["examples"],
+            meta["rows"],
+            meta["tokens"],
+            parts,
+            meta["seconds"],
+            folder,
+        )
+    d.barrier()  # published
+    if errors:
+        raise InvalidInput(Reason.INVALID_DATASET, f"dataset: {errors[0].read_text()}")
     return TokenizedDataset(folder)
