@@ -266,7 +266,7 @@ def main() -> None:
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     ap.add_argument("--loader", metavar="FILE", help=argparse.SUPPRESS)  # one loader measurement (a subprocess)
     args = ap.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups (API, operator, emulator)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C: the clean-ups (API, operator, emulator) run
     if args.loader:
         print(json.dumps(loader(Path(args.loader), tokenize=not args.validate_only)))
         return
