@@ -559,3 +559,20 @@ def test_no_input_yields_500(client, fake, path):
     for cm in fake.configmaps.values():  # whatever was accepted is complete: no orphan dataset ConfigMaps
         owners = cm["metadata"].get("ownerReferences") or []
         assert all((cm["metadata"]["namespace"], o["name"]) in fake.ftjs for o in owners)
+
+
+def test_byte_quota_is_checked_with_the_real_size_and_leaves_nothing(fake, gcs, monkeypatch):
+    for key, value in gcs.env().items():
+        monkeypatch.setenv(key, value)
+    prefix = f"files-{secrets.token_hex(4)}"
+    settings = Settings(
+        kubeconfig="unused", files_bucket=gcs.bucket, files_prefix=prefix, quota={"files": 10, "bytes": 3000}
+    )
+    with TestClient(create_app(settings, k8s=fake)) as c:  # type: ignore[arg-type]
+        first = upload(c, jsonl(ROWS * 8))  # ~1.6 KB
+        assert first.status_code == 200, first.text
+        r = upload(c, jsonl(ROWS * 8))
+        assert r.status_code == 429 and r.json()["error"]["code"] == "quota_exceeded", r.text
+        assert "may hold 3000 bytes" in r.json()["error"]["message"] and r.headers["x-should-retry"] == "false"
+        assert gcs.list(f"{prefix}/team-a/") == [f"{prefix}/team-a/{first.json()['id']}"]
+        assert upload(c, jsonl(ROWS * 8), headers=B).status_code == 200  # another tenant's quota
