@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -49,8 +50,13 @@ class ArtifactStore:
     def __init__(self, timeout: float = 15.0) -> None:
         self.timeout = timeout
         self._app: Any = None
+        self._opening = threading.Lock()  # worker threads of concurrent requests open the app once
 
     def _open(self) -> Any:
+        with self._opening:
+            return self._open_app()
+
+    def _open_app(self) -> Any:
         if self._app is None:
             import firebase_admin
 
