@@ -163,20 +163,20 @@ class ObjectWriter:
 
     def commit(self) -> dict[str, Any]:
         """Finish the upload; the object's size and checksums as the server stored them."""
-        self._writer.close()
+        try:
+            self._writer.close()
+        except BaseException:
+            self.abort()
+            raise
         self._blob.reload()
         return {"size": self._blob.size, "crc32c": self._blob.crc32c, "md5": self._blob.md5_hash}
 
     def abort(self) -> None:
-        """Drop the upload: an open resumable session is cancelled (DELETE on its URL, best effort; GCS
-        expires an abandoned session anyway), and no object is created."""
-        pair = getattr(self._writer, "_upload_and_transport", None)
-        if pair is None:
-            return
-        upload, transport = pair
-        url = getattr(upload, "resumable_url", None)
-        if url:
-            try:
-                transport.request("DELETE", url, timeout=10)
-            except Exception as exc:  # best effort: the session holds no visible object either way
-                log.info("cancelling the upload session of %s: %s", self.uri, type(exc).__name__)
+        """Drop the upload: the resumable session is cancelled (best effort; GCS expires an abandoned session
+        anyway) and the writer is closed *without* its final chunk. This matters: the writer is a file object, and
+        one merely left behind is closed when it is garbage-collected, and closing it commits the object."""
+        try:
+            self._writer.terminate()
+        except Exception as exc:
+            log.info("cancelling the upload session of %s: %s", self.uri, type(exc).__name__)
+            self._writer._buffer.close()  # what terminate() ends with: close() then sends nothing

@@ -18,6 +18,7 @@ client receives its 4xx rather than a reset connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import queue
@@ -77,11 +78,15 @@ class _Stage(threading.Thread):
                         self._step(item)
                     except BaseException as exc:
                         self.error = exc
-                self._loop.call_soon_threadsafe(self._room.release)
+                self._signal(self._room.release)
         except BaseException as exc:
             self.error = self.error or exc
         finally:
-            self._loop.call_soon_threadsafe(self._done.set)
+            self._signal(self._done.set)
+
+    def _signal(self, callback: Callable[[], Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # the event loop is closed (the server stopped): nobody waits
+            self._loop.call_soon_threadsafe(callback)
 
     async def put(self, piece: bytes) -> None:
         await self._room.acquire()

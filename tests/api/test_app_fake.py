@@ -576,3 +576,26 @@ def test_byte_quota_is_checked_with_the_real_size_and_leaves_nothing(fake, gcs, 
         assert "may hold 3000 bytes" in r.json()["error"]["message"] and r.headers["x-should-retry"] == "false"
         assert gcs.list(f"{prefix}/team-a/") == [f"{prefix}/team-a/{first.json()['id']}"]
         assert upload(c, jsonl(ROWS * 8), headers=B).status_code == 200  # another tenant's quota
+
+
+@pytest.mark.parametrize("chunk", [256 * 1024, 8 * 1024 * 1024], ids=["session-open", "all-in-one-chunk"])
+def test_a_refused_upload_leaves_no_object_even_after_its_writer_is_collected(fake, gcs, monkeypatch, chunk):
+    """Whether chunks of the resumable upload went out before the bad row arrived or the whole file still sits
+    in the writer's buffer: the upload is cancelled, and the abandoned writer (a file object, which is closed,
+    i.e. committed, when garbage-collected) commits nothing."""
+    import gc
+    import threading
+
+    from tests.support.cluster import wait_for
+
+    for key, value in gcs.env().items():
+        monkeypatch.setenv(key, value)
+    prefix = f"files-{secrets.token_hex(4)}"
+    settings = Settings(kubeconfig="unused", files_bucket=gcs.bucket, files_prefix=prefix, upload_chunk_bytes=chunk)
+    rows = [{"prompt": secrets.token_hex(500), "chosen": "c", "rejected": "r"} for _ in range(3000)]  # ~3 MB
+    with TestClient(create_app(settings, k8s=fake)) as c:  # type: ignore[arg-type]
+        r = upload(c, jsonl(rows) + b'{"prompt": "p"}\n')
+        assert r.status_code == 400 and "line 3001" in r.json()["error"]["message"], r.text
+        wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith("ftapi-")], 30, 0.05, "stages")
+        gc.collect()  # the server still runs: a writer closed now would commit
+        assert gcs.list(f"{prefix}/") == [] and not fake.configmaps
