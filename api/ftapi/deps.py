@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -38,6 +39,10 @@ class AppState:
     k8s: K8s | None = None
     keys: auth.KeyStore | None = None
     store: ArtifactStore = field(default_factory=ArtifactStore)
+    uploads: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.uploads = asyncio.Semaphore(self.settings.max_concurrent_uploads)  # uploads in progress
 
 
 def get_state(request: Request) -> AppState:

@@ -169,8 +169,8 @@ TOO_LARGE_FLAG = "ftapi.body_too_large"  # set in the ASGI scope by ftapi.middle
 def body_too_large(limit: int) -> APIError:
     return APIError(
         413,
-        f"Request body exceeds the limit of {limit} bytes. Datasets larger than that belong on a "
-        "PersistentVolumeClaim (spec.dataset.volume); see docs/api.md, 'Large datasets'.",
+        f"Request body exceeds the limit of {limit} bytes. Send a large dataset as a file (POST /v1/files, "
+        "streamed into object storage); see docs/api.md, 'Large datasets'.",
         code="request_too_large",
     )
 

@@ -6,6 +6,7 @@ prints, so :mod:`ftapi.mapping` stays pure and testable without a cluster.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -18,6 +19,7 @@ from ftapi.errors import APIError, from_kubernetes
 log = logging.getLogger("ftapi.k8s")
 
 MERGE_PATCH = "application/merge-patch+json"
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"
 
 
 class K8s:
@@ -123,6 +125,26 @@ class K8s:
             namespace, label_selector=label_selector, _request_timeout=self.timeout
         )
         return [self.wire(item) for item in out.items or []]
+
+    async def list_configmap_metadata(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """Metadata only (names, labels, annotations) of the matching ConfigMaps: the apiserver answers a
+        PartialObjectMetadataList, so no data is sent, whatever the objects hold."""
+        response = await self.api.call_api(
+            f"/api/v1/namespaces/{namespace}/configmaps",
+            "GET",
+            query_params=[("labelSelector", label_selector)],
+            header_params={"Accept": PARTIAL_METADATA},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=self.timeout,
+        )
+        try:
+            body = await response.read()
+            if not 200 <= response.status <= 299:
+                raise ApiException(status=response.status, reason=response.reason)
+        finally:
+            response.release()
+        return list(json.loads(body).get("items") or [])
 
     async def delete_configmap(self, namespace: str, name: str) -> None:
         await self.core.delete_namespaced_config_map(name, namespace, _request_timeout=self.timeout)

@@ -15,12 +15,14 @@ from fastapi import Depends, FastAPI
 from ftapi import errors, openapi
 from ftapi.auth import KeyStore
 from ftapi.deps import AppState
+from ftapi.filerecords import Sweeper
 from ftapi.k8s import K8s
 from ftapi.middleware import Guard
 from ftapi.notify import Notifier
 from ftapi.routers import files, health, jobs, native, webhook
 from ftapi.routers.common import single_query_values
 from ftapi.settings import Settings
+from ftapi.uploads import file_too_large
 
 VERSION = "0.1.0"
 DESCRIPTION = """\
@@ -35,6 +37,10 @@ bound to one namespace. Errors are `{"error": {"message", "type", "param", "code
 are 400 with the field in `param` (422 on the seed webhook). Jobs that end are announced with signed
 `fine_tuning.job.succeeded|failed|cancelled` webhook events (Standard Webhooks) to the key's endpoint.
 """
+
+
+MULTIPART_SLACK_BYTES = 64 * 1024
+"""Room for the multipart framing and small fields around an upload's file."""
 
 
 def create_app(settings: Settings | None = None, *, k8s: K8s | None = None) -> FastAPI:
@@ -54,16 +60,16 @@ def create_app(settings: Settings | None = None, *, k8s: K8s | None = None) -> F
             settings.keys_secret_key,
             settings.keys_refresh_seconds,
         )
-        notifier = None
+        tasks = [asyncio.create_task(Sweeper(state.k8s, state.keys, state.store, settings).run(), name="ftapi-expiry")]
         if settings.notify_enabled:
-            notifier = asyncio.create_task(Notifier(state.k8s, state.keys, settings).run(), name="ftapi-notify")
+            tasks.append(asyncio.create_task(Notifier(state.k8s, state.keys, settings).run(), name="ftapi-notify"))
         try:
             yield
         finally:
-            if notifier is not None:
-                notifier.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await notifier
+                    await task
             state.store.close()
             if owned and state.k8s is not None:
                 await state.k8s.close()
@@ -87,8 +93,16 @@ def create_app(settings: Settings | None = None, *, k8s: K8s | None = None) -> F
             settings.keys_refresh_seconds,
         )
     errors.install(app)
-    app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, metrics=state.metrics)
-    for router in (health.router, webhook.router, files.router, jobs.router, native.router):
+    # An upload's body may hold a whole file (plus the multipart framing); every other body the general limit.
+    upload_limit = settings.max_file_bytes + MULTIPART_SLACK_BYTES
+    app.add_middleware(
+        Guard,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=state.metrics,
+        limits={("POST", "/v1/files"): (upload_limit, file_too_large(settings.max_file_bytes))},
+    )
+    routers = (health.router, webhook.router, files.upload_router(settings), files.router, jobs.router, native.router)
+    for router in routers:
         app.include_router(router, dependencies=[Depends(single_query_values)])
     openapi.install(app, settings)
     return app

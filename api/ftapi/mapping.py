@@ -21,6 +21,7 @@ from ftcrd.names import (
     ANN_BYTES,
     ANN_CANCELLED,
     ANN_CREATED_AT,
+    ANN_EXPIRES_AT,
     ANN_FILENAME,
     ANN_METADATA,
     ANN_OPENAI_MODEL,
@@ -367,7 +368,7 @@ def file_object(cm: dict[str, Any]) -> dict[str, Any]:
         "purpose": ann.get(ANN_PURPOSE) or "fine-tune",
         "status": "processed",
         "status_details": None,
-        "expires_at": None,
+        "expires_at": int(ann[ANN_EXPIRES_AT]) if ann.get(ANN_EXPIRES_AT) else None,
     }
 
 

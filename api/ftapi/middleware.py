@@ -12,7 +12,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ftapi.deps import Metrics
-from ftapi.errors import TOO_LARGE_FLAG, body_too_large, error_body
+from ftapi.errors import TOO_LARGE_FLAG, APIError, body_too_large, error_body
 
 access_log = logging.getLogger("ftapi.access")
 log = logging.getLogger("ftapi")
@@ -37,14 +37,20 @@ def _json_response(status: int, body: dict[str, Any], request_id: str) -> tuple[
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics) -> None:
+    """``limits``: (method, path) -> (the body limit of that route, its 413 error), instead of ``max_body_bytes``."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        metrics: Metrics,
+        limits: dict[tuple[str, str], tuple[int, APIError]] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
-
-    def too_large(self) -> dict[str, Any]:
-        err = body_too_large(self.max_body_bytes)
-        return error_body(err.message, err.type, err.param, err.code)
+        self.limits = limits or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,14 +61,18 @@ class Guard:
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
         state: dict[str, Any] = {"status": 0, "started": False}
         received = 0
+        limit, error = self.limits.get(
+            (scope.get("method", ""), scope.get("path", "")), (self.max_body_bytes, body_too_large(self.max_body_bytes))
+        )
+        too_large = error_body(error.message, error.type, error.param, error.code)
 
         async def counting_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    scope[TOO_LARGE_FLAG] = self.max_body_bytes
+                if received > limit:
+                    scope[TOO_LARGE_FLAG] = limit
                     raise BodyTooLarge()
             return message
 
@@ -79,15 +89,15 @@ class Guard:
         except ValueError:
             declared = 0
         try:
-            if declared > self.max_body_bytes:
+            if declared > limit:
                 state["status"] = 413
-                for msg in _json_response(413, self.too_large(), request_id):
+                for msg in _json_response(413, too_large, request_id):
                     await send(msg)
             else:
                 await self.app(scope, counting_receive, tracking_send)
         except Exception as exc:
             if isinstance(exc, BodyTooLarge) or scope.get(TOO_LARGE_FLAG):
-                status, body = 413, self.too_large()
+                status, body = 413, too_large
             else:
                 # Type and route only: arguments may carry request data.
                 log.exception("unhandled %s on %s %s", type(exc).__name__, scope.get("method"), _route(scope))

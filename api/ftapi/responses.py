@@ -263,6 +263,7 @@ _ERROR_TEXT = {
     409: "Conflict (job state, file in use, reused Idempotency-Key); `x-should-retry: false` unless retrying helps",
     413: "Request or dataset too large",
     422: "Seed webhook only: schema error naming the field",
+    429: "Over a quota (`quota_exceeded`, not retried) or too many uploads in progress (retried)",
     503: "Kubernetes API (or storage) unavailable",
 }
 

@@ -42,6 +42,14 @@ def default_catalog() -> dict[str, CatalogModel]:
     }
 
 
+class Quota(BaseModel):
+    """What one tenant (namespace) may hold: uploaded files, their bytes, unfinished jobs."""
+
+    files: int = Field(default=1000, ge=0, description="Uploaded files (including webhook datasets in the bucket).")
+    bytes: int = Field(default=100 * 1024**3, ge=0, description="Total size of the uploaded files.")
+    active_jobs: int = Field(default=20, ge=0, description="FineTuneJobs not yet succeeded, failed or cancelled.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FTAPI_", extra="ignore")
 
@@ -103,12 +111,51 @@ class Settings(BaseSettings):
         return env
 
     # --- limits
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_rows: int = 100_000
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, description="Request bodies except file uploads.")
+    max_rows: int = 5_000_000
     min_rows: int = 1
     max_field_chars: int = 50_000
-    configmap_budget_bytes: int = 900 * 1024
+    configmap_budget_bytes: int = Field(
+        default=900 * 1024,
+        description="A webhook dataset up to this size (gzip) goes into a ConfigMap owned by the job; a larger one "
+        "into the bucket, like an uploaded file.",
+    )
     max_list_limit: int = 100
+
+    # --- files (ftapi.uploads streams them into the bucket; ftapi.filerecords keeps their records)
+    files_bucket: str | None = Field(default=None, description="Bucket of uploaded files; unset: output_bucket.")
+    files_prefix: str = Field(default="files", description="Objects are <prefix>/<namespace>/<file id>.")
+    max_file_bytes: int = Field(
+        default=512 * 1024 * 1024, gt=0, description="Largest file, as uploaded and after decompression (OpenAI's)."
+    )
+    upload_chunk_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=256 * 1024,
+        multiple_of=256 * 1024,
+        description="Resumable-upload chunk: the memory one upload holds for the bucket (a multiple of 256 KiB).",
+    )
+    max_concurrent_uploads: int = Field(
+        default=4, ge=1, description="Uploads in progress per API process; more are answered 429 (retried)."
+    )
+    file_expiry_seconds: int | None = Field(
+        default=30 * 24 * 3600,
+        ge=1,
+        description="Lifetime of a file uploaded without expires_after (and of webhook datasets); null: none.",
+    )
+    file_expiry_min_seconds: int = Field(default=3600, ge=1, description="Shortest expires_after.seconds (OpenAI's).")
+    file_expiry_max_seconds: int = Field(default=30 * 24 * 3600, ge=1, description="Longest expires_after.seconds.")
+    expiry_sweep_seconds: float = Field(default=300.0, gt=0, description="How often expired files are deleted.")
+
+    # --- quotas per tenant namespace (429 when exceeded)
+    quota: Quota = Field(default_factory=Quota, description="Every tenant's quota unless tenant_quotas names it.")
+    tenant_quotas: dict[str, Quota] = Field(default_factory=dict, description="Quotas by namespace.")
+
+    def quota_for(self, namespace: str) -> Quota:
+        return self.tenant_quotas.get(namespace, self.quota)
+
+    @property
+    def bucket_for_files(self) -> str:
+        return self.files_bucket or self.output_bucket
 
     # --- completion notifications (ftapi.notify)
     notify_enabled: bool = Field(default=True, description="Deliver fine_tuning.job.* webhook events.")

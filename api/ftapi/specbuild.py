@@ -7,7 +7,6 @@ import json
 import secrets
 from typing import Any
 
-from ftcrd.dataset import DatasetError, load_rows
 from ftcrd.types import (
     ConfigMapSource,
     DatasetSpec,
@@ -145,27 +144,4 @@ def dataset_from_configmap(settings: Settings, name: str, key: str, fmt: str) ->
     )
 
 
-def check_rows(settings: Settings, data: bytes, fmt: str) -> int:
-    """Validate with the trainer's own parser; returns the row count or raises DatasetError."""
-    rows = load_rows(
-        data,
-        fmt,  # type: ignore[arg-type]
-        max_rows=settings.max_rows,
-        max_field_chars=settings.max_field_chars,
-        min_rows=settings.min_rows,
-    )
-    return len(rows)
-
-
-def too_large(size: int, settings: Settings) -> APIError:
-    return APIError(
-        413,
-        f"The dataset is {size} bytes after gzip compression, more than the {settings.configmap_budget_bytes} bytes "
-        "a ConfigMap-backed dataset may hold. Put the file on a PersistentVolumeClaim and create the FineTuneJob "
-        "with spec.dataset.volume {claimName, path} instead (see docs/api.md, 'Large datasets').",
-        code="dataset_too_large",
-        param="file",
-    )
-
-
-__all__ = ["DatasetError", "build_job", "check_rows", "new_file_id", "new_job_name", "resolve_model"]
+__all__ = ["build_job", "new_file_id", "new_job_name", "resolve_model"]

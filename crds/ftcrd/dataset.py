@@ -19,16 +19,27 @@ mixing shapes is fine:
 Messages may be multi-turn, carry ``content`` as a list of text parts, assistant ``tool_calls`` with
 ``content: null``, and ``tool``/``function`` results (:mod:`ftcrd.messages`). Errors name the row
 (line of a JSONL file, 1-based index of a JSON list) and the field.
+
+Everything is read as a stream (:class:`RowValidator`, :func:`iter_rows`; the byte level is
+:mod:`ftcrd.jsonstream`): a 500 MB file is validated with a few MB of memory, and size limits
+(:class:`DatasetTooLarge`) end a decompression bomb early. JSONL lines end with ``\n``.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
+from ftcrd.jsonstream import (  # noqa: F401 (re-exported: the errors belong to the dataset's vocabulary)
+    DEFAULT_MAX_ROW_BYTES,
+    GZIP_MAGIC,
+    ContainerDecoder,
+    DatasetError,
+    DatasetTooLarge,
+)
 from ftcrd.messages import (
     FieldError,
     Message,
@@ -38,7 +49,6 @@ from ftcrd.messages import (
     parse_tools,
 )
 
-GZIP_MAGIC = b"\x1f\x8b"
 DEFAULT_MAX_FIELD_CHARS = 200_000
 TruncationSide = Literal["keep_end", "keep_start"]
 """Which end of a too-long prompt is kept: the end, nearest the reply (default), or the start (the
@@ -52,21 +62,6 @@ ROW_SHAPES = (
     '"preferred_output": [...], "non_preferred_output": [...]}, or {"prompt", "chosen", "rejected"}.'
 )
 """What a row may look like, for error messages that point a user at the accepted shapes."""
-
-
-class DatasetError(ValueError):
-    """A dataset problem a user can fix; ``str()`` names the row and the field."""
-
-    def __init__(self, message: str, *, row: int | None = None, field: str | None = None) -> None:
-        where = []
-        if row is not None:
-            where.append(f"row {row}")
-        if field is not None:
-            where.append(f"field '{field}'")
-        super().__init__(": ".join([*where, message]))
-        self.row = row
-        self.field = field
-        self.detail = message
 
 
 def _reply_text(messages: tuple[Message, ...]) -> str:
@@ -138,15 +133,6 @@ class ConversationRow:
 
 
 Row = PreferenceRow | ConversationRow
-
-
-def decompress(data: bytes, compression: Literal["auto", "none", "gzip"] = "auto") -> bytes:
-    if compression == "gzip" or (compression == "auto" and data[:2] == GZIP_MAGIC):
-        try:
-            return gzip.decompress(data)
-        except (OSError, EOFError) as exc:
-            raise DatasetError(f"content is not valid gzip ({exc})") from None
-    return data
 
 
 def _tools(obj: dict[str, Any], where: str) -> tuple[dict[str, Any], ...] | None:
@@ -241,60 +227,128 @@ def parse_row(obj: Any, row: int, max_chars: int = DEFAULT_MAX_FIELD_CHARS) -> R
         raise DatasetError(exc.detail, row=row, field=exc.field) from None
 
 
-def _decoded_rows(text: str, fmt: str) -> Iterator[tuple[int, Any]]:
-    if fmt == "novalto":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-        if not isinstance(data, list):
-            raise DatasetError(f"novalto datasets are a JSON list of objects, got {type(data).__name__}")
-        yield from enumerate(data, start=1)
-        return
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"line is not valid JSON: {exc.msg} at column {exc.colno}", row=lineno) from None
+Format = Literal["novalto", "jsonl", "openai"]
+CompressionMode = Literal["auto", "none", "gzip"]
+READ_BLOCK = 1 << 20
+"""Bytes read from a file per step by :func:`iter_rows`."""
+
+
+@dataclass
+class RowCounts:
+    """What a validated dataset holds (the API records these with an uploaded file)."""
+
+    rows: int = 0
+    pairs: int = 0  # preference pairs; the other rows are supervised conversations
+    first_conversation: int | None = None  # number of the first supervised row, for error messages
+    content_bytes: int = 0  # decoded (decompressed) size
+
+
+def supervised_row(number: int) -> DatasetError:
+    """Row ``number`` is supervised where a preference method needs pairs (the API words a file's record so)."""
+    return DatasetError(
+        "is a supervised row without a rejected reply; preference methods (dpo, ipo) need pairs: "
+        '{"input", "preferred_output", "non_preferred_output"} or {"prompt", "chosen", "rejected"}',
+        row=number,
+        field="messages",
+    )
+
+
+class RowValidator:
+    """Push the bytes of a dataset (gzip or not, in pieces of any size) in; get validated rows out.
+
+    The one parser of the API (at upload, as the bytes arrive) and of the trainer (:func:`iter_rows`), so both
+    refuse the same row with the same message. Memory is bounded by the row size limits, never the file size.
+    ``require_pairs``: the method compares a chosen and a rejected reply (DPO, IPO), so supervised ``messages``
+    rows are refused; supervised fine-tuning takes every row (the chosen reply of a pair).
+    """
+
+    def __init__(
+        self,
+        fmt: Format = "jsonl",
+        compression: CompressionMode = "auto",
+        *,
+        max_rows: int | None = None,
+        max_field_chars: int = DEFAULT_MAX_FIELD_CHARS,
+        min_rows: int = 1,
+        require_pairs: bool = False,
+        max_bytes: int | None = None,
+        max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
+    ) -> None:
+        self.decoder = ContainerDecoder(fmt, compression, max_bytes=max_bytes, max_row_bytes=max_row_bytes)
+        self.max_rows = max_rows
+        self.max_field_chars = max_field_chars
+        self.min_rows = min_rows
+        self.require_pairs = require_pairs
+        self.counts = RowCounts()
+
+    def _rows(self, values: Iterable[tuple[int, Any]]) -> Iterator[Row]:
+        for number, obj in values:
+            row = parse_row(obj, number, self.max_field_chars)
+            if not row.is_pair:
+                if self.require_pairs:
+                    raise supervised_row(number)
+                if self.counts.first_conversation is None:
+                    self.counts.first_conversation = number
+            else:
+                self.counts.pairs += 1
+            self.counts.rows += 1
+            if self.max_rows is not None and self.counts.rows > self.max_rows:
+                raise DatasetError(f"has more than {self.max_rows} rows")
+            self.counts.content_bytes = self.decoder.bytes_out
+            yield row
+
+    def feed(self, data: bytes) -> Iterator[Row]:
+        """The rows ``data`` completes, validated lazily (consume them before feeding more)."""
+        yield from self._rows(self.decoder.feed(data))
+        self.counts.content_bytes = self.decoder.bytes_out
+
+    def close(self) -> Iterator[Row]:
+        """The last rows; raises when the content ends badly or has fewer than ``min_rows`` rows."""
+        yield from self._rows(self.decoder.close())
+        self.counts.content_bytes = self.decoder.bytes_out
+        if self.counts.rows < self.min_rows:
+            raise DatasetError(f"has {self.counts.rows} rows; at least {self.min_rows} needed")
+
+    def check(self, data: bytes) -> None:
+        """Validate ``data`` (a piece of the stream) without keeping its rows."""
+        for _ in self.feed(data):
+            pass
+
+    def finish(self) -> RowCounts:
+        """Validate the end of the stream; the counts of the whole dataset."""
+        for _ in self.close():
+            pass
+        return self.counts
+
+
+def iter_rows(stream: IO[bytes], validator: RowValidator, block: int = READ_BLOCK) -> Iterator[Row]:
+    """Every row of ``stream`` (a binary file), read ``block`` bytes at a time; ``validator.counts`` counts them."""
+    while data := stream.read(block):
+        yield from validator.feed(data)
+    yield from validator.close()
 
 
 def load_rows(
     data: bytes,
-    fmt: Literal["novalto", "jsonl", "openai"] = "novalto",
-    compression: Literal["auto", "none", "gzip"] = "auto",
+    fmt: Format = "novalto",
+    compression: CompressionMode = "auto",
     *,
     max_rows: int | None = None,
     max_field_chars: int = DEFAULT_MAX_FIELD_CHARS,
     min_rows: int = 1,
     require_pairs: bool = False,
 ) -> list[Row]:
-    """Decode and validate a whole dataset; raises :class:`DatasetError` at the first bad row.
-
-    ``require_pairs``: the method compares a chosen and a rejected reply (DPO, IPO), so supervised
-    ``messages`` rows are refused; supervised fine-tuning takes every row (the chosen reply of a pair)."""
-    raw = decompress(data, compression)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"is not UTF-8 text (byte {exc.start})") from None
-    rows: list[Row] = []
-    for index, obj in _decoded_rows(text, fmt):
-        row = parse_row(obj, index, max_field_chars)
-        if require_pairs and not row.is_pair:
-            raise DatasetError(
-                "is a supervised row without a rejected reply; preference methods (dpo, ipo) need pairs: "
-                '{"input", "preferred_output", "non_preferred_output"} or {"prompt", "chosen", "rejected"}',
-                row=index,
-                field="messages",
-            )
-        rows.append(row)
-        if max_rows is not None and len(rows) > max_rows:
-            raise DatasetError(f"has more than {max_rows} rows")
-    if len(rows) < min_rows:
-        raise DatasetError(f"has {len(rows)} rows; at least {min_rows} needed")
-    return rows
+    """Decode and validate a whole dataset held in memory; raises :class:`DatasetError` at the first bad row.
+    (A file is read with :func:`iter_rows`, an upload pushed through :class:`RowValidator`.)"""
+    validator = RowValidator(
+        fmt,
+        compression,
+        max_rows=max_rows,
+        max_field_chars=max_field_chars,
+        min_rows=min_rows,
+        require_pairs=require_pairs,
+    )
+    return [*validator.feed(data), *validator.close()]
 
 
 def rows_to_novalto(rows: list[dict[str, str]]) -> bytes:

@@ -20,9 +20,9 @@ from __future__ import annotations
 import copy
 import types as pytypes
 import typing
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from ftcrd.types import (
     CamelModel,
@@ -35,6 +35,7 @@ from ftcrd.types import (
     MethodSpec,
     ModelPreset,
     ModelSpec,
+    ObjectSource,
     OutputSpec,
     TrackingSpec,
 )
@@ -75,18 +76,27 @@ class TrainerModel(CamelModel):
 
 
 class TrainerDatasetFile(CamelModel):
-    """A dataset file inside the pod and how to read it (a spec.dataset source without its source)."""
+    """A dataset file and how to read it: a local ``path`` (a mounted ConfigMap or volume: under /data or
+    /data-validation in a pod), or an object ``source`` the trainer downloads and verifies first (an ``object``
+    source of spec.dataset)."""
 
-    path: str = Field(min_length=1, description="The dataset file (under /data or /data-validation in a pod).")
+    path: str | None = Field(default=None, min_length=1, description="The dataset file (under /data in a pod).")
+    source: ObjectSource | None = Field(default=None, description="An object to download (spec.dataset.object).")
     format: DatasetFormat = crd_field(DatasetSpec, "format")
     compression: Compression = crd_field(DatasetSpec, "compression")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.path is None) == (self.source is None):
+            raise ValueError("dataset: exactly one of path or source must be set")
+        return self
 
 
 class TrainerDataset(TrainerDatasetFile):
     """The training dataset, the held-out share, and the separate validation file if there is one."""
 
     validation_fraction: float = crd_field(DatasetSpec, "validation_fraction")
-    max_rows: int | None = Field(default=None, ge=1, description="Read at most this many rows (of each file).")
+    max_rows: int | None = Field(default=None, ge=1, description="Refuse a dataset file with more rows than this.")
     validation: TrainerDatasetFile | None = Field(
         default=None,
         description="Evaluate on all rows of this file and train on every training row (validationFraction ignored).",
@@ -146,6 +156,11 @@ class TrainerRun(CamelModel):
     checkpoint_location: str | None = Field(
         default=None,
         description="How users find checkpoint_dir (pvc://<claim>/<dir>); None: it is the pod's own (an emptyDir).",
+    )
+    data_cache_dir: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Downloaded datasets and the tokenized dataset, reused on resume; None: <checkpointDir>/data.",
     )
     eval_batch_size: int = Field(default=16, ge=1, description="Examples per evaluation forward.")
     n_eval_examples: int | None = Field(

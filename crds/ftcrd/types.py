@@ -334,15 +334,71 @@ class VolumeSource(CamelModel):
     ]
 
 
+OBJECT_URI_PATTERN = r"^(gs://[a-z0-9][a-z0-9._-]*[a-z0-9]/.+|https://[^/]+/.+)$"
+HTTPS_NEEDS_SHA256 = "object.sha256 is required for an https:// object (nothing else vouches for its content)"
+
+
+class ObjectSource(CamelModel):
+    """A dataset file in object storage, downloaded and verified by the trainer before it loads a model."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [cel("self.uri.startsWith('gs://') || has(self.sha256)", HTTPS_NEEDS_SHA256)]
+        }
+    )
+
+    uri: Annotated[
+        str,
+        Field(
+            min_length=8,
+            max_length=2048,
+            pattern=OBJECT_URI_PATTERN,
+            description=(
+                "gs://<bucket>/<object> (read with the job's storage credentials, as the export is written) or "
+                "https://<host>/<path> (plain HTTPS GET; sha256 required)."
+            ),
+        ),
+    ]
+    sha256: Annotated[
+        str | None,
+        Field(
+            default=None,
+            pattern=SHA256_PATTERN,
+            description="Lower-case hex sha256 of the object's bytes; the trainer refuses a download that differs. "
+            "Without it (gs:// only) the server's crc32c/md5 is checked.",
+        ),
+    ]
+    size_bytes: Annotated[int | None, Field(default=None, ge=0, description="The object's size; checked when given.")]
+    rows: Annotated[
+        int | None,
+        Field(default=None, ge=1, description="Rows the file holds (the API records them); checked when given."),
+    ]
+
+    @model_validator(mode="after")
+    def _https_needs_sha256(self) -> Self:
+        # The CEL rule above, for the API and the trainer, which validate without an apiserver.
+        if not self.uri.startswith("gs://") and self.sha256 is None:
+            raise ValueError(HTTPS_NEEDS_SHA256)
+        return self
+
+    def bucket_and_name(self) -> tuple[str, str]:
+        """(bucket, object name) of a gs:// URI."""
+        bucket, _, name = self.uri.removeprefix("gs://").partition("/")
+        return bucket, name
+
+
+ONE_SOURCE = "(has(self.configMap) ? 1 : 0) + (has(self.volume) ? 1 : 0) + (has(self.object) ? 1 : 0) == 1"
+
+
 class DatasetSource(CamelModel):
-    """A dataset file: exactly one of configMap or volume, and how to read it."""
+    """A dataset file: exactly one of configMap, volume or object, and how to read it."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    "has(self.configMap) != has(self.volume)",
-                    "exactly one of spec.dataset.validation.configMap or spec.dataset.validation.volume must be set",
+                    ONE_SOURCE,
+                    "exactly one of spec.dataset.validation.configMap, .volume or .object must be set",
                 ),
             ]
         }
@@ -350,6 +406,10 @@ class DatasetSource(CamelModel):
 
     config_map: Annotated[ConfigMapSource | None, Field(default=None, description="Dataset in a ConfigMap.")]
     volume: Annotated[VolumeSource | None, Field(default=None, description="Dataset on a PersistentVolumeClaim.")]
+    object: Annotated[
+        ObjectSource | None,
+        Field(default=None, description="Dataset in object storage (gs:// or https://), e.g. an API upload."),
+    ]
     format: Annotated[
         DatasetFormat,
         Field(
@@ -366,14 +426,14 @@ class DatasetSource(CamelModel):
 
 
 class DatasetSpec(DatasetSource):
-    """Where the preference pairs live: exactly one of configMap or volume."""
+    """Where the preference pairs live: exactly one of configMap, volume or object."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    "has(self.configMap) != has(self.volume)",
-                    "exactly one of spec.dataset.configMap or spec.dataset.volume must be set",
+                    ONE_SOURCE,
+                    "exactly one of spec.dataset.configMap, spec.dataset.volume or spec.dataset.object must be set",
                 ),
                 immutable("spec.dataset"),
             ]

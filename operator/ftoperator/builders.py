@@ -144,12 +144,14 @@ def processes_per_node(spec: FineTuneJobSpec) -> int:
     return res.gpus_per_node or res.processes_per_node or 1
 
 
-def dataset_path(source: DatasetSource, mount: str = DATA_DIR) -> str:
-    """The file of a dataset source where the pod mounts it (training data at /data, validation data next to it)."""
+def dataset_path(source: DatasetSource, mount: str = DATA_DIR) -> str | None:
+    """The file of a dataset source where the pod mounts it (training data at /data, validation data next to it);
+    None for an object, which the trainer downloads itself."""
     if source.config_map is not None:
         return f"{mount}/{source.config_map.key}"
-    assert source.volume is not None  # CEL: exactly one of configMap or volume
-    return f"{mount}/{source.volume.path}"
+    if source.volume is not None:
+        return f"{mount}/{source.volume.path}"
+    return None
 
 
 def _validation_file(spec: FineTuneJobSpec) -> TrainerDatasetFile | None:
@@ -157,7 +159,7 @@ def _validation_file(spec: FineTuneJobSpec) -> TrainerDatasetFile | None:
     if source is None:
         return None
     path = dataset_path(source, VALIDATION_DIR)
-    return TrainerDatasetFile(path=path, format=source.format, compression=source.compression)
+    return TrainerDatasetFile(path=path, source=source.object, format=source.format, compression=source.compression)
 
 
 def trainer_config(
@@ -187,6 +189,7 @@ def trainer_config(
         hyperparameters=spec.hyperparameters,
         dataset=TrainerDataset(
             path=dataset_path(spec.dataset),
+            source=spec.dataset.object,
             format=spec.dataset.format,
             compression=spec.dataset.compression,
             validation_fraction=spec.dataset.validation_fraction,
@@ -291,11 +294,12 @@ def scratch_volume(size_limit: str) -> dict[str, Any]:
     return {"sizeLimit": size_limit} if size_limit else {}
 
 
-def _dataset_volume(name: str, source: DatasetSource) -> dict[str, Any]:
+def _dataset_volume(name: str, source: DatasetSource) -> dict[str, Any] | None:
     if source.config_map is not None:
         return {"name": name, "configMap": {"name": source.config_map.name}}
-    assert source.volume is not None
-    return {"name": name, "persistentVolumeClaim": {"claimName": source.volume.claim_name, "readOnly": True}}
+    if source.volume is not None:
+        return {"name": name, "persistentVolumeClaim": {"claimName": source.volume.claim_name, "readOnly": True}}
+    return None
 
 
 def _volumes(
@@ -304,11 +308,17 @@ def _volumes(
     settings = settings or Settings()
     storage = storage or checkpoint_storage(ftj, settings)
     spec = ftj.spec
-    volumes: list[dict[str, Any]] = [_dataset_volume("dataset", spec.dataset)]
-    mounts: list[dict[str, Any]] = [{"name": "dataset", "mountPath": DATA_DIR, "readOnly": True}]
-    if spec.dataset.validation is not None:
-        volumes.append(_dataset_volume("validation", spec.dataset.validation))
-        mounts.append({"name": "validation", "mountPath": VALIDATION_DIR, "readOnly": True})
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    # an object dataset has no volume: the trainer downloads it (fttrainer.datasource)
+    for name, mount, source in (
+        ("dataset", DATA_DIR, spec.dataset),
+        ("validation", VALIDATION_DIR, spec.dataset.validation),
+    ):
+        volume = _dataset_volume(name, source) if source is not None else None
+        if volume is not None:
+            volumes.append(volume)
+            mounts.append({"name": name, "mountPath": mount, "readOnly": True})
     if spec.output.credentials_secret is not None:
         volumes.append(
             {

@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from tests.support.cluster import Cluster, unique_name, wait_for
+from tests.support.gcs import GcsEmulator
 
 ROOT = Path(__file__).resolve().parents[2]
 RBAC = ROOT / "deploy" / "base" / "api"
@@ -148,6 +149,7 @@ def start_api(
     cluster: Cluster,
     tmp: Path,
     *,
+    gcs: GcsEmulator,
     extra_env: dict[str, str] | None = None,
     tenants: int = 2,
     webhooks: dict[int, tuple[str | None, str]] | None = None,
@@ -213,6 +215,10 @@ def start_api(
             "FTAPI_KEYS_REFRESH_SECONDS": "2",
             "FTAPI_MAX_BODY_BYTES": str(2_000_000),
             "FTAPI_LOG_LEVEL": "debug",
+            # uploaded files go to the emulator's bucket, each server under its own prefix
+            **gcs.env(),
+            "FTAPI_FILES_BUCKET": gcs.bucket,
+            "FTAPI_FILES_PREFIX": f"files-{api_ns}",
             **(extra_env or {}),
         }
         env.pop("KUBECONFIG", None)
@@ -229,5 +235,5 @@ def start_api(
 
 
 @pytest.fixture(scope="module")
-def api_server(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    yield from start_api(cluster, tmp_path_factory.mktemp("ftapi"))
+def api_server(cluster: Cluster, gcs: GcsEmulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    yield from start_api(cluster, tmp_path_factory.mktemp("ftapi"), gcs=gcs)

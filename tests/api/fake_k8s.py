@@ -127,6 +127,10 @@ class FakeK8s:
             if ns == namespace and _selected(o, label_selector)
         ]
 
+    async def list_configmap_metadata(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """As the apiserver's PartialObjectMetadataList: metadata only."""
+        return [{"metadata": o["metadata"]} for o in await self.list_configmaps(namespace, label_selector)]
+
     async def delete_configmap(self, namespace: str, name: str) -> None:
         if self.configmaps.pop((namespace, name), None) is None:
             raise _err(404, "not found")

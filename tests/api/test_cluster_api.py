@@ -83,7 +83,10 @@ def test_openai_client_flow(api_server):
     assert job.method.dpo.hyperparameters is not None and job.method.dpo.hyperparameters.beta == 0.2
     obj = ftj(api_server, api_server.ns_a, job.id)
     assert obj["spec"]["model"]["preset"] == "tiny" and obj["spec"]["method"]["beta"] == 0.2
-    assert obj["spec"]["dataset"]["configMap"]["name"] == f.id
+    data = jsonl([*ROWS, OPENAI_ROW])
+    assert obj["spec"]["dataset"]["object"]["uri"].endswith(f"/{api_server.ns_a}/{f.id}")
+    assert obj["spec"]["dataset"]["object"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert obj["spec"]["dataset"]["object"]["rows"] == len(ROWS) + 1
 
     got = a.fine_tuning.jobs.retrieve(job.id)
     assert got.id == job.id and got.metadata == {"owner": "tests"}
@@ -180,6 +183,28 @@ def _random_rows(n: int, size: int) -> list[dict[str, str]]:
     ]
 
 
+def test_seed_webhook_dataset_over_the_configmap_budget_goes_to_the_bucket(api_server, gcs):
+    ns = api_server.ns_b
+    rows = _random_rows(200, 3000)  # ~1.6 MB of incompressible text: more than a ConfigMap holds
+    r = httpx.post(
+        f"{api_server.url}/trigger-finetune",
+        headers=auth(api_server, ns),
+        json={"communityId": "big", "dataset": rows},
+        timeout=60,
+    )
+    assert r.status_code == 202, r.text
+    obj = ftj(api_server, ns, r.json()["jobName"])
+    source = obj["spec"]["dataset"]["object"]
+    data = gcs.download(source["uri"].removeprefix(f"gs://{gcs.bucket}/"))
+    assert hashlib.sha256(data).hexdigest() == source["sha256"] and source["rows"] == len(rows)
+    assert [x.chosen for x in load_rows(data, obj["spec"]["dataset"]["format"])] == [x["chosen"] for x in rows]
+    record = api_server.cluster.get_json(
+        "configmap", obj["metadata"]["labels"]["finetune.dev/training-file"], namespace=ns
+    )
+    assert record["metadata"]["labels"]["finetune.dev/created-by"] == "api-webhook"
+    assert not record.get("data") and not record.get("binaryData")  # the record holds metadata only
+
+
 BAD_REQUESTS = [
     # id, method, path, kwargs, status, message fragment
     ("missing-community", "POST", "/trigger-finetune", {"json": {"dataset": ROWS}}, 422, "communityId: Field required"),
@@ -231,14 +256,6 @@ BAD_REQUESTS = [
         {"json": {"communityId": "c", "dataset": [{"prompt": "p" * 50_000, "chosen": "c", "rejected": "r"}] * 50}},
         413,
         "exceeds the limit of 2000000 bytes",
-    ),
-    (
-        "too-big-for-configmap",
-        "POST",
-        "/trigger-finetune",
-        {"json": {"communityId": "c", "dataset": _random_rows(200, 3000)}},
-        413,
-        "spec.dataset.volume",
     ),
     (
         "field-too-long",

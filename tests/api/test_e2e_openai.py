@@ -29,7 +29,7 @@ def e2e_api(cluster, operator, gcs, tmp_path_factory):
         "FTAPI_OUTPUT_BUCKET": gcs.bucket,
         "FTAPI_TRAINER_ENV": json.dumps(gcs.env()),
     }
-    yield from start_api(cluster, tmp_path_factory.mktemp("ftapi-e2e"), extra_env=env, tenants=1)
+    yield from start_api(cluster, tmp_path_factory.mktemp("ftapi-e2e"), gcs=gcs, extra_env=env, tenants=1)
 
 
 def tiny_rows() -> list[dict[str, str]]:

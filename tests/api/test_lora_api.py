@@ -5,13 +5,11 @@ block become ``spec.method.adapter``; the deployment's default can make LoRA the
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
-from ftapi.main import create_app
 from ftapi.settings import Settings
 from pydantic import ValidationError
 
 from tests.api.fake_k8s import FakeK8s
-from tests.api.test_app_fake import KEY_A, KEY_B, ROWS, A, create_job, jsonl, upload
+from tests.api.test_app_fake import KEY_A, KEY_B, ROWS, A, app_client, create_job, jsonl, upload
 
 LORA = {"type": "Lora", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_trainable_modules": "q_proj,v_proj"}
 
@@ -21,14 +19,9 @@ def fake() -> FakeK8s:
     return FakeK8s(keys={KEY_A: "team-a", KEY_B: "team-b"})
 
 
-def client_for(fake: FakeK8s, **settings) -> TestClient:
-    app = create_app(Settings(kubeconfig="unused", **settings), k8s=fake)  # type: ignore[arg-type]
-    return TestClient(app, raise_server_exceptions=False)
-
-
 @pytest.fixture
-def client(fake):
-    with client_for(fake) as c:
+def client(fake, gcs, monkeypatch):
+    with app_client(fake, gcs, monkeypatch) as c:
         yield c
 
 
@@ -76,8 +69,8 @@ def test_full_or_no_training_type_trains_every_weight(client, fake):
         ({"type": "QLora"}, "training_type.type"),  # this deployment's jobs run on CPU
     ],
 )
-def test_bad_training_type_is_a_400_naming_the_field(fake, training_type, param):
-    with client_for(fake, resources={"gpusPerNode": 0, "processesPerNode": 1}) as client:
+def test_bad_training_type_is_a_400_naming_the_field(fake, gcs, monkeypatch, training_type, param):
+    with app_client(fake, gcs, monkeypatch, resources={"gpusPerNode": 0, "processesPerNode": 1}) as client:
         fid = upload(client, jsonl(ROWS)).json()["id"]
         r = create_job(client, fid, training_type=training_type)
     assert r.status_code == 400, r.text
@@ -88,8 +81,8 @@ def test_bad_training_type_is_a_400_naming_the_field(fake, training_type, param)
     assert not fake.ftjs
 
 
-def test_qlora_on_a_one_gpu_deployment(fake):
-    with client_for(fake, resources={"gpusPerNode": 1}) as client:
+def test_qlora_on_a_one_gpu_deployment(fake, gcs, monkeypatch):
+    with app_client(fake, gcs, monkeypatch, resources={"gpusPerNode": 1}) as client:
         fid = upload(client, jsonl(ROWS)).json()["id"]
         job = create_job(client, fid, training_type={"type": "QLora", "lora_r": 4}).json()
     assert spec_of(fake, job["id"])["method"]["adapter"]["type"] == "qlora"
@@ -103,8 +96,8 @@ def test_webhook_adapter_block(client, fake):
     assert spec_of(fake, r.json()["jobName"])["method"]["adapter"] == {**block, "dropout": 0.0}
 
 
-def test_the_deployment_can_make_lora_the_webhook_default(fake):
-    with client_for(fake, webhook_adapter={"type": "lora", "r": 16}) as client:
+def test_the_deployment_can_make_lora_the_webhook_default(fake, gcs, monkeypatch):
+    with app_client(fake, gcs, monkeypatch, webhook_adapter={"type": "lora", "r": 16}) as client:
         default = client.post("/trigger-finetune", headers=A, json={"communityId": "c-1", "dataset": ROWS})
         full = client.post(
             "/trigger-finetune", headers=A, json={"communityId": "c-1", "dataset": ROWS, "adapter": None}

@@ -5,12 +5,9 @@ artifact. Another tenant's job, or a name that is nothing, is ``model_not_found`
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
-from ftapi.main import create_app
-from ftapi.settings import Settings
 
 from tests.api.fake_k8s import FakeK8s
-from tests.api.test_app_fake import KEY_A, KEY_B, ROWS, A, B, jsonl, upload
+from tests.api.test_app_fake import KEY_A, KEY_B, ROWS, A, B, app_client, jsonl, upload
 
 
 @pytest.fixture
@@ -19,9 +16,8 @@ def fake() -> FakeK8s:
 
 
 @pytest.fixture
-def client(fake: FakeK8s):
-    app = create_app(Settings(kubeconfig="unused"), k8s=fake)  # type: ignore[arg-type]
-    with TestClient(app, raise_server_exceptions=False) as c:
+def client(fake: FakeK8s, gcs, monkeypatch):
+    with app_client(fake, gcs, monkeypatch) as c:
         yield c
 
 

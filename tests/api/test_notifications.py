@@ -101,7 +101,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def api(cluster, receiver, tmp_path_factory) -> Iterator[ApiServer]:
+def api(cluster, gcs, receiver, tmp_path_factory) -> Iterator[ApiServer]:
     env = {
         "FTAPI_NOTIFY_INTERVAL_SECONDS": "0.5",
         "FTAPI_WEBHOOK_RETRY_SECONDS": json.dumps([RETRY_AFTER, 1, 1]),
@@ -113,7 +113,9 @@ def api(cluster, receiver, tmp_path_factory) -> Iterator[ApiServer]:
         0: (f"{receiver.url}/tenant", receiver.secrets["/tenant"]),  # tenant a: an endpoint
         1: (None, receiver.secrets["/callback"]),  # tenant b: a signing secret for callbackUrl only
     }  # tenant c: nothing configured
-    yield from start_api(cluster, tmp_path_factory.mktemp("ftapi-notify"), extra_env=env, tenants=3, webhooks=webhooks)
+    yield from start_api(
+        cluster, tmp_path_factory.mktemp("ftapi-notify"), gcs=gcs, extra_env=env, tenants=3, webhooks=webhooks
+    )
 
 
 def client_for(api: ApiServer, namespace: str) -> OpenAI:

@@ -7,6 +7,7 @@ hyperparameters fitted to the dataset, results files read from the GCS emulator,
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -46,7 +47,7 @@ def jsonl(rows: list[dict[str, Any]]) -> bytes:
 @pytest.fixture(scope="module")
 def api(cluster, gcs, tmp_path_factory):
     env = {**gcs.env(), "FTAPI_OUTPUT_BUCKET": gcs.bucket, "FTAPI_NOTIFY_ENABLED": "false"}
-    yield from start_api(cluster, tmp_path_factory.mktemp("ftapi-openai"), extra_env=env)
+    yield from start_api(cluster, tmp_path_factory.mktemp("ftapi-openai"), gcs=gcs, extra_env=env)
 
 
 def client_for(api: ApiServer, namespace: str, retries: int = 0, http: httpx.Client | None = None) -> OpenAI:
@@ -275,11 +276,10 @@ def test_validation_file_integrations_and_suffix_recorded(api, a, files):
     assert job.validation_file == files["one"] and job.user_provided_suffix == "support bot v2"  # type: ignore[attr-defined]
     assert job.integrations and job.integrations[0].wandb.project == "dpo-runs"
     spec = ftj(api, job.id)["spec"]
-    assert spec["dataset"]["validation"] == {
-        "configMap": {"name": files["one"], "key": "data.jsonl.gz"},
-        "format": "jsonl",
-        "compression": "gzip",
-    }
+    validation = spec["dataset"]["validation"]
+    assert validation["object"]["uri"].endswith(f"/{api.ns_a}/{files['one']}") and validation["object"]["rows"] == 1
+    assert validation["object"]["sha256"] == hashlib.sha256(jsonl(PAIRS[:1])).hexdigest()
+    assert (validation["format"], validation["compression"]) == ("jsonl", "auto")
     assert spec["dataset"]["validationFraction"] == 0  # every training row trains; the file is evaluated on
     assert spec["tracking"]["wandb"] == {**wandb, "name": job.id}
     # the validation file is in use: deleting it is a conflict retrying does not solve

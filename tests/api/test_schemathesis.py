@@ -27,11 +27,12 @@ BIG_ROWS = 69_000  # > 65,536 (the largest batch the document allows) after the 
 
 
 @pytest.fixture(scope="module")
-def api(cluster, tmp_path_factory):
+def api(cluster, gcs, tmp_path_factory):
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     yield from start_api(
         cluster,
         tmp_path_factory.mktemp("ftapi-st"),
+        gcs=gcs,
         tenants=1,
         webhooks={0: (None, secret)},  # callbackUrl needs the key's signing secret
         extra_env={"FTAPI_MAX_BODY_BYTES": str(16 * 1024 * 1024), "FTAPI_KEYS_REFRESH_SECONDS": "30"},

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from ftcrd import generate
 from ftcrd.types import MethodSpec
+from ftdev.gcs import GcsEmulator
 
 ROOT = Path(__file__).resolve().parents[2]
 PATCHED_BETA = 0.25
@@ -95,9 +96,11 @@ def patched_contract(tmp: Path) -> Path:
     return tmp / "crds"
 
 
-def probe(crds: Path, tmp: Path) -> dict[str, float]:
+def probe(crds: Path, tmp: Path, gcs: GcsEmulator) -> dict[str, float]:
     paths = [crds, *(ROOT / p for p in ("operator", "api", "trainer_image")), ROOT]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in paths)}
+    # the API stores the uploaded file in the emulator's bucket
+    env = {**os.environ, **gcs.env(), "FTAPI_FILES_BUCKET": gcs.bucket}
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
     args = [str(ROOT / "crds/samples/tiny-cpu.yaml"), str(tmp / "trainer-config.json")]
     p = subprocess.run(
         [sys.executable, "-c", PROBE, *args], env=env, cwd=tmp, capture_output=True, text=True, check=False, timeout=300
@@ -106,8 +109,8 @@ def probe(crds: Path, tmp: Path) -> dict[str, float]:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def test_changing_the_contract_default_changes_it_everywhere(tmp_path: Path):
-    seen = probe(patched_contract(tmp_path), tmp_path)
+def test_changing_the_contract_default_changes_it_everywhere(tmp_path: Path, gcs: GcsEmulator):
+    seen = probe(patched_contract(tmp_path), tmp_path, gcs)
     assert seen["contract"] == PATCHED_BETA
     assert seen == dict.fromkeys(seen, PATCHED_BETA), seen
 

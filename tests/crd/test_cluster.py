@@ -194,12 +194,27 @@ INVALID: list[tuple[str, list[tuple[str, Any]], str]] = [
     (
         "both-datasets",
         [("spec.dataset.volume", {"claimName": "data", "path": "prefs.json"})],
-        "exactly one of spec.dataset.configMap or spec.dataset.volume must be set",
+        "exactly one of spec.dataset.configMap, spec.dataset.volume or spec.dataset.object must be set",
     ),
     (
         "no-dataset",
         [("spec.dataset.configMap", _DELETE)],
-        "exactly one of spec.dataset.configMap or spec.dataset.volume must be set",
+        "exactly one of spec.dataset.configMap, spec.dataset.volume or spec.dataset.object must be set",
+    ),
+    (
+        "configmap-and-object",
+        [("spec.dataset.object", {"uri": "gs://bucket/files/a.jsonl"})],
+        "exactly one of spec.dataset.configMap, spec.dataset.volume or spec.dataset.object must be set",
+    ),
+    (
+        "https-object-without-sha256",
+        [("spec.dataset.configMap", _DELETE), ("spec.dataset.object", {"uri": "https://example.com/a.jsonl"})],
+        "object.sha256 is required for an https:// object",
+    ),
+    (
+        "object-uri-scheme",
+        [("spec.dataset.configMap", _DELETE), ("spec.dataset.object", {"uri": "s3://bucket/a.jsonl"})],
+        "spec.dataset.object.uri in body should match",
     ),
     (
         "unknown-method",

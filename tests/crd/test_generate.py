@@ -105,7 +105,9 @@ def test_spec_shape():
     assert spec["resources"]["properties"]["gpusPerNode"]["minimum"] == 0
     assert spec["resources"]["properties"]["nodeSelector"]["additionalProperties"]["type"] == "string"
     rules = [r["rule"] for r in spec["dataset"]["x-kubernetes-validations"]]
-    assert "has(self.configMap) != has(self.volume)" in rules
+    assert types.ONE_SOURCE in rules  # exactly one of configMap, volume, object
+    obj = spec["dataset"]["properties"]["object"]
+    assert obj["required"] == ["uri"] and obj["properties"]["sha256"]["pattern"] == types.SHA256_PATTERN
     for field in ("method", "dataset", "model"):
         assert "self == oldSelf" in [r["rule"] for r in spec[field]["x-kubernetes-validations"]], field
     root_rules = [r["rule"] for r in schema["x-kubernetes-validations"]]

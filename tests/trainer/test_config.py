@@ -109,6 +109,7 @@ def test_every_override_lands_in_the_typed_config():
     assert c.model.block_name == "LlamaDecoderLayer" and c.model.name_or_path == "/models/llama"
     assert c.dataset.model_dump() == {
         "path": "/data/dataset.jsonl",
+        "source": None,
         "format": "openai",
         "compression": "auto",
         "validation_fraction": 0.1,

@@ -354,10 +354,14 @@ class Schedule:
     def epoch(self, step: int) -> float:
         return step / self.steps_per_epoch
 
+    def epoch_order(self, epoch: int) -> list[int]:
+        """Positions in ``train`` in the order epoch ``epoch`` visits them."""
+        gen = torch.Generator().manual_seed(self.seed + 1 + epoch)
+        return list(torch.randperm(len(self.train), generator=gen).tolist())
+
     def global_batch(self, step: int) -> list[int]:
         epoch, within = divmod(step, self.steps_per_epoch)
-        gen = torch.Generator().manual_seed(self.seed + 1 + epoch)
-        order = torch.randperm(len(self.train), generator=gen).tolist()
+        order = self.epoch_order(epoch)
         picked = order[within * self.batch_size : (within + 1) * self.batch_size]
         return [self.train[i] for i in picked]
 

@@ -23,7 +23,7 @@ import os
 import signal
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -173,7 +173,7 @@ class Trainer:
         d: Dist,
         policy: nn.Module,
         reference: nn.Module | None,
-        examples: list[Example],
+        examples: Sequence[Example],
         schedule: Schedule,
         eval_indices: list[int],
         pad_token_id: int,
@@ -531,7 +531,7 @@ class Trainer:
 
 def precompute_reference_logps(
     reference: nn.Module,
-    examples: list[Example],
+    examples: Sequence[Example],
     d: Dist,
     batch_size: int,
     pad_token_id: int,

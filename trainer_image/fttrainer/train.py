@@ -36,8 +36,9 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ftcrd.conditions import ExitCode, Reason
 from ftcrd.names import ENV_TEST_HOOKS
@@ -56,6 +57,10 @@ from fttrainer.config import (
     with_preset,
     with_test_hooks,
 )
+from fttrainer.datasource import DatasetFile, read_dataset
+
+if TYPE_CHECKING:  # (torch is imported only once the input is known to be valid)
+    from fttrainer.data import Example
 
 log = logging.getLogger("fttrainer")
 LOG_FORMAT = "[rank{rank}] %(asctime)s %(name)s %(levelname)s %(message)s"
@@ -72,27 +77,6 @@ def _world() -> int:
 # ---------------------------------------------------------------------------------------------- input
 
 
-def read_dataset(cfg: TrainerConfig, validation: bool = False) -> list[Any]:
-    """Parse and validate the training dataset (or the separate ``validation`` one, ``[]`` when there is none)
-    with ftcrd (the API's rules); raises ``InvalidInput(InvalidDataset)``."""
-    from ftcrd.dataset import DatasetError, load_rows
-
-    ds: Any = cfg.dataset.validation if validation else cfg.dataset
-    if ds is None:
-        return []
-    path = Path(ds.path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InvalidInput(Reason.INVALID_DATASET, f"dataset file {path} does not exist") from None
-    except OSError as exc:
-        raise InvalidInput(Reason.INVALID_DATASET, f"dataset file {path} cannot be read: {exc.strerror}") from None
-    try:
-        return load_rows(data, ds.format, ds.compression, max_rows=cfg.dataset.max_rows)
-    except DatasetError as exc:
-        raise InvalidInput(Reason.INVALID_DATASET, f"dataset {path.name}: {exc}") from None
-
-
 def fail(reason: str, message: str, code: int) -> int:
     from fttrainer.report import write_termination
 
@@ -107,7 +91,13 @@ def fail(reason: str, message: str, code: int) -> int:
 
 
 def train_and_export(
-    cfg: TrainerConfig, rows: list[Any], validation: list[Any], d: Any, *, reporter: Any, recorder: Any
+    cfg: TrainerConfig,
+    dataset: DatasetFile,
+    validation: DatasetFile | None,
+    d: Any,
+    *,
+    reporter: Any,
+    recorder: Any,
 ) -> tuple[Any, int]:
     """Train (resuming from the latest checkpoint) and export; returns (rank 0's KeptExport or None, the
     optimizer steps this attempt ran). ``validation``: the separate validation rows (evaluated on all of them,
@@ -116,11 +106,12 @@ def train_and_export(
 
     from fttrainer import adapters, source
     from fttrainer.checkpoint import open_store
-    from fttrainer.data import Schedule, split_indices, tokenize_rows
+    from fttrainer.data import Schedule, split_indices
     from fttrainer.export import export, export_dir, mark_complete
     from fttrainer.loop import LoopConfig, LossSpec, Trainer, precompute_reference_logps
     from fttrainer.metrics_file import copy_into
     from fttrainer.models import load_models
+    from fttrainer.tokencache import Joined, load_examples, rows_used
     from fttrainer.tracking import run_params
 
     hp, method = cfg.hyperparameters, cfg.method
@@ -132,11 +123,11 @@ def train_and_export(
         reference_free=method.reference_free,
     )
     reporter.progress(step=0, total_steps=0, epoch=0.0, examples=0, stage="loading", metrics={})
-    if validation:
-        train_idx, eval_idx = list(range(len(rows))), list(range(len(rows), len(rows) + len(validation)))
-        rows = rows + validation
+    n_rows = dataset.counts.rows
+    if validation is not None:
+        train_idx, eval_idx = list(range(n_rows)), list(range(n_rows, n_rows + validation.counts.rows))
     else:
-        train_idx, eval_idx = split_indices(len(rows), cfg.dataset.validation_fraction, hp.seed)
+        train_idx, eval_idx = split_indices(n_rows, cfg.dataset.validation_fraction, hp.seed)
     if recorder is not None:
         recorder.start(run_params(cfg, trainRows=len(train_idx), evalRows=len(eval_idx), worldSize=d.world_size))
     try:
@@ -159,7 +150,8 @@ def train_and_export(
         reporter.progress(step=0, total_steps=0, epoch=0.0, examples=0, stage="loading", metrics={})
 
     cfg = source.fetch(cfg, store, d, on_file=loading)
-    models = load_models(cfg, rows, d, needs_reference=loss.needs_reference)
+    sample = dataset.sample + (validation.sample if validation is not None else [])
+    models = load_models(cfg, sample, d, needs_reference=loss.needs_reference)
     loading("models")
     if hp.packing:
         from fttrainer import varlen
@@ -171,7 +163,12 @@ def train_and_export(
         except ValueError as exc:
             raise InvalidInput(Reason.INVALID_SPEC, f"hyperparameters.packing: {exc}") from None
     tok = models.tokenizer
-    examples = tokenize_rows(rows, tok, hp.max_length, hp.max_prompt_length, truncation_side=hp.truncation_side)
+    # Precomputed reference log-probs cover every row; otherwise only the rows this run reads are tokenized.
+    held_out = eval_idx if validation is None else []  # a validation file is tokenized whole, on its own
+    used = None if hp.precompute_reference else rows_used(schedule, held_out, n_rows)
+    examples: Sequence[Example] = load_examples(dataset, tok, hp, d, used)
+    if validation is not None:
+        examples = Joined(examples, load_examples(validation, tok, hp, d, None))
     loading("tokenized")
     # with an adapter the reference is the policy itself, its adapter disabled (fttrainer.adapters)
     reference = models.reference
@@ -274,7 +271,7 @@ def train_and_export(
     return kept, result.step - (result.resumed_from or 0)
 
 
-def train(cfg: TrainerConfig, rows: list[Any], validation: list[Any]) -> int:
+def train(cfg: TrainerConfig, dataset: DatasetFile, validation: DatasetFile | None) -> int:
     """Everything after the input checks, on every rank; returns the job's exit code (the same on every rank)."""
     from fttrainer.export import export_dir, find_kept_export
     from fttrainer.parallel import broadcast_from_main, init_distributed
@@ -301,7 +298,9 @@ def train(cfg: TrainerConfig, rows: list[Any], validation: list[Any]) -> int:
                     recorder.start(run_params(cfg))
         else:
             try:
-                kept, attempt_steps = train_and_export(cfg, rows, validation, d, reporter=reporter, recorder=recorder)
+                kept, attempt_steps = train_and_export(
+                    cfg, dataset, validation, d, reporter=reporter, recorder=recorder
+                )
             except InvalidInput as exc:
                 return fail(exc.reason, str(exc), ExitCode.INVALID_INPUT)
         outcome: tuple[int, TerminationMessage | None] = (ExitCode.OK, None)
@@ -414,21 +413,22 @@ def run(cfg: TrainerConfig) -> int:
             from fttrainer.adapters import preflight
 
             preflight(cfg.method.adapter, _world())  # QLoRA without a GPU: refused before any model is read
-        rows = read_dataset(cfg)
+        dataset = read_dataset(cfg)
         validation = read_dataset(cfg, validation=True)
     except InvalidInput as exc:
         return fail(exc.reason, str(exc), ExitCode.INVALID_INPUT)
+    assert dataset is not None  # the training dataset always exists
     if _rank() == 0:
-        log.info("dataset: %d rows (%s), config valid", len(rows), cfg.dataset.format)
-        if cfg.dataset.validation is not None:
-            log.info("validation dataset: %d rows (%s)", len(validation), cfg.dataset.validation.format)
+        log.info("dataset: %d rows (%s), config valid", dataset.counts.rows, cfg.dataset.format)
+        if validation is not None:
+            log.info("validation dataset: %d rows (%s)", validation.counts.rows, validation.spec.format)
         run_dir = Path(cfg.run.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RESOLVED_NAME).write_text(cfg.render() + "\n")
     import torch.distributed as dist
 
     try:
-        code = train(cfg, rows, validation)
+        code = train(cfg, dataset, validation)
     except BaseException:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -1,57 +1,44 @@
-"""``/v1/files``: training JSONL uploads, stored gzip-compressed in ConfigMaps ``file-<id>``, and the
-results files of succeeded jobs (``file-results-<job>``, see :mod:`ftapi.results`)."""
+"""``/v1/files``: training JSONL uploads streamed into the bucket (:mod:`ftapi.uploads`) with a metadata-only
+record per file (:mod:`ftapi.filerecords`), and the results files of succeeded jobs (``file-results-<job>``, see
+:mod:`ftapi.results`)."""
 
 from __future__ import annotations
 
 import base64
-import gzip
 import re
 import time
-from typing import Annotated, Any, Literal
+from collections.abc import AsyncIterator
+from typing import Any, Literal
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
 from ftcrd import names
-from ftcrd.dataset import GZIP_MAGIC, ROW_SHAPES, DatasetError
-from kubernetes_asyncio.client.exceptions import ApiException
+from ftcrd.dataset import GZIP_MAGIC, ROW_SHAPES, DatasetError, DatasetTooLarge
+from ftcrd.jsonstream import Gunzip
 
-from ftapi import mapping, results
+from ftapi import filerecords, mapping, results
 from ftapi.deps import Config, Kube, State, Store, Tenant
-from ftapi.errors import APIError, not_found
-from ftapi.k8s import K8s
+from ftapi.errors import APIError
+from ftapi.filerecords import get_record
 from ftapi.responses import FileDeleted, FileList, FileObject, error_responses
 from ftapi.routers.common import Limit, clamp
-from ftapi.specbuild import FILE_PREFIX, check_rows, new_file_id, too_large
+from ftapi.settings import Settings
+from ftapi.specbuild import FILE_PREFIX, new_file_id
+from ftapi.storage import ArtifactStore
+from ftapi.uploads import PIECE, Form, UploadRefused, file_too_large, receive
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 UPLOAD_MEDIA_TYPES = "application/jsonl, application/gzip"
 """What the multipart ``file`` part holds: JSONL, optionally gzip-compressed (stated in the OpenAPI document)."""
-
-FILE_SELECTOR = f"{names.LABEL_FILE}=true"
-_FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
+PURPOSE = "fine-tune"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ ()+-]")
-
-
-async def get_file(k8s: K8s, namespace: str, file_id: str, param: str = "file_id") -> dict[str, Any]:
-    """The file's ConfigMap in the caller's namespace. A missing file is 404 on /v1/files/{id} and 400
-    when a job creation refers to it (param training_file / validation_file), as OpenAI does."""
-    missing = not_found("file", file_id, param=param)
-    if param != "file_id":
-        missing.status_code, missing.code = 400, "invalid_file"
-    if not _FILE_ID.match(file_id):
-        raise missing
-    try:
-        cm = await k8s.get_configmap(namespace, file_id)
-    except ApiException as exc:
-        if exc.status == 404:
-            raise missing from None
-        raise
-    if ((cm.get("metadata") or {}).get("labels") or {}).get(names.LABEL_FILE) != "true":
-        raise missing
-    return cm
 
 
 def dataset_error(exc: DatasetError, param: str = "file") -> APIError:
     """A file the parser refused, as OpenAI words it; ``param`` names the field that carried the file."""
+    if isinstance(exc, DatasetTooLarge):
+        where = f"line {exc.row}: " if exc.row is not None else ""
+        return APIError(413, f"The file is too large: {where}{exc.detail}", code="file_too_large", param=param)
     where = f"line {exc.row}: " if exc.row is not None else ""
     field = f"field '{exc.field}': " if exc.field else ""
     return APIError(
@@ -62,52 +49,116 @@ def dataset_error(exc: DatasetError, param: str = "file") -> APIError:
     )
 
 
-@router.post(
-    "",
-    summary="Upload a training JSONL file (purpose=fine-tune)",
-    response_model=FileObject,
-    responses=error_responses(400, 401, 413, 503),
-    openapi_extra={
-        "requestBody": {"content": {"multipart/form-data": {"encoding": {"file": {"contentType": UPLOAD_MEDIA_TYPES}}}}}
-    },
-)
-async def create_file(
-    *,
-    tenant: Tenant,
-    k8s: Kube,
-    settings: Config,
-    state: State,
-    file: Annotated[UploadFile, File(description="JSONL, one row per line (optionally gzip); see docs/api.md")],
-    purpose: Annotated[Literal["fine-tune"], Form(description="Must be 'fine-tune'")],
-) -> dict[str, Any]:
-    data = await file.read()
-    try:
-        rows = check_rows(settings, data, "jsonl")
-    except DatasetError as exc:
-        raise dataset_error(exc) from None
-    stored = data if data[:2] == GZIP_MAGIC else gzip.compress(data, mtime=0)
-    if len(stored) > settings.configmap_budget_bytes:
-        raise too_large(len(stored), settings)
-    file_id = new_file_id()
-    filename = _UNSAFE.sub("_", (file.filename or "upload.jsonl").rsplit("/", 1)[-1])[:200] or "upload.jsonl"
-    now = int(time.time())
-    body = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": file_id,
-            "labels": {names.LABEL_FILE: "true", names.LABEL_CREATED_BY: "api"},
-            "annotations": {
-                names.ANN_FILENAME: filename,
-                names.ANN_PURPOSE: purpose,
-                names.ANN_CREATED_AT: str(now),
-                names.ANN_BYTES: str(len(data)),
-                names.ANN_ROWS: str(rows),
-            },
+def _upload_schema(settings: Settings) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "JSONL, one row per line (optionally gzip); see docs/api.md. At most "
+                            f"{settings.max_file_bytes} bytes, as uploaded and decompressed.",
+                        },
+                        "purpose": {"type": "string", "enum": [PURPOSE], "description": "Must be 'fine-tune'"},
+                        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+                        "expires_after[seconds]": {
+                            "type": "integer",
+                            "minimum": settings.file_expiry_min_seconds,
+                            "maximum": settings.file_expiry_max_seconds,
+                            "description": "The file expires this long after its creation (default: "
+                            f"{settings.file_expiry_seconds} seconds).",
+                        },
+                    },
+                },
+                "encoding": {"file": {"contentType": UPLOAD_MEDIA_TYPES}},
+            }
         },
-        "binaryData": {names.FILE_DATA_KEY: base64.b64encode(stored).decode()},
     }
-    cm = await k8s.create_configmap(tenant.namespace, body)
+
+
+def upload_route(settings: Settings) -> dict[str, Any]:
+    """The upload route's declaration (its request body is read by hand, so the document states it)."""
+    return {
+        "summary": "Upload a training JSONL file (purpose=fine-tune), streamed and validated row by row",
+        "response_model": FileObject,
+        "responses": error_responses(400, 401, 413, 429, 503),
+        "openapi_extra": {"requestBody": _upload_schema(settings)},
+    }
+
+
+async def create_file(request: Request, tenant: Tenant, k8s: Kube, settings: Config, state: State) -> dict[str, Any]:
+    """The body is read here, as it arrives (FastAPI's form parsing would spool the whole file first)."""
+    if state.uploads.locked():
+        raise APIError(
+            429,
+            f"{settings.max_concurrent_uploads} uploads are in progress on this server; retry shortly",
+            code="too_many_uploads",
+            headers={"Retry-After": "2"},
+        )
+    namespace = tenant.namespace
+    async with state.uploads:
+        records = await filerecords.list_records(k8s, namespace)
+        declared = int(request.headers.get("content-length") or 0)
+        filerecords.check_file_quota(settings, namespace, records, min(declared, settings.max_file_bytes))
+        file_id = new_file_id()
+        bucket, name = filerecords.object_location(settings, namespace, file_id)
+        created = int(time.time())
+        expires: list[int | None] = [None]
+
+        def check_form(form: Form) -> None:
+            purpose = form.fields.get("purpose")
+            if purpose is None and form.complete:
+                raise APIError(400, "purpose: Field required", code="invalid_value", param="purpose")
+            if purpose is not None and purpose != PURPOSE:
+                raise APIError(
+                    400,
+                    f"purpose: Input should be 'fine-tune' (got {purpose[:40]!r})",
+                    code="invalid_value",
+                    param="purpose",
+                )
+            expires[0] = filerecords.expiry(settings, form.fields, created)
+
+        try:
+            got = await receive(
+                request.stream(),
+                request.headers.get("content-type", ""),
+                settings=settings,
+                store=state.store,
+                bucket=bucket,
+                name=name,
+                check_form=check_form,
+                check_size=lambda size: filerecords.check_file_quota(settings, namespace, records, size),
+            )
+        except UploadRefused as refused:
+            if isinstance(refused.error, DatasetError):
+                raise dataset_error(refused.error) from None
+            raise refused.error from None
+    filename = _UNSAFE.sub("_", (got.form.filename or "upload.jsonl").rsplit("/", 1)[-1])[:200] or "upload.jsonl"
+    record = filerecords.new_record(
+        file_id,
+        filename=filename,
+        purpose=PURPOSE,
+        created_by="api",
+        created_at=created,
+        expires=expires[0],
+        uri=got.uri,
+        sha256=got.sha256,
+        size=got.size,
+        rows=got.counts.rows,
+        pairs=got.counts.pairs,
+        first_supervised=got.counts.first_conversation,
+        fmt="jsonl",
+    )
+    try:
+        cm = await k8s.create_configmap(namespace, record)
+    except BaseException:
+        await state.store.delete(bucket, name)  # no record, no object
+        raise
     state.metrics.files_created.inc()
     return mapping.file_object(cm)
 
@@ -122,8 +173,8 @@ async def list_files(
     order: Literal["asc", "desc"] = "desc",
     purpose: str | None = None,
 ) -> dict[str, Any]:
-    """Uploaded files (results files are reached through their job's ``result_files``)."""
-    items = [mapping.file_object(cm) for cm in await k8s.list_configmaps(tenant.namespace, FILE_SELECTOR)]
+    """Uploaded files, never expired ones (results files are reached through their job's ``result_files``)."""
+    items = [mapping.file_object(r) for r in await filerecords.list_records(k8s, tenant.namespace)]
     if purpose:
         items = [f for f in items if f["purpose"] == purpose]
     items.sort(key=lambda f: (f["created_at"], f["id"]), reverse=order == "desc")
@@ -139,7 +190,33 @@ async def list_files(
 async def retrieve_file(file_id: str, tenant: Tenant, k8s: Kube, settings: Config, store: Store) -> dict[str, Any]:
     if results.is_results_id(file_id):
         return (await results.load(k8s, store, settings, tenant.namespace, file_id))[0]
-    return mapping.file_object(await get_file(k8s, tenant.namespace, file_id))
+    return mapping.file_object(await get_record(k8s, tenant.namespace, file_id))
+
+
+async def _object_content(store: ArtifactStore, uri: str, limit: int) -> AsyncIterator[bytes]:
+    """The object's bytes as JSONL, gzip decompressed as it streams; the first piece is read before the answer
+    starts, so a storage failure is still a 503."""
+    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    reader = await store.call(f"opening {uri}", lambda: store.reader(bucket, name, PIECE))
+    first = await store.call(f"reading {uri}", lambda: reader.read(PIECE))
+
+    async def pieces() -> AsyncIterator[bytes]:
+        gunzip = Gunzip(limit) if first[: len(GZIP_MAGIC)] == GZIP_MAGIC else None
+        data = first
+        try:
+            while data:
+                if gunzip is None:
+                    yield data
+                else:
+                    for piece in gunzip.feed(data):
+                        yield piece
+                data = await store.call(f"reading {uri}", lambda: reader.read(PIECE))
+            for piece in gunzip.close() if gunzip is not None else ():
+                yield piece
+        finally:
+            reader.close()
+
+    return pieces()
 
 
 @router.get(
@@ -161,9 +238,16 @@ async def file_content(file_id: str, tenant: Tenant, k8s: Kube, settings: Config
     if results.is_results_id(file_id):
         _, csv = await results.load(k8s, store, settings, tenant.namespace, file_id)
         return Response(csv, media_type="text/csv")
-    cm = await get_file(k8s, tenant.namespace, file_id)
-    raw = base64.b64decode((cm.get("binaryData") or {}).get(names.FILE_DATA_KEY, ""))
-    data = gzip.decompress(raw) if raw[:2] == GZIP_MAGIC else raw
+    record = await get_record(k8s, tenant.namespace, file_id)
+    uri = ((record.get("metadata") or {}).get("annotations") or {}).get(names.ANN_OBJECT)
+    if uri:
+        return StreamingResponse(
+            await _object_content(store, uri, settings.max_file_bytes), media_type="application/jsonl"
+        )
+    # A record with the bytes inline (written by an earlier version): small by construction.
+    raw = base64.b64decode((record.get("binaryData") or {}).get(names.FILE_DATA_KEY, ""))
+    gunzip = Gunzip(settings.max_file_bytes) if raw[: len(GZIP_MAGIC)] == GZIP_MAGIC else None
+    data = b"".join([*gunzip.feed(raw), *gunzip.close()]) if gunzip else raw
     return Response(data, media_type="application/jsonl")
 
 
@@ -173,18 +257,11 @@ async def file_content(file_id: str, tenant: Tenant, k8s: Kube, settings: Config
     response_model=FileDeleted,
     responses=error_responses(400, 401, 404, 409, 503),
 )
-async def delete_file(file_id: str, tenant: Tenant, k8s: Kube) -> dict[str, Any]:
+async def delete_file(file_id: str, tenant: Tenant, k8s: Kube, store: Store) -> dict[str, Any]:
     if results.is_results_id(file_id):
         raise APIError(400, "A results file goes with its fine-tuning job; delete the job instead", param="file_id")
-    await get_file(k8s, tenant.namespace, file_id)
-    users = [
-        job
-        for label in (names.LABEL_TRAINING_FILE, names.LABEL_VALIDATION_FILE)
-        for job in await k8s.list_ftj(tenant.namespace, f"{label}={file_id}")
-    ]
-    active = sorted(
-        {j["metadata"]["name"] for j in users if not mapping.is_terminal(j) and not mapping.is_cancelled(j)}
-    )
+    record = await get_record(k8s, tenant.namespace, file_id)
+    active = await filerecords.jobs_using(k8s, tenant.namespace, file_id)
     if active:
         raise APIError(
             409,
@@ -192,13 +269,15 @@ async def delete_file(file_id: str, tenant: Tenant, k8s: Kube) -> dict[str, Any]
             code="file_in_use",
             param="file_id",
         )
-    try:
-        await k8s.delete_configmap(tenant.namespace, file_id)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        raise not_found("file", file_id, param="file_id") from None
+    await filerecords.delete_file(k8s, store, tenant.namespace, record)
     return {"id": file_id, "object": "file", "deleted": True}
 
 
-__all__ = ["FILE_PREFIX", "get_file", "router"]
+def upload_router(settings: Settings) -> APIRouter:
+    """``POST /v1/files``, declared for these settings (its document states their limits)."""
+    upload = APIRouter(prefix="/v1/files", tags=["files"])
+    upload.add_api_route("", create_file, methods=["POST"], **upload_route(settings))
+    return upload
+
+
+__all__ = ["FILE_PREFIX", "dataset_error", "file_too_large", "get_record", "router", "upload_router"]

@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 from typing import Any
 
 from fastapi import APIRouter, Request
 from ftcrd import names
-from ftcrd.dataset import DatasetError, load_rows
-from ftcrd.types import ConfigMapSource, DatasetSource, MethodSpec, ModelSpec, TrackingSpec, WandbSpec
+from ftcrd.dataset import DatasetError
+from ftcrd.types import MethodSpec, ModelSpec, TrackingSpec, WandbSpec
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ftapi import hyper, lora, mapping
 from ftapi.auth import Tenant as TenantInfo
 from ftapi.deps import Config, Kube, State, Tenant
 from ftapi.errors import APIError, not_found
+from ftapi.filerecords import check_active_jobs, file_rows, get_record, training_dataset, validation_dataset
 from ftapi.k8s import K8s
 from ftapi.responses import CheckpointList, EventList, FineTuningJob, JobList, error_responses
 from ftapi.routers.common import IdempotencyKey, Limit, clamp, create_idempotent, get_job, update_job
-from ftapi.routers.files import dataset_error, get_file
+from ftapi.routers.files import dataset_error
 from ftapi.schemas import JobCreate
 from ftapi.settings import CatalogModel, Settings
 from ftapi.specbuild import (
     base_learning_rate,
     build_job,
-    dataset_from_configmap,
     new_job_name,
     request_digest,
     resolve_model,
@@ -42,23 +41,16 @@ def _check_job_id(job_id: str) -> None:
         raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
 
 
-async def _rows(k8s: K8s, settings: Settings, namespace: str, file_id: str, *, param: str, pairs: bool) -> int:
-    """The file's row count, parsed again with the trainer's parser: a DPO job needs preference pairs, which a
-    supervised (messages) file does not have, and limits may have changed since the upload."""
-    cm = await get_file(k8s, namespace, file_id, param=param)
-    data = base64.b64decode((cm.get("binaryData") or {}).get(names.FILE_DATA_KEY, ""))
+async def _file(
+    k8s: K8s, settings: Settings, namespace: str, file_id: str, *, param: str, pairs: bool
+) -> tuple[dict[str, Any], int]:
+    """(the file's record, its row count): a DPO job needs preference pairs, which a supervised (messages) file
+    does not have, and limits may have changed since the upload (ftapi.filerecords.file_rows)."""
+    record = await get_record(k8s, namespace, file_id, param=param)
     try:
-        rows = load_rows(
-            data,
-            "jsonl",
-            max_rows=settings.max_rows,
-            max_field_chars=settings.max_field_chars,
-            min_rows=settings.min_rows,
-            require_pairs=pairs,
-        )
+        return record, file_rows(record, settings, pairs=pairs)
     except DatasetError as exc:
         raise dataset_error(exc, param) from None
-    return len(rows)
 
 
 def _tracking(body: JobCreate, settings: Settings, job: str) -> TrackingSpec | None:
@@ -130,7 +122,7 @@ async def _model(
     "",
     summary="Create a fine-tuning job (supervised by default; Idempotency-Key supported)",
     response_model=FineTuningJob,
-    responses=error_responses(400, 401, 409, 503),
+    responses=error_responses(400, 401, 409, 429, 503),
 )
 async def create_job(
     *,
@@ -144,9 +136,14 @@ async def create_job(
     model, model_from = await _model(settings, k8s, tenant.namespace, body.model)
     method_type = body.method_type()
     pairs = method_type in PREFERENCE_METHODS
-    rows = await _rows(k8s, settings, tenant.namespace, body.training_file, param="training_file", pairs=pairs)
+    training, rows = await _file(
+        k8s, settings, tenant.namespace, body.training_file, param="training_file", pairs=pairs
+    )
+    validation = None
     if body.validation_file:
-        await _rows(k8s, settings, tenant.namespace, body.validation_file, param="validation_file", pairs=pairs)
+        validation, _ = await _file(
+            k8s, settings, tenant.namespace, body.validation_file, param="validation_file", pairs=pairs
+        )
     requested, param_prefix = body.chosen_hyperparameters()
     data = hyper.training_data(
         settings, rows, separate_validation=body.validation_file is not None, param="training_file"
@@ -159,25 +156,14 @@ async def create_job(
     name = new_job_name(tenant.namespace, idempotency)
     digest = request_digest("openai", body.model_dump(mode="json", exclude={"seed"} if body.seed is None else None))
     base_lr = base_learning_rate(settings)
-    dataset = dataset_from_configmap(settings, body.training_file, names.FILE_DATA_KEY, "jsonl")
+    dataset = training_dataset(settings, training)
     labels = {names.LABEL_CREATED_BY: "api", names.LABEL_TRAINING_FILE: body.training_file}
     annotations = _annotations(body, tenant, base_lr, digest if idempotency else None)
     if names.ANN_NOTIFY in annotations:
         labels[names.LABEL_NOTIFY] = "pending"
-    if body.validation_file:
+    if body.validation_file and validation is not None:
         labels[names.LABEL_VALIDATION_FILE] = body.validation_file
-        dataset = dataset.model_copy(
-            update={
-                "validation_fraction": 0.0,
-                "validation": DatasetSource.model_validate(
-                    {
-                        "config_map": ConfigMapSource(name=body.validation_file, key=names.FILE_DATA_KEY),
-                        "format": "jsonl",
-                        "compression": "gzip",
-                    }
-                ),
-            }
-        )
+        dataset = dataset.model_copy(update={"validation_fraction": 0.0, "validation": validation_dataset(validation)})
     ftj = build_job(
         settings,
         name=name,
@@ -198,6 +184,7 @@ async def create_job(
         tracking=_tracking(body, settings, name),
         model_from=model_from,
     )
+    await check_active_jobs(k8s, settings, tenant.namespace, name)
     job, created = await create_idempotent(
         k8s, tenant.namespace, ftj, None, idempotent=idempotency is not None, digest=digest
     )

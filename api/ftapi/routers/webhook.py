@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
+from typing import Any
 
 from fastapi import APIRouter, Response
 from ftcrd import names
 from ftcrd.dataset import DatasetError, load_rows, rows_to_novalto
+from ftcrd.types import DatasetSpec
 
-from ftapi import hyper, lora, webhooks
+from ftapi import filerecords, hyper, lora, webhooks
 from ftapi.auth import Tenant as TenantInfo
 from ftapi.deps import Config, Kube, State, Tenant
 from ftapi.errors import APIError
+from ftapi.k8s import K8s
 from ftapi.responses import error_responses
 from ftapi.routers.common import IdempotencyKey, create_idempotent
 from ftapi.schemas import SeedAccepted, SeedTrigger
@@ -24,14 +28,16 @@ from ftapi.settings import Settings
 from ftapi.specbuild import (
     build_job,
     dataset_from_configmap,
+    new_file_id,
     new_job_name,
     request_digest,
     resolve_model,
-    too_large,
     webhook_method,
 )
+from ftapi.storage import ArtifactStore
 
 router = APIRouter(tags=["webhook"])
+WEBHOOK_FILENAME = "webhook-dataset.json.gz"
 
 
 def _callback(body: SeedTrigger, tenant: TenantInfo, settings: Settings) -> str | None:
@@ -59,7 +65,7 @@ def _callback(body: SeedTrigger, tenant: TenantInfo, settings: Settings) -> str 
             "description": "Accepted; poll statusUrl (also in Location)",
             "headers": {"Location": {"description": "statusUrl", "schema": {"type": "string"}}},
         },
-        **error_responses(400, 401, 403, 409, 413, 422, 503),
+        **error_responses(400, 401, 403, 409, 413, 422, 429, 503),
     },
 )
 async def trigger_finetune(
@@ -97,8 +103,6 @@ async def trigger_finetune(
         if exc.row is not None:
             param = f"dataset[{exc.row - 1}]" + (f".{exc.field}" if exc.field else "")
         raise APIError(422, f"{param}: {exc.detail}", code="invalid_dataset", param=param) from None
-    if len(data) > settings.configmap_budget_bytes:
-        raise too_large(len(data), settings)
     callback = _callback(body, tenant, settings)
     adapter = lora.for_webhook(body, settings)
     try:  # the batch is fitted to the rows (the seed caller does not choose it)
@@ -128,34 +132,63 @@ async def trigger_finetune(
         labels[names.LABEL_NOTIFY] = "pending"
     if callback:
         annotations[names.ANN_CALLBACK_URL] = callback
-    configmap_name = f"{name}-dataset"
-    ftj = build_job(
-        settings,
-        name=name,
-        namespace=tenant.namespace,
-        model=model,
-        dataset=dataset_from_configmap(settings, configmap_name, names.DATASET_KEY, "novalto"),
-        method=webhook_method(settings).model_copy(update={"adapter": adapter}),
-        hyperparameters=hyperparameters,
-        community_id=body.communityId,
-        labels=labels,
-        annotations=annotations,
-    )
-    configmap = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": configmap_name,
-            "labels": {names.LABEL_JOB: name, names.LABEL_COMMUNITY: body.communityId},
-        },
-        "binaryData": {names.DATASET_KEY: base64.b64encode(data).decode()},
-    }
-    job, created = await create_idempotent(
-        k8s, tenant.namespace, ftj, configmap, idempotent=idempotency is not None, digest=digest
-    )
+
+    def job(dataset: DatasetSpec) -> dict[str, Any]:
+        return build_job(
+            settings,
+            name=name,
+            namespace=tenant.namespace,
+            model=model,
+            dataset=dataset,
+            method=webhook_method(settings).model_copy(update={"adapter": adapter}),
+            hyperparameters=hyperparameters,
+            community_id=body.communityId,
+            labels=labels,
+            annotations=annotations,
+        )
+
+    await filerecords.check_active_jobs(k8s, settings, tenant.namespace, name)
+    if len(data) <= settings.configmap_budget_bytes:
+        configmap_name = f"{name}-dataset"
+        configmap = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": configmap_name,
+                "labels": {names.LABEL_JOB: name, names.LABEL_COMMUNITY: body.communityId},
+            },
+            "binaryData": {names.DATASET_KEY: base64.b64encode(data).decode()},
+        }
+        created_job, created = await create_idempotent(
+            k8s,
+            tenant.namespace,
+            job(dataset_from_configmap(settings, configmap_name, names.DATASET_KEY, "novalto")),
+            configmap,
+            idempotent=idempotency is not None,
+            digest=digest,
+        )
+    else:  # too large for a ConfigMap: into the bucket, like an uploaded file
+        record = await _store_dataset(k8s, state.store, settings, tenant.namespace, data=data, rows=len(rows))
+        file_id = record["metadata"]["name"]
+        labels[names.LABEL_TRAINING_FILE] = file_id
+        annotations[names.ANN_TRAINING_FILE] = file_id
+        try:
+            created_job, created = await create_idempotent(
+                k8s,
+                tenant.namespace,
+                job(filerecords.training_dataset(settings, record)),
+                None,
+                idempotent=idempotency is not None,
+                digest=digest,
+            )
+        except BaseException:
+            await filerecords.delete_file(k8s, state.store, tenant.namespace, record)
+            raise
+        if not created:  # a retry: the job that exists reads its own copy
+            await filerecords.delete_file(k8s, state.store, tenant.namespace, record)
     if created:
         state.metrics.jobs_created.labels("webhook").inc()
-    job_name = job["metadata"]["name"]
+    job_name = created_job["metadata"]["name"]
     base = settings.public_url.rstrip("/")
     status_url = f"{base}/v1/finetunejobs/{job_name}"
     response.headers["Location"] = status_url
@@ -167,3 +200,36 @@ async def trigger_finetune(
         statusUrl=status_url,
         openaiUrl=f"{base}/v1/fine_tuning/jobs/{job_name}",
     )
+
+
+async def _store_dataset(
+    k8s: K8s, store: ArtifactStore, settings: Settings, namespace: str, *, data: bytes, rows: int
+) -> dict[str, Any]:
+    """A dataset too large for a ConfigMap, stored like an uploaded file (object + record; quotas and expiry
+    apply); returns the record."""
+    records = await filerecords.list_records(k8s, namespace)
+    filerecords.check_file_quota(settings, namespace, records, len(data))
+    file_id = new_file_id()
+    bucket, name = filerecords.object_location(settings, namespace, file_id)
+    await store.write(bucket, name, data, "application/gzip")
+    now = int(time.time())
+    record = filerecords.new_record(
+        file_id,
+        filename=WEBHOOK_FILENAME,
+        purpose="fine-tune",
+        created_by="api-webhook",
+        created_at=now,
+        expires=filerecords.expiry(settings, {}, now),
+        uri=f"gs://{bucket}/{name}",
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        rows=rows,
+        pairs=rows,
+        first_supervised=None,
+        fmt="novalto",
+    )
+    try:
+        return await k8s.create_configmap(namespace, record)
+    except BaseException:
+        await store.delete(bucket, name)
+        raise

@@ -54,7 +54,9 @@ def customize(
             d.pop("data", None)
             d["stringData"] = {"keys.yaml": yaml.safe_dump([*other_keys, entry], sort_keys=False)}
         if kind == "Deployment" and name == API_DEPLOYMENT:
-            _set_ports(d, {"FTAPI_PORT": str(api_port)}, {"http": api_port}, metrics=api_port)
+            # STORAGE_EMULATOR_HOST: the API's own uploads (files, large webhook datasets) go there too
+            env = {"FTAPI_PORT": str(api_port), "STORAGE_EMULATOR_HOST": emulator_host}
+            _set_ports(d, env, {"http": api_port}, metrics=api_port)
         if kind == "Deployment" and name == OPERATOR_DEPLOYMENT and free_ports:
             live, metrics = free_port(), free_port()
             env = {"FTO_LIVENESS_ENDPOINT": f"http://127.0.0.1:{live}/healthz", "FTO_METRICS_PORT": str(metrics)}
