@@ -107,3 +107,10 @@ class CamelModel(BaseModel):
     def wire(self) -> dict[str, Any]:
         """The object as Kubernetes stores it: camelCase keys, unset fields omitted."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class SecretKeyRef(CamelModel):
+    """A key inside a Kubernetes Secret in the job's namespace."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253, description="Name of the Secret.")]
+    key: Annotated[str, Field(min_length=1, max_length=253, description="Key inside the Secret.")]

@@ -12,7 +12,7 @@ Names are camelCase on the wire (Kubernetes convention) and snake_case in Python
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Self
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -48,10 +48,21 @@ from ftcrd.base import (  # noqa: F401 (re-exported: ftcrd.types is the model's 
     Optimizer,
     Phase,
     Quantity,
+    SecretKeyRef,
     Stage,
     cel,
     immutable,
     round_metric,
+)
+from ftcrd.data_spec import (  # noqa: F401 (re-exported)
+    HTTPS_NEEDS_SHA256,
+    OBJECT_URI_PATTERN,
+    ONE_SOURCE,
+    ConfigMapSource,
+    DatasetSource,
+    DatasetSpec,
+    ObjectSource,
+    VolumeSource,
 )
 from ftcrd.dataset import TruncationSide
 from ftcrd.names import (  # noqa: F401 (re-exported: the identity lives with the other wire names)
@@ -65,6 +76,7 @@ from ftcrd.names import (  # noqa: F401 (re-exported: the identity lives with th
     SINGULAR,
     VERSION,
 )
+from ftcrd.scheduling import ResourcesSpec, RunPolicySpec, Toleration  # noqa: F401 (re-exported)
 from ftcrd.status import (  # noqa: F401 (re-exported)
     Artifact,
     CheckpointRecord,
@@ -82,17 +94,18 @@ from ftcrd.storage import (  # noqa: F401 (re-exported)
     CheckpointSpec,
     ModelSource,
 )
+from ftcrd.tracking_spec import (  # noqa: F401 (re-exported)
+    WANDB_MAX_TAGS,
+    WANDB_NAME_LIMITS,
+    WANDB_TAG_LIMITS,
+    MlflowSpec,
+    TrackingSpec,
+    WandbSpec,
+)
 
 # ---------------------------------------------------------------------------------------------
 # spec
 # ---------------------------------------------------------------------------------------------
-
-
-class SecretKeyRef(CamelModel):
-    """A key inside a Kubernetes Secret in the job's namespace."""
-
-    name: Annotated[str, Field(min_length=1, max_length=253, description="Name of the Secret.")]
-    key: Annotated[str, Field(min_length=1, max_length=253, description="Key inside the Secret.")]
 
 
 class ModelSpec(CamelModel):
@@ -310,210 +323,6 @@ class HyperparametersSpec(CamelModel):
         return self
 
 
-class ConfigMapSource(CamelModel):
-    """A dataset stored in a ConfigMap (binaryData for compressed content)."""
-
-    name: Annotated[str, Field(min_length=1, max_length=253, description="Name of the ConfigMap.")]
-    key: Annotated[
-        str, Field(default="dataset.json", min_length=1, max_length=253, description="Key in the ConfigMap.")
-    ]
-
-
-class VolumeSource(CamelModel):
-    """A dataset stored on a PersistentVolumeClaim."""
-
-    claim_name: Annotated[str, Field(min_length=1, max_length=253, description="Name of the PersistentVolumeClaim.")]
-    path: Annotated[
-        str,
-        Field(
-            min_length=1,
-            max_length=1024,
-            pattern=r"^[^/].*$",
-            description="Path of the dataset file relative to the volume root (no leading slash).",
-        ),
-    ]
-
-
-OBJECT_URI_PATTERN = r"^(gs://[a-z0-9][a-z0-9._-]*[a-z0-9]/.+|https://[^/]+/.+)$"
-HTTPS_NEEDS_SHA256 = "object.sha256 is required for an https:// object (nothing else vouches for its content)"
-
-
-class ObjectSource(CamelModel):
-    """A dataset file in object storage, downloaded and verified by the trainer before it loads a model."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [cel("self.uri.startsWith('gs://') || has(self.sha256)", HTTPS_NEEDS_SHA256)]
-        }
-    )
-
-    uri: Annotated[
-        str,
-        Field(
-            min_length=8,
-            max_length=2048,
-            pattern=OBJECT_URI_PATTERN,
-            description=(
-                "gs://<bucket>/<object> (read with the job's storage credentials, as the export is written) or "
-                "https://<host>/<path> (plain HTTPS GET; sha256 required)."
-            ),
-        ),
-    ]
-    sha256: Annotated[
-        str | None,
-        Field(
-            default=None,
-            pattern=SHA256_PATTERN,
-            description="Lower-case hex sha256 of the object's bytes; the trainer refuses a download that differs. "
-            "Without it (gs:// only) the server's crc32c/md5 is checked.",
-        ),
-    ]
-    size_bytes: Annotated[int | None, Field(default=None, ge=0, description="The object's size; checked when given.")]
-    rows: Annotated[
-        int | None,
-        Field(default=None, ge=1, description="Rows the file holds (the API records them); checked when given."),
-    ]
-
-    @model_validator(mode="after")
-    def _https_needs_sha256(self) -> Self:
-        # The CEL rule above, for the API and the trainer, which validate without an apiserver.
-        if not self.uri.startswith("gs://") and self.sha256 is None:
-            raise ValueError(HTTPS_NEEDS_SHA256)
-        return self
-
-    def bucket_and_name(self) -> tuple[str, str]:
-        """(bucket, object name) of a gs:// URI."""
-        bucket, _, name = self.uri.removeprefix("gs://").partition("/")
-        return bucket, name
-
-
-ONE_SOURCE = "(has(self.configMap) ? 1 : 0) + (has(self.volume) ? 1 : 0) + (has(self.object) ? 1 : 0) == 1"
-
-
-class DatasetSource(CamelModel):
-    """A dataset file: exactly one of configMap, volume or object, and how to read it."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    ONE_SOURCE,
-                    "exactly one of spec.dataset.validation.configMap, .volume or .object must be set",
-                ),
-            ]
-        }
-    )
-
-    config_map: Annotated[ConfigMapSource | None, Field(default=None, description="Dataset in a ConfigMap.")]
-    volume: Annotated[VolumeSource | None, Field(default=None, description="Dataset on a PersistentVolumeClaim.")]
-    object: Annotated[
-        ObjectSource | None,
-        Field(default=None, description="Dataset in object storage (gs:// or https://), e.g. an API upload."),
-    ]
-    format: Annotated[
-        DatasetFormat,
-        Field(
-            default="novalto",
-            description=(
-                "novalto: a JSON list of {prompt, chosen, rejected}; jsonl: one such object per line; openai: "
-                "OpenAI DPO JSONL (input.messages, preferred_output, non_preferred_output)."
-            ),
-        ),
-    ]
-    compression: Annotated[
-        Compression, Field(default="auto", description="auto detects gzip by its magic bytes; none or gzip force it.")
-    ]
-
-
-class DatasetSpec(DatasetSource):
-    """Where the preference pairs live: exactly one of configMap, volume or object."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    ONE_SOURCE,
-                    "exactly one of spec.dataset.configMap, spec.dataset.volume or spec.dataset.object must be set",
-                ),
-                immutable("spec.dataset"),
-            ]
-        }
-    )
-
-    validation_fraction: Annotated[
-        float,
-        Field(
-            default=0.05,
-            ge=0,
-            lt=1,
-            description="Share of rows held out for evaluation metrics (ignored when validation is set).",
-        ),
-    ]
-    validation: Annotated[
-        DatasetSource | None,
-        Field(
-            default=None,
-            description=(
-                "A separate validation dataset (the OpenAI API's validation_file): the trainer evaluates on all of "
-                "its rows and trains on every row of the training dataset (validationFraction is ignored)."
-            ),
-        ),
-    ]
-
-
-class Toleration(CamelModel):
-    """A core/v1 Toleration, passed through to the trainer pods."""
-
-    key: Annotated[
-        str | None, Field(default=None, max_length=316, description="Taint key; empty with Exists matches all.")
-    ]
-    operator: Annotated[
-        Literal["Exists", "Equal"] | None, Field(default=None, description="Exists or Equal (the default).")
-    ]
-    value: Annotated[str | None, Field(default=None, max_length=63, description="Taint value for Equal.")]
-    effect: Annotated[
-        Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None,
-        Field(default=None, description="Taint effect to match; empty matches all effects."),
-    ]
-    toleration_seconds: Annotated[
-        int | None, Field(default=None, description="For NoExecute: how long the pod stays bound after the taint.")
-    ]
-
-
-class ResourcesSpec(CamelModel):
-    """Compute for the trainer pods. Immutable once the job has started."""
-
-    nodes: Annotated[int, Field(default=1, ge=1, le=512, description="Pods (torchrun nodes); must be at least 1.")]
-    gpus_per_node: Annotated[
-        int,
-        Field(default=1, ge=0, le=16, description="nvidia.com/gpu per pod and torchrun processes per node; 0 = CPU."),
-    ]
-    processes_per_node: Annotated[
-        int | None,
-        Field(default=None, ge=1, le=64, description="torchrun processes per pod when gpusPerNode is 0 (CPU)."),
-    ]
-    cpu: Annotated[Quantity | None, Field(default=None, description="CPU request and limit per pod, e.g. '8'.")]
-    memory: Annotated[
-        Quantity | None, Field(default=None, description="Memory request and limit per pod, e.g. '64Gi'.")
-    ]
-    node_selector: Annotated[
-        dict[str, Annotated[str, Field(max_length=63)]] | None,
-        Field(default=None, max_length=32, description="Node labels the pods must match."),
-    ]
-    tolerations: Annotated[
-        list[Toleration] | None, Field(default=None, max_length=32, description="Tolerations for the pods.")
-    ]
-    priority_class_name: Annotated[
-        str | None, Field(default=None, max_length=253, description="PriorityClass of the pods.")
-    ]
-    shm_size: Annotated[
-        Quantity,
-        Field(
-            default="1Gi", description="Size of the memory-backed /dev/shm (NCCL and data loaders need more than 64Mi)."
-        ),
-    ]
-
-
 class OutputSpec(CamelModel):
     """Where the exported model goes: gs://<bucket>/<prefix>/<namespace>/<communityId>/<job>-<uid>/ (the job's uid
     makes every job's folder its own: a re-used name never overwrites an earlier model)."""
@@ -540,116 +349,6 @@ RESERVED_ENV_MESSAGE = (
     "spec.env may not set the reserved variables (rank wiring, reporting, credentials and where they are sent, "
     "code loading): " + ", ".join(RESERVED_ENV)
 )
-
-
-class RunPolicySpec(CamelModel):
-    """Retries, deadlines, clean-up and queueing."""
-
-    backoff_limit: Annotated[
-        int,
-        Field(default=3, ge=0, le=100, description="Failed attempts (not counting preemptions) before the job fails."),
-    ]
-    active_deadline_seconds: Annotated[
-        int | None, Field(default=None, ge=1, description="Wall-clock limit for the whole job, across attempts.")
-    ]
-    ttl_seconds_after_finished: Annotated[
-        int | None, Field(default=None, ge=0, description="Delete the FineTuneJob this long after it finishes.")
-    ]
-    suspend: Annotated[bool, Field(default=False, description="Suspend (or resume, when set back to false) the job.")]
-    queue_name: Annotated[
-        str | None,
-        Field(default=None, max_length=63, description="Kueue LocalQueue; set as the kueue.x-k8s.io/queue-name label."),
-    ]
-    progress_deadline_seconds: Annotated[
-        int,
-        Field(
-            default=3600,
-            ge=0,
-            le=7 * 86400,
-            description=(
-                "Progress watchdog: a trainer whose progress (status.progress.updatedAt) has not advanced for this "
-                "long while loading, training or evaluating is restarted (every pod) from its last checkpoint, "
-                "counting against backoffLimit, with a ProgressDeadlineExceeded Event; 0 disables it. Must exceed "
-                "model loading and the slowest step or evaluation."
-            ),
-        ),
-    ]
-
-
-# Limits of the W&B settings, shared with the API's request schema (ftapi.schemas).
-WANDB_NAME_LIMITS = Field(min_length=1, max_length=128)
-WANDB_TAG_LIMITS = Field(min_length=1, max_length=64, description="A W&B run tag.")
-WANDB_MAX_TAGS = 50
-WandbName = Annotated[str, WANDB_NAME_LIMITS]
-WandbTag = Annotated[str, WANDB_TAG_LIMITS]
-
-
-class WandbSpec(CamelModel):
-    """A Weights & Biases run to report training metrics to (the OpenAI API's wandb integration)."""
-
-    project: Annotated[WandbName, Field(description="W&B project the run is created in.")]
-    name: Annotated[WandbName | None, Field(default=None, description="Display name of the run; default: the job.")]
-    entity: Annotated[
-        WandbName | None, Field(default=None, description="W&B team or user; default: the API key's default entity.")
-    ]
-    tags: Annotated[
-        list[WandbTag] | None, Field(default=None, max_length=WANDB_MAX_TAGS, description="Tags attached to the run.")
-    ]
-    api_key_secret: Annotated[
-        SecretKeyRef | None,
-        Field(
-            default=None,
-            description="Secret holding the W&B API key (exposed to the trainer as WANDB_API_KEY); without it the "
-            "run is recorded offline in the trainer's workspace.",
-        ),
-    ]
-
-
-class MlflowSpec(CamelModel):
-    """An MLflow run to report training to (one run per job, named after the job)."""
-
-    tracking_uri: Annotated[
-        str,
-        Field(
-            min_length=1,
-            max_length=2048,
-            description="MLflow tracking URI: a tracking server (http(s)://...) or a file: URI (a local file store).",
-        ),
-    ]
-    experiment: Annotated[
-        str,
-        Field(default="finetune", min_length=1, max_length=256, description="Experiment the run is created in."),
-    ]
-    token_secret: Annotated[
-        SecretKeyRef | None,
-        Field(
-            default=None,
-            description="Secret holding a tracking-server token (exposed to the trainer as MLFLOW_TRACKING_TOKEN).",
-        ),
-    ]
-
-
-class TrackingSpec(CamelModel):
-    """Experiment tracking: where the trainer reports its metrics besides the job's status, and what it samples.
-
-    Tracking never fails training: a tracker that cannot be reached is logged once and dropped."""
-
-    wandb: Annotated[WandbSpec | None, Field(default=None, description="Report to Weights & Biases.")]
-    # Defaults assigned (not in Field) so that type checkers see them: the API builds TrackingSpec(wandb=...).
-    mlflow: Annotated[MlflowSpec | None, Field(description="Report to MLflow.")] = None
-    sample_during_eval: Annotated[
-        bool,
-        Field(
-            description=(
-                "At each evaluation, complete a few held-out prompts with the policy (and the reference model) and "
-                "report them to the trackers and, shortened, as Events of the job."
-            ),
-        ),
-    ] = False
-    samples: Annotated[int, Field(ge=1, le=16, description="Held-out prompts completed per evaluation.")] = 4
-    sample_max_new_tokens: Annotated[
-        int, Field(ge=1, le=1024, description="Tokens generated per sample (greedy decoding).")
-    ] = 64
 
 
 class FineTuneJobSpec(CamelModel):
