@@ -22,146 +22,36 @@ import math
 import os
 import signal
 import time
-import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from ftcrd.conditions import ExitCode
-from ftcrd.types import Optimizer, Stage
+from ftcrd.types import Stage
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from fttrainer import adapters, checkpoint
 from fttrainer.checkpoint import LoopState, Store
 from fttrainer.data import Example, Schedule, shard_for_eval
 from fttrainer.logprobs import sequence_logps, sequence_logps_and_hits
+from fttrainer.loop_types import (
+    LoopConfig,
+    LossSpec,
+    ProgressSink,
+    Result,
+    StepObserver,
+)
 from fttrainer.losses import preference_loss, sft_loss
+from fttrainer.optim import OPTIMIZERS, build_optimizer, clip_grad_norm, warmup_schedule  # noqa: F401
 from fttrainer.packing import SequenceBatch, layout, token_budget_micro_batches
 from fttrainer.parallel import Dist
+from fttrainer.reference import precompute_reference_logps  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS: tuple[Optimizer, ...] = typing.get_args(Optimizer)
-
-
-class ProgressSink(Protocol):
-    def progress(
-        self,
-        *,
-        step: int,
-        total_steps: int,
-        epoch: float,
-        examples: int,
-        stage: Stage,
-        metrics: dict[str, float],
-        resumed_from: int | None = None,
-    ) -> None: ...
-
-    def checkpoints(self, records: list[dict[str, Any]]) -> None: ...
-
-
-class StepObserver(Protocol):
-    """Rank 0's record of the run (:class:`fttrainer.tracking.RunRecorder`: the metrics file, the trackers, samples).
-
-    ``begin`` runs once the loop knows whether it resumed (and from which step); ``record`` once per optimizer
-    step after its evaluation, if any (``final``: the last step, with the evaluation on the whole validation
-    set), and for the evaluation before training (step 0, ``train`` None); ``samples`` after each evaluation
-    that completed prompts (:mod:`fttrainer.sampling`)."""
-
-    def begin(self, resumed_step: int | None) -> None: ...
-
-    def record(self, step: int, train: dict[str, float] | None, evaluation: dict[str, float], final: bool) -> None: ...
-
-    def samples(self, step: int, samples: list[Any]) -> None: ...
-
-
-# The per-example sums of a micro-batch (rows of Trainer._micro_batch's stack), averaged per example by
-# Trainer._summarise except the last two: sft's token accuracy is hits over scored tokens.
 SUMS = ("loss", "rewardAccuracy", "rewardMargin", "rewardsChosen", "rewardsRejected", "logpsChosen", "logpsRejected")
 N_SUMS = len(SUMS) + 2  # + token hits, scored tokens
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    name: str  # dpo | ipo | sft ("cdpo" is dpo with label_smoothing > 0)
-    beta: float = 0.1
-    label_smoothing: float = 0.0
-    reference_free: bool = False
-
-    @property
-    def needs_reference(self) -> bool:
-        return self.name != "sft"
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    lr: float
-    optimizer: str
-    warmup_steps: int
-    max_grad_norm: float
-    eval_every: int
-    eval_batch_size: int
-    do_first_eval: bool
-    checkpoint_every: int
-    checkpoint_dir: Path
-    minimum_log_interval_secs: float = 1.0
-    keep_checkpoints: int = 2
-    checkpoint_location: str | None = None  # pvc://<claim>/<dir>: how users find checkpoint_dir (status records)
-    exit_after_step: int | None = None  # test hook: hard-exit right after the checkpoint of this step
-    n_eval_examples: int | None = None  # periodic evaluations score the first n held-out examples; the last one all
-    # Throughput (docs/trainer.md#performance). All change how the same examples are computed, not which:
-    packing: bool = False  # padding-free forwards: a micro-batch's sequences concatenated, attention per sequence
-    max_tokens_per_micro_batch: int | None = None  # cut each rank's share of a step by tokens, not a fixed count
-    chunked_logps: bool = True  # score labelled tokens chunk by chunk from the hidden states (no full logits)
-    logits_chunk_tokens: int = 0  # tokens per chunk; 0: automatic (<= 64 MiB of float32 logits per chunk)
-    hold_at_steps: tuple[int, ...] = ()  # test hook: stop making progress after these steps' checkpoints
-    exit_during_checkpoint: int | None = None  # test hook: hard-exit while this step's checkpoint is written
-    seed: int = 0  # with the step and the rank, seeds each step's random draws (dropout, e.g. LoRA's)
-
-
-@dataclass
-class Result:
-    step: int
-    examples: int
-    metrics: dict[str, float] = field(default_factory=dict)
-    resumed_from: int | None = None
-
-
-def build_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
-    """``torch.optim.<name>(params, lr=lr)``; Adam/AdamW over plain (unsharded) CUDA parameters use the fused
-    kernel (one launch per step instead of a foreach chain; same algorithm and state layout)."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
-    params = list(params)
-    cls = getattr(torch.optim, name)
-    kwargs: dict[str, Any] = {}
-    tensors = [p for p in params if isinstance(p, torch.Tensor)]
-    if name in ("Adam", "AdamW") and tensors and all(p.is_cuda and not isinstance(p, DTensor) for p in tensors):
-        kwargs["fused"] = True
-    optimizer: torch.optim.Optimizer = cls(params, lr=lr, **kwargs)
-    return optimizer
-
-
-def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup to the peak learning rate over ``warmup_steps``, then constant (the reference's)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
-
-
-def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
-    """Global gradient norm over sharded (DTensor) or plain gradients, then clip (torchtitan's recipe).
-
-    Returns the norm as a 0-d tensor on the device (no host sync here; the step reads it together with
-    the metrics)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    total = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
-    if isinstance(total, DTensor):
-        total = total.full_tensor()
-    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=True)
-    return total
 
 
 class Trainer:
@@ -527,40 +417,3 @@ class Trainer:
                     on_exit(ExitCode.PREEMPTED)
         self._record(train, self._eval(full=True), final=True)
         return Result(self.state.step, self.state.examples, dict(self.metrics), resumed)
-
-
-def precompute_reference_logps(
-    reference: nn.Module,
-    examples: Sequence[Example],
-    d: Dist,
-    batch_size: int,
-    pad_token_id: int,
-    *,
-    packing: bool = False,
-    chunked_logps: bool = True,
-    logits_chunk_tokens: int = 0,
-) -> torch.Tensor:
-    """Reference log-probs ``(n_examples, 2)`` (chosen, rejected) for every example, on every rank.
-
-    Each rank computes its strided share (all ranks run the same number of forwards, as FSDP needs),
-    then one all-gather gives everybody the whole table; the caller can then drop the reference model.
-    Pass the loop's ``packing``/``chunked_logps``/``logits_chunk_tokens`` so the table is computed as the
-    online reference would be.
-    """
-    world = d.world_size
-    all_indices = list(range(len(examples)))
-    rows: list[torch.Tensor] = []
-    with torch.no_grad():
-        for indices, _ in shard_for_eval(all_indices, d.rank, world, max(1, batch_size // world)):
-            host = layout([examples[i] for i in indices], pairs=True, packed=packing, pad_token_id=pad_token_id)
-            batch = host.to(d.device)
-            logps = sequence_logps(reference, batch, chunked=chunked_logps, chunk_tokens=logits_chunk_tokens).double()
-            n = len(indices)
-            rows.append(torch.stack([host.index.double().to(d.device), logps[:n], logps[n:]], dim=1))
-    mine = torch.cat(rows)
-    gathered = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(gathered, mine)
-    table = torch.empty(len(examples), 2, dtype=torch.float64)
-    for part in (g.cpu() for g in gathered):
-        table[part[:, 0].long()] = part[:, 1:]
-    return table.float()
