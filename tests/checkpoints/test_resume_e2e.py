@@ -23,12 +23,13 @@ from ftcrd.conditions import ExitCode
 from ftdev.gcs import GcsEmulator
 
 from tests.support.checkpoints import (
-    TRAINER_ENV,
     all_trainer_logs,
     artifact_weights,
     checkpoint_claim,
     checkpoint_steps,
+    checkpointed_ftj,
     dataset_rows,
+    held_at,
     hooks,
     max_difference,
     reference_weights,
@@ -37,7 +38,7 @@ from tests.support.checkpoints import (
     trainer_config,
 )
 from tests.support.cluster import Cluster, wait_for
-from tests.support.ftj import children, get_ftj, submit, tiny_ftj, wait_phase
+from tests.support.ftj import children, submit, wait_phase
 from tests.support.trainer import Trainer
 
 pytestmark = pytest.mark.cluster
@@ -53,38 +54,13 @@ def claim(cluster: Cluster, namespace: str, tmp_path: Path):
 
 
 def job(name: str, gcs: GcsEmulator, claim: str, env: dict[str, str] | None = None, **spec: object) -> dict:
-    overrides = {
-        "output.bucket": gcs.bucket,
-        "hyperparameters.epochs": 1,
-        "hyperparameters.examples": 8 * STEPS,
-        "hyperparameters.evalEvery": 1000,
-        "hyperparameters.checkpointEvery": 2,
-        "runPolicy.backoffLimit": 2,
-        "checkpoint.claimName": claim,
-        "checkpoint.terminationGracePeriodSeconds": 20,
-        **spec,
-    }
-    return tiny_ftj(name, env={**TRAINER_ENV, **gcs.env(), **(env or {})}, **overrides)
+    return checkpointed_ftj(name, gcs, claim, steps=STEPS, env=env, **{"runPolicy.backoffLimit": 2, **spec})
 
 
 def running_pod(cluster: Cluster, namespace: str, name: str) -> str:
     pods = [p for p in children(cluster, namespace, name)["pods"] if p["status"].get("phase") == "Running"]
     assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
     return str(pods[0]["metadata"]["name"])
-
-
-def held_at(cluster: Cluster, namespace: str, name: str, step: int, resumed: int | None) -> dict:
-    """The job once its trainer holds at ``step`` (its checkpoint listed) in an attempt resumed from ``resumed``."""
-
-    def holding() -> dict | None:
-        ftj = get_ftj(cluster, namespace, name) or {}
-        progress = (ftj.get("status") or {}).get("progress") or {}
-        if step in checkpoint_steps(ftj) and progress.get("step") == step and progress.get("resumedFrom") == resumed:
-            return ftj
-        assert (ftj.get("status") or {}).get("phase") not in ("Failed", "Succeeded"), ftj.get("status")
-        return None
-
-    return wait_for(holding, 300, 0.5, f"{name} holding at step {step}")
 
 
 def test_replaced_and_paused_trainer_resumes_from_its_checkpoints(  # noqa: PLR0917

@@ -77,7 +77,7 @@ def test_higher_priority_job_preempts_and_the_preempted_one_resumes_to_succeeded
     queues: Queues, running_operator
 ) -> None:
     q = queues.create(gpus=2, preempt_lower_priority=True)
-    low, high = q.priority_class(100), q.priority_class(1000)
+    low, high = q.priority_classes()
     seen: list[str] = []
     victim = q.submit("low", priority_class=low)
     wait_phase(q.cluster, q.namespace, victim, "Running", timeout=120, seen=seen)

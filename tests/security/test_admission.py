@@ -22,6 +22,7 @@ from tests.support import ROOT
 from tests.support.cluster import Cluster, wait_for
 from tests.support.ftj import children, get_ftj, submit, tiny_ftj, wait_phase
 from tests.support.identities import namespace_user
+from tests.support.operator_process import apply_admission_policies
 
 pytestmark = pytest.mark.cluster
 
@@ -181,7 +182,7 @@ def without_policies(operator_rbac: Cluster) -> Iterator[Cluster]:
         wait_for(admitted, 30, 0.3, "the admission bindings to be gone")
         yield operator_rbac
     finally:
-        operator_rbac.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(POLICIES))
+        apply_admission_policies(operator_rbac)  # as the session installed them (its allow-lists)
         wait_for(lambda: not admitted(), 30, 0.3, "the admission bindings to be back")
 
 

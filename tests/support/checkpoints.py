@@ -2,12 +2,14 @@
 weights an uninterrupted run of the same job ends with.
 
 * :func:`checkpoint_claim`: a PersistentVolumeClaim bound to a hostPath PersistentVolume (pre-bound both ways, so
-  no other test's claim takes it), ReadWriteMany: what ``spec.checkpoint.claimName`` names. The process node
+  no other test's claim takes it), ReadWriteMany, labelled for trainer use: what ``spec.checkpoint.claimName`` names. The process node
   mounts hostPath and local volumes, so every pod of a job (and its replacements) sees the same directory;
 * :func:`trainer_config`: the configuration the operator handed the job's pods (the Job's annotation);
 * :func:`reference_weights`: the same configuration run to the end locally, uninterrupted (real torchrun), with
   ``nproc`` processes on one node (one node of two processes equals two nodes of one, bit for bit);
-* :func:`artifact_weights`: the weights a job uploaded.
+* :func:`artifact_weights`: the weights a job uploaded;
+* :func:`checkpointed_ftj`: the tiny sample with a checkpoint every 2 steps on such a claim, and :func:`held_at`: the
+  job once its trainer holds (test hook ``holdAtSteps``) at a given step, so a test acts at a known step.
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ from typing import Any
 
 import torch
 import yaml
-from ftcrd.names import ANN_TRAINER_CONFIG
+from ftcrd.names import ANN_TRAINER_CONFIG, LABEL_TRAINER_USE, TRAINER_USE_VALUE
 from ftcrd.trainer_config import TrainerConfig
 from ftdev.gcs import GcsEmulator
 from safetensors.torch import load, load_file
 
 from tests.support import ROOT
 from tests.support.cluster import Cluster, unique_name, wait_for
-from tests.support.ftj import DATASET, children
+from tests.support.ftj import DATASET, children, get_ftj, tiny_ftj
 from tests.support.trainer import Trainer
 
 TRAINER_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "FTJ_REPORT_INTERVAL": "1"}
@@ -57,7 +59,8 @@ def checkpoint_claim(cluster: Cluster, namespace: str, directory: Path) -> str:
         {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
-            "metadata": {"name": claim},
+            # opted in for trainer pods: the admission rules refuse a FineTuneJob naming any other claim
+            "metadata": {"name": claim, "labels": {LABEL_TRAINER_USE: TRAINER_USE_VALUE}},
             "spec": {
                 "accessModes": ["ReadWriteMany"],
                 "storageClassName": "",
@@ -81,6 +84,38 @@ def release_claims(cluster: Cluster) -> None:
     for pv in cluster.get_json("pv", "-l", "finetune-operator.test=true")["items"]:
         if pv.get("status", {}).get("phase") in ("Released", "Failed"):
             cluster.kubectl("delete", "pv", pv["metadata"]["name"], "--wait=false", check=False)
+
+
+def checkpointed_ftj(
+    name: str, gcs: GcsEmulator, claim: str, *, steps: int, env: dict[str, str] | None = None, **spec: Any
+) -> dict[str, Any]:
+    """The tiny sample for one epoch of ``steps`` steps (batch 8), a checkpoint every 2 steps on ``claim``, uploading
+    to the emulator; ``env`` is added to the trainer's, ``spec`` holds dotted-path overrides (as ``tiny_ftj``)."""
+    overrides = {
+        "output.bucket": gcs.bucket,
+        "hyperparameters.epochs": 1,
+        "hyperparameters.examples": 8 * steps,
+        "hyperparameters.evalEvery": 1000,
+        "hyperparameters.checkpointEvery": 2,
+        "checkpoint.claimName": claim,
+        "checkpoint.terminationGracePeriodSeconds": 20,
+        **spec,
+    }
+    return tiny_ftj(name, env={**TRAINER_ENV, **gcs.env(), **(env or {})}, **overrides)
+
+
+def held_at(cluster: Cluster, namespace: str, name: str, step: int, resumed: int | None) -> dict[str, Any]:
+    """The job once its trainer holds at ``step`` (its checkpoint listed) in an attempt resumed from ``resumed``."""
+
+    def holding() -> dict[str, Any]:
+        ftj = get_ftj(cluster, namespace, name) or {}
+        progress = (ftj.get("status") or {}).get("progress") or {}
+        if step in checkpoint_steps(ftj) and progress.get("step") == step and progress.get("resumedFrom") == resumed:
+            return ftj
+        assert (ftj.get("status") or {}).get("phase") not in ("Failed", "Succeeded"), ftj.get("status")
+        return {}
+
+    return wait_for(holding, 300, 0.5, f"{name} holding at step {step}")
 
 
 def dataset_rows() -> bytes:

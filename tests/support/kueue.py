@@ -1,6 +1,7 @@
 """Kueue objects for tests: a ResourceFlavor, a ClusterQueue with an ``nvidia.com/gpu`` quota and a LocalQueue in the
 test's namespace (all uniquely named, deleted after), PriorityClasses, and FineTuneJobs of the fake trainer held
-open by a gate file until the test releases them (``tests/operator/fake_trainer.py``, FAKE_TRAINER_GATE)."""
+open by a gate file until the test releases them (``tests/operator/fake_trainer.py``, FAKE_TRAINER_GATE), or of any
+trainer put on the queue with :meth:`Queues.spec`."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from ftcrd import names
 
 from tests.support.cluster import Cluster, unique_name
 from tests.support.ftj import get_ftj, submit, tiny_ftj
+from tests.support.operator_process import TEST_PRIORITY_CLASSES
 
 KUEUE_API = "kueue.x-k8s.io/v1beta2"
 SECOND_NODE = "process-node-2"
 # Everything but GPUs is plentiful: the tests are about the GPU quota.
 CPU_QUOTA, MEMORY_QUOTA = "64", "256Gi"
+PRIORITY_VALUES = (100, 1000)  # of TEST_PRIORITY_CLASSES: low, high
 
 
 class Queues:
@@ -26,7 +29,7 @@ class Queues:
         self.flavor = unique_name("fto-flavor")
         self.cluster_queue = unique_name("fto-cq")
         self.local_queue = "team"
-        self.priority_classes: list[str] = []
+        self.made_priority_classes: list[str] = []
         self.gates = Path(tempfile.mkdtemp(prefix="fto-kueue-gates-"))
 
     def create(self, gpus: int, *, preempt_lower_priority: bool = False) -> Queues:
@@ -74,30 +77,43 @@ class Queues:
         )
         return self
 
-    def priority_class(self, value: int) -> str:
-        name = unique_name(f"fto-prio-{value}")
-        self.cluster.apply(
-            {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name}, "value": value}
-        )
-        self.priority_classes.append(name)
-        return name
+    def priority_classes(self) -> tuple[str, str]:
+        """The PriorityClasses (low, high) the test operator allows (values 100 and 1000), deleted after."""
+        for name, value in zip(TEST_PRIORITY_CLASSES, PRIORITY_VALUES, strict=True):
+            self.cluster.apply(
+                {
+                    "apiVersion": "scheduling.k8s.io/v1",
+                    "kind": "PriorityClass",
+                    "metadata": {"name": name},
+                    "value": value,
+                }
+            )
+            self.made_priority_classes.append(name)
+        low, high = TEST_PRIORITY_CLASSES
+        return low, high
+
+    def spec(self, *, nodes: int = 1, gpus: int = 2, priority_class: str | None = None) -> dict[str, Any]:
+        """``tiny_ftj`` overrides that put a job on the LocalQueue with ``nodes`` x ``gpus`` GPUs (any trainer)."""
+        spec: dict[str, Any] = {
+            "resources.nodes": nodes,
+            "resources.gpusPerNode": gpus,
+            "resources.processesPerNode": 1,
+            "resources.cpu": "1",
+            "resources.memory": "1Gi",
+            "runPolicy.queueName": self.local_queue,
+            "runPolicy.backoffLimit": 3,
+        }
+        if priority_class:
+            spec["resources.priorityClassName"] = priority_class
+        return spec
 
     def submit(self, name: str, *, nodes: int = 1, gpus: int = 2, priority_class: str | None = None) -> str:
         """A fake-trainer FineTuneJob on the LocalQueue that runs until :meth:`release`."""
-        resources: dict[str, Any] = {
-            "nodes": nodes,
-            "gpusPerNode": gpus,
-            "processesPerNode": 1,
-            "cpu": "1",
-            "memory": "1Gi",
-        }
-        if priority_class:
-            resources["priorityClassName"] = priority_class
         body = tiny_ftj(
             name,
             fake=True,
             env={"FAKE_TRAINER_GATE": str(self.gates / name)},
-            **{"resources": resources, "runPolicy.queueName": self.local_queue, "runPolicy.backoffLimit": 3},
+            **self.spec(nodes=nodes, gpus=gpus, priority_class=priority_class),
         )
         submit(self.cluster, self.namespace, body)
         return name
@@ -147,5 +163,5 @@ class Queues:
             "delete", "clusterqueue", self.cluster_queue, "--ignore-not-found", "--wait=false", check=False
         )
         self.cluster.kubectl("delete", "resourceflavor", self.flavor, "--ignore-not-found", "--wait=false", check=False)
-        for name in self.priority_classes:
+        for name in self.made_priority_classes:
             self.cluster.kubectl("delete", "priorityclass", name, "--ignore-not-found", check=False)

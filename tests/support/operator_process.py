@@ -15,7 +15,10 @@ The session fixture ``operator``:
 * mints a token for ServiceAccount finetune-system/finetune-operator (``kubectl create token``) and writes a
   kubeconfig with it, so the operator runs with exactly the repo's RBAC (never admin): a missing verb
   fails the tests;
-* runs the operator with free liveness/metrics ports and logs to a file under the session's tmp dir.
+* runs the operator with free liveness/metrics ports and logs to a file under the session's tmp dir;
+* allows the PriorityClasses :data:`TEST_PRIORITY_CLASSES` (the Kueue preemption tests' low and high classes) in
+  both enforcers of the admission rules: the policies' ConfigMap and the operator's environment. The deploy
+  default allows none.
 
 Peering: the operator joins ClusterKopfPeering ``finetune-operator``. Each start uses a higher priority
 than the previous one (and than replicas of earlier test sessions), so a restarted or second session's
@@ -38,6 +41,8 @@ from typing import Any
 
 import pytest
 import yaml
+from ftcrd.admission import LIST_KEYS
+from ftcrd.names import ADMISSION_CONFIG
 from ftdev import free_port
 
 from tests.support import PYTHONPATH, ROOT
@@ -54,6 +59,24 @@ RBAC_FILES = (
     "trainer/own-job-policy.yaml",  # what narrows each namespace's trainer identity to its own job
     "admission/policies.yaml",  # what a FineTuneJob may name (the operator enforces the same rules)
 )
+TEST_PRIORITY_CLASSES = ("fto-test-low", "fto-test-high")
+"""The PriorityClasses test jobs may use (tests/support/kueue.py creates them with values 100 and 1000)."""
+ALLOWED_PRIORITY_CLASSES_KEY = LIST_KEYS["priority_classes"]
+ALLOWED_PRIORITY_CLASSES = ", ".join(TEST_PRIORITY_CLASSES)
+
+
+def with_test_allow_lists(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``docs`` with the admission rules' ConfigMap allowing :data:`TEST_PRIORITY_CLASSES`."""
+    for doc in docs:
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == ADMISSION_CONFIG:
+            doc["data"][ALLOWED_PRIORITY_CLASSES_KEY] = ALLOWED_PRIORITY_CLASSES
+    return docs
+
+
+def apply_admission_policies(cluster: Cluster) -> None:
+    """deploy/base's admission policies with the tests' allow-lists (admin; idempotent)."""
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "admission/policies.yaml").read_text()) if d]
+    cluster.apply(with_test_allow_lists(docs))
 
 
 def install_crd_and_rbac(cluster: Cluster) -> None:
@@ -75,7 +98,7 @@ def install_crd_and_rbac(cluster: Cluster) -> None:
                     "wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s"
                 )
         if rest:
-            cluster.apply(rest)
+            cluster.apply(with_test_allow_lists(rest))
 
 
 def token_kubeconfig(cluster: Cluster, path: Path, duration: str = "6h") -> Path:
@@ -151,6 +174,7 @@ class OperatorProcess:
             FTO_HANDLER_BACKOFF="1",
             FTO_ALLOW_ENTRYPOINT_ANNOTATION="true",
             FTO_LOG_FORMAT="plain",
+            **{ALLOWED_PRIORITY_CLASSES_KEY: ALLOWED_PRIORITY_CLASSES},
         )
         env.update(self.extra_env)
         with self.log_path.open("ab") as log:
