@@ -1,6 +1,6 @@
 """Training datasets: the one parser, shared by the API (at upload) and the trainer.
 
-Pure Python (no torch), so the API rejects a bad upload with exactly the message the trainer would
+No torch (pydantic-core's JSON parser is the only compiled part), so the API rejects a bad upload with exactly the message the trainer would
 have failed with, before any GPU is reserved.
 
 Three containers (``DatasetSpec.format``): ``novalto``, a JSON list of row objects (the original
@@ -23,6 +23,8 @@ Messages may be multi-turn, carry ``content`` as a list of text parts, assistant
 Everything is read as a stream (:class:`RowValidator`, :func:`iter_rows`; the byte level is
 :mod:`ftcrd.jsonstream`): a 500 MB file is validated with a few MB of memory, and size limits
 (:class:`DatasetTooLarge`) end a decompression bomb early. JSONL lines end with ``\n``.
+:meth:`RowValidator.check` (the API, which keeps no rows) first asks :func:`ftcrd.rowcheck.quick_kind`, which
+accepts the common rows without building them; every other row, and every refusal, is :func:`parse_row`'s.
 """
 
 from __future__ import annotations
