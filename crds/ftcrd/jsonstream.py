@@ -7,7 +7,9 @@ whole dataset (or a whole decompressed dataset) in memory, and both see the same
 * **gzip** (``compression`` ``gzip``, or ``auto`` and the gzip magic bytes): decompressed incrementally, at
   most :data:`DECOMPRESS_PIECE` bytes of output per step, concatenated members allowed (as ``gzip.decompress``).
 * **jsonl** / **openai**: one JSON value per line; lines end with ``\\n`` (a ``\\r`` before it is JSON
-  whitespace); blank lines are skipped but counted, so a value's number is its line number.
+  whitespace); blank lines are skipped but counted, so a value's number is its line number. A line is decoded
+  by pydantic-core's parser (Rust, on the bytes: 2-3x faster than ``json.loads``, the largest cost of an upload
+  after the row checks); a line it refuses goes through ``json.loads``, which decides (see :func:`loads_line`).
 * **novalto**: one JSON list; its elements are decoded one at a time (``json.JSONDecoder.raw_decode`` on a
   sliding window), numbered from 1.
 
@@ -23,6 +25,8 @@ import json
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any, Final, Literal
+
+from pydantic_core import from_json
 
 GZIP_MAGIC: Final = b"\x1f\x8b"
 DECOMPRESS_PIECE: Final = 1 << 20
@@ -106,6 +110,18 @@ class Gunzip:
             )
 
 
+def loads_line(raw: bytes | bytearray) -> Any:
+    """One JSONL line's value by the fast parser, or ``None`` when it refuses the line (``null`` itself is not a
+    row either way). It refuses a superset of what ``json.loads`` refuses (and lone surrogate escapes, nesting
+    deeper than 200 and non-UTF-8 bytes that ``json.loads`` may take), and decodes what both take to equal values
+    (checked in tests/crd/test_fastpath.py); so the slow path, run on every refusal, keeps every error message
+    and every acceptance exactly as ``json.loads`` decides them."""
+    try:
+        return from_json(raw)
+    except ValueError:
+        return None
+
+
 class JsonLines:
     """JSONL: complete lines out of pieces of bytes; yields (line number, decoded value)."""
 
@@ -115,6 +131,9 @@ class JsonLines:
         self._partial = bytearray()
 
     def _decode(self, raw: bytes | bytearray, number: int) -> list[tuple[int, Any]]:
+        value = loads_line(raw)
+        if value is not None:
+            return [(number, value)]
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:

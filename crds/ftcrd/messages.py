@@ -124,7 +124,7 @@ def _parts(value: list[Any], where: str, max_chars: int) -> tuple[str, ...]:
         if not isinstance(part, dict):
             fail(at, f'must be a content part object like {{"type": "text", "text": "..."}}, got {type_name(part)}')
         kind = part.get("type")
-        if kind in IMAGE_PART_TYPES:
+        if isinstance(kind, str) and kind in IMAGE_PART_TYPES:  # a list or object is not hashable
             fail(
                 at + ".type",
                 f"image content ('{kind}') is not supported: this service fine-tunes text-only models; "
@@ -208,7 +208,7 @@ def parse_message(msg: Any, where: str, max_chars: int, *, allow_weight: bool) -
     if not isinstance(msg, dict):
         fail(where, f"must be an object with role and content, got {type_name(msg)}")
     role = msg.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:  # a list or object is not hashable
         fail(where + ".role", f"role must be one of {sorted(ROLES)}, got {role!r}")
     calls = _tool_calls(msg, where, max_chars) if role == "assistant" else ()
     if role != "assistant" and (msg.get("tool_calls") or msg.get("function_call")):

@@ -238,6 +238,12 @@ REFUSED = {
         "messages[0].content[0].type",
         "only text content parts are supported, got 'input_audio'",
     ),
+    "role-a-list": (with_(SFT, messages=[{"role": [], "content": "hi"}]), "messages[0].role", "got []"),
+    "part-type-an-object": (
+        with_(SFT, messages=[{"role": "user", "content": [{"type": {}}]}, ASSISTANT]),
+        "messages[0].content[0].type",
+        "only text content parts are supported, got {}",
+    ),
     "part-not-object": (
         with_(SFT, messages=[{"role": "user", "content": ["hi"]}, ASSISTANT]),
         "messages[0].content[0]",
