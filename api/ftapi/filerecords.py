@@ -70,13 +70,14 @@ def is_expired(record: dict[str, Any], now: float | None = None) -> bool:
 
 
 def expiry(settings: Settings, fields: dict[str, str], created: int) -> int | None:
-    """``expires_at`` from the form's ``expires_after[anchor]``/``expires_after[seconds]``, else the default."""
+    """``expires_at`` from the form's ``expires_after[seconds]`` (``expires_after[anchor]``, when sent, must be
+    ``created_at``, the only anchor OpenAI has; leaving it out means the same), else the default."""
     anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
-    if anchor is None and seconds is None:
+    if anchor not in (None, "created_at"):
+        raise APIError(400, "expires_after.anchor must be 'created_at'", code="invalid_value", param="expires_after")
+    if seconds is None:  # (the anchor alone, or nothing: the only anchor there is, with the default period)
         return None if settings.file_expiry_seconds is None else created + settings.file_expiry_seconds
     low, high = settings.file_expiry_min_seconds, settings.file_expiry_max_seconds
-    if anchor != "created_at":
-        raise APIError(400, "expires_after.anchor must be 'created_at'", code="invalid_value", param="expires_after")
     try:
         value = int(seconds or "")
     except ValueError:

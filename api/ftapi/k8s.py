@@ -6,8 +6,10 @@ prints, so :mod:`ftapi.mapping` stays pure and testable without a cluster.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ftcrd.types import GROUP, PLURAL, VERSION
@@ -18,13 +20,45 @@ from ftapi.errors import APIError, from_kubernetes
 
 log = logging.getLogger("ftapi.k8s")
 
+THROTTLE_RETRIES = 4
+THROTTLE_WAIT_MAX_S = 2.0
 MERGE_PATCH = "application/merge-patch+json"
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"
+
+
+def _retry_after(exc: ApiException, attempt: int) -> float:
+    """The apiserver's Retry-After (seconds), else a short growing wait; never more than THROTTLE_WAIT_MAX_S."""
+    try:
+        headers: Any = exc.headers or {}
+        wait = float(headers.get("Retry-After", ""))
+    except ValueError:
+        wait = 0.25 * 2**attempt
+    return min(max(wait, 0.0), THROTTLE_WAIT_MAX_S)
+
+
+def retrying_throttled(request: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``request`` again when the apiserver answers 429 (API Priority and Fairness: too many requests in flight,
+    also seen while a fresh apiserver sets up its priority levels). The request was not processed, so repeating
+    it is safe for every verb; client-go does the same by itself, kubernetes_asyncio does not."""
+
+    async def retrying(*args: Any, **kwargs: Any) -> Any:
+        for attempt in range(THROTTLE_RETRIES - 1):
+            try:
+                return await request(*args, **kwargs)
+            except ApiException as exc:
+                if exc.status != 429:
+                    raise
+                await asyncio.sleep(_retry_after(exc, attempt))
+        return await request(*args, **kwargs)
+
+    return retrying
 
 
 class K8s:
     def __init__(self, api_client: client.ApiClient, timeout: float = 15.0) -> None:
         self.api = api_client
+        rest = api_client.rest_client
+        rest.request = retrying_throttled(rest.request)  # type: ignore[method-assign,assignment]
         self.timeout = timeout
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)

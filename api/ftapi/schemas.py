@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from ftcrd.adapter import MAX_TARGET_MODULES, AdapterType, LoraAlpha, LoraDropout, LoraRank, ModuleName
+from ftcrd.adapter import (
+    MAX_TARGET_MODULES,
+    MODULE_LIST_MAX_LENGTH,
+    MODULE_LIST_PATTERN,
+    AdapterType,
+    LoraAlpha,
+    LoraDropout,
+    LoraRank,
+    ModuleName,
+)
 from ftcrd.types import WANDB_MAX_TAGS, WANDB_NAME_LIMITS, WANDB_TAG_LIMITS, BatchSize, Beta, CommunityId, Epochs
 from pydantic import (
     AfterValidator,
@@ -110,7 +119,7 @@ class SeedAdapter(StrictModel):
     alpha: LoraAlphaIn | None = None
     dropout: LoraDropoutIn | None = None
     targetModules: Annotated[
-        list[Annotated[StrictStr, ModuleName]] | None,
+        list[Annotated[ModuleName, Strict()]] | None,
         Field(min_length=1, max_length=MAX_TARGET_MODULES, description="Default: every linear layer (all-linear)."),
     ] = None
     exportMerged: Annotated[
@@ -227,8 +236,8 @@ class LoraTrainingType(StrictModel):
         StrictStr | None,
         Field(
             default=None,
-            max_length=8192,
-            pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(,[A-Za-z0-9_][A-Za-z0-9_.-]*)*$",
+            max_length=MODULE_LIST_MAX_LENGTH,
+            pattern=MODULE_LIST_PATTERN,
             description="'all-linear' (the default) or comma-separated module names, e.g. 'q_proj,v_proj'.",
         ),
     ] = None

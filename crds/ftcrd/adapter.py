@@ -29,11 +29,22 @@ ALL_LINEAR: Final = "all-linear"
 """peft's name for "every linear layer of the transformer blocks" (attention and MLP projections; never the LM
 head): the default target, right for every decoder-only family without a per-family table."""
 MODULE_NAME_PATTERN: Final = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+MAX_MODULE_NAME: Final = 128
 ModuleName = Annotated[
     str,
-    Field(min_length=1, max_length=128, pattern=MODULE_NAME_PATTERN, description="A module name or suffix: q_proj."),
+    Field(
+        min_length=1,
+        max_length=MAX_MODULE_NAME,
+        pattern=MODULE_NAME_PATTERN,
+        description="A module name or suffix: q_proj.",
+    ),
 ]
 MAX_TARGET_MODULES: Final = 64
+_NAME = rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{MAX_MODULE_NAME - 1}}}"
+MODULE_LIST_PATTERN: Final = rf"^{_NAME}(,{_NAME}){{0,{MAX_TARGET_MODULES - 1}}}$"
+"""The same names, comma-separated in one string (the API's ``lora_trainable_modules``): what ``targetModules``
+accepts, so a string that matches always becomes a valid list."""
+MODULE_LIST_MAX_LENGTH: Final = MAX_TARGET_MODULES * (MAX_MODULE_NAME + 1) - 1
 
 QUANTIZATION_ONLY_FOR_QLORA: Final = "spec.method.adapter.quantization is only for type qlora"
 NO_MERGED_QLORA: Final = (

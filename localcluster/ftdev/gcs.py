@@ -105,6 +105,22 @@ class GcsEmulator:
         except OSError:
             return ""
 
+    def log_size(self) -> int:
+        """Bytes of the request log so far: a mark for :meth:`log_since`."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, mark: int) -> str:
+        """The requests logged after ``mark`` (:meth:`log_size`): what one test made the emulator do."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(mark)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
     # -- the google-cloud-storage client against the emulator --------------------------------------
 
     def client(self) -> Any:

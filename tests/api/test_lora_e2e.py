@@ -46,7 +46,7 @@ def lora_api(cluster, operator, gcs, tmp_path_factory):
         "FTAPI_OUTPUT_BUCKET": gcs.bucket,
         "FTAPI_TRAINER_ENV": json.dumps({**gcs.env(), "OMP_NUM_THREADS": "1", "FTJ_REPORT_INTERVAL": "1"}),
     }
-    yield from start_api(cluster, tmp_path_factory.mktemp("ftapi-lora"), extra_env=env, tenants=1)
+    yield from start_api(cluster, tmp_path_factory.mktemp("ftapi-lora"), gcs=gcs, extra_env=env, tenants=1)
 
 
 def auth(api) -> dict[str, str]:
@@ -110,7 +110,8 @@ def test_lora_webhook_job_uploads_an_adapter_that_reproduces_the_held_out_margin
     obj = wait_succeeded(lora_api, name, running_operator)
     assert obj["spec"]["method"]["adapter"] == {**ADAPTER, "dropout": 0.0}  # the request's block, not the default
     artifact = obj["status"]["artifact"]
-    assert artifact["uri"] == f"gs://{gcs.bucket}/models/community-7/{name}/"  # one folder per community and job
+    ns, uid = obj["metadata"]["namespace"], obj["metadata"]["uid"]
+    assert artifact["uri"] == f"gs://{gcs.bucket}/models/{ns}/community-7/{name}-{uid}/"  # the job's own folder
 
     files, manifest = download_verified(gcs, artifact["uri"], tmp_path / "artifact")
     names = {f["path"] for f in manifest["files"]}

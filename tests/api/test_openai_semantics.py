@@ -238,8 +238,17 @@ def test_result_files_download_as_csv(api, a, files, gcs, *, tmp_path, monkeypat
     (export / "model.safetensors").write_bytes(b"weights")
     (export / METRICS_FILE).write_text("".join(s.line() for s in steps))
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.host)
+    uid = api.cluster.get_json("finetunejob", job.id, namespace=api.ns_a)["metadata"]["uid"]
     uploaded = upload_export(
-        export, bucket=gcs.bucket, prefix="models", community_id=api.ns_a, job=job.id, metrics={}, config={}
+        export,
+        bucket=gcs.bucket,
+        prefix="models",
+        community_id=api.ns_a,
+        job=job.id,
+        namespace=api.ns_a,
+        uid=uid,
+        metrics={},
+        config={},
     )
     manifest = json.loads(gcs.download(uploaded.manifest_uri.removeprefix(f"gs://{gcs.bucket}/")))
     assert METRICS_FILE in [f["path"] for f in manifest["files"]]

@@ -178,3 +178,43 @@ def test_delivery_record_and_events():
     ]
     assert all("token" not in e["message"] for e in events)
     assert "retrying at 99" in events[1]["message"]
+
+
+def test_throttled_requests_are_repeated_and_others_are_not(monkeypatch):
+    from ftapi import k8s
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    waits: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(k8s.asyncio, "sleep", no_sleep)
+
+    def server(statuses: list[int]):
+        calls: list[int] = []
+
+        async def request(*args, **kwargs):
+            calls.append(len(calls))
+            status = statuses[min(len(calls) - 1, len(statuses) - 1)]
+            if status != 200:
+                exc = ApiException(status=status, reason="x")
+                exc.headers = {"Retry-After": "1"} if status == 429 else {}
+                raise exc
+            return "ok"
+
+        return request, calls
+
+    request, calls = server([429, 429, 200])  # APF said "later" twice: the third try answers
+    assert asyncio.run(k8s.retrying_throttled(request)("GET", "/x")) == "ok"
+    assert len(calls) == 3 and waits == [1.0, 1.0]
+
+    request, calls = server([404])  # anything else is the answer
+    with pytest.raises(ApiException) as err:
+        asyncio.run(k8s.retrying_throttled(request)("POST", "/x"))
+    assert err.value.status == 404 and len(calls) == 1
+
+    request, calls = server([429])  # throttled for good: the 429 reaches the caller (then a 429 to the user)
+    with pytest.raises(ApiException) as err:
+        asyncio.run(k8s.retrying_throttled(request)("POST", "/x"))
+    assert err.value.status == 429 and len(calls) == k8s.THROTTLE_RETRIES

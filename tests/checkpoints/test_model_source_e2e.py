@@ -47,7 +47,7 @@ def api(cluster, operator, gcs, tmp_path_factory):
         "FTAPI_OUTPUT_BUCKET": gcs.bucket,
         "FTAPI_TRAINER_ENV": json.dumps({**TRAINER_ENV, **gcs.env()}),
     }
-    yield from start_api(cluster, tmp_path_factory.mktemp("ftapi-source"), extra_env=env, tenants=1)
+    yield from start_api(cluster, tmp_path_factory.mktemp("ftapi-source"), gcs=gcs, extra_env=env, tenants=1)
 
 
 def step0_logps(gcs: GcsEmulator, sft: dict[str, Any], cfg: TrainerConfig, data: bytes, tmp) -> tuple[float, float]:

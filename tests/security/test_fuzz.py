@@ -18,8 +18,10 @@ pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")
-def api(cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    yield from start_api(cluster, tmp_path_factory.mktemp("ftapi-fuzz"), extra_env={"FTAPI_KEYS_REFRESH_SECONDS": "30"})
+def api(cluster, gcs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    yield from start_api(
+        cluster, tmp_path_factory.mktemp("ftapi-fuzz"), gcs=gcs, extra_env={"FTAPI_KEYS_REFRESH_SECONDS": "30"}
+    )
 
 
 def test_fuzzing_every_route_yields_no_5xx_and_no_orphans(api: ApiServer, tmp_path):

@@ -148,7 +148,7 @@ def api(
     }
     # tenant A's key carries a completion webhook whose signing secret lives beside the key table
     webhooks = {0: (receiver.url, planted["webhook_secret"])}
-    for server in start_api(cluster, tmp_path_factory.mktemp("ftapi-scan"), extra_env=env, webhooks=webhooks):
+    for server in start_api(cluster, tmp_path_factory.mktemp("ftapi-scan"), gcs=gcs, extra_env=env, webhooks=webhooks):
         tenant_secrets(cluster, server.ns_a, planted)
         yield server
 

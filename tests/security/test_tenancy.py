@@ -50,8 +50,8 @@ def bind_keys(api: ApiServer, communities: dict[str, list[str] | None]) -> None:
 
 
 @pytest.fixture(scope="module")
-def api(cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    yield from start_api(cluster, tmp_path_factory.mktemp("ftapi-tenancy"))
+def api(cluster, gcs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    yield from start_api(cluster, tmp_path_factory.mktemp("ftapi-tenancy"), gcs=gcs)
 
 
 def seed(api: ApiServer, ns: str, community: str, **headers: str) -> httpx.Response:

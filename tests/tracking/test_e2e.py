@@ -46,7 +46,7 @@ def api(cluster, operator, gcs, tmp_path_factory):
         "FTAPI_TRAINER_ENV": json.dumps({**gcs.env(), **TRAINER_ENV}),
         **gcs.env(),  # the API reads the uploaded metrics file from the same emulator
     }
-    yield from start_api(cluster, tmp_path_factory.mktemp("ftapi-tracking"), extra_env=env, tenants=1)
+    yield from start_api(cluster, tmp_path_factory.mktemp("ftapi-tracking"), gcs=gcs, extra_env=env, tenants=1)
 
 
 def jsonl(rows: list[dict]) -> bytes:

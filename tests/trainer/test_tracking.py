@@ -15,6 +15,7 @@ import re
 import pytest
 from ftcrd.names import METRICS_FILE
 from ftcrd.results import parse_metrics
+from fttrainer.upload import object_prefix
 
 from tests.support.gcs import GcsEmulator
 from tests.support.tracking import read_mlflow_run, read_wandb_run, wandb_offline_runs
@@ -79,7 +80,7 @@ def test_metrics_file_has_one_line_per_step_and_is_uploaded(tracked, gcs: GcsEmu
         assert (row["valid_loss"] is not None) == evaluated and (row["full_valid_loss"] is not None) == last
         assert (row["valid_mean_token_accuracy"] is not None) == evaluated
     assert lines[-1]["full_valid_loss"] == pytest.approx(run.termination_message()["metrics"]["evalLoss"], rel=1e-3)
-    folder = f"tracking/default/{job}/"
+    folder = object_prefix("tracking", None, job)  # a run by hand: no namespace, community or uid
     assert gcs.download(folder + METRICS_FILE) == local
     manifest = json.loads(gcs.download(folder + "manifest.json"))
     assert METRICS_FILE in json.dumps(manifest["files"])
@@ -112,7 +113,7 @@ def test_wandb_offline_run_holds_config_metrics_samples_and_artifact(tracked, gc
     files = wandb_offline_runs(run.run_dir)
     assert len(files) == 1, files
     # offline, the run is sealed into the export before the upload: it travels with the model
-    uploaded = [n for n in gcs.list(f"tracking/default/{job}/wandb/") if n.endswith(".wandb")]
+    uploaded = [n for n in gcs.list(object_prefix("tracking", None, job) + "wandb/") if n.endswith(".wandb")]
     assert [n.rsplit("/", 2)[-2:] for n in uploaded] == [[files[0].parent.name, files[0].name]]
     copy = tmp_path / files[0].name
     copy.write_bytes(gcs.download(uploaded[0]))

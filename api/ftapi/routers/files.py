@@ -65,7 +65,11 @@ def _upload_schema(settings: Settings) -> dict[str, Any]:
                             f"{settings.max_file_bytes} bytes, as uploaded and decompressed.",
                         },
                         "purpose": {"type": "string", "enum": [PURPOSE], "description": "Must be 'fine-tune'"},
-                        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+                        "expires_after[anchor]": {
+                            "type": "string",
+                            "enum": ["created_at"],
+                            "description": "The only anchor (the default when expires_after[seconds] is sent alone).",
+                        },
                         "expires_after[seconds]": {
                             "type": "integer",
                             "minimum": settings.file_expiry_min_seconds,
