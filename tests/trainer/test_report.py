@@ -136,13 +136,24 @@ def test_stage_change_and_checkpoint_are_sent_immediately(recorder):
     step(rep, 2, stage="training")  # same stage, inside the interval: held back
     time.sleep(0.3)
     assert len(recorder.requests) == 2
-    for s in range(1, 13):
-        rep.checkpoint(s * 10, f"/checkpoints/step-{s * 10}", {"loss": 1.0 / s})
+    # what the checkpoint storage holds: sent at once, without any other progress (a held trainer makes none)
+    records = [
+        {
+            "step": s * 10,
+            "path": f"/checkpoints/step-{s * 10}",
+            "createdAt": "2026-01-01T00:00:00Z",
+            "metrics": {"loss": 1.0 / s},
+        }
+        for s in range(1, 13)
+    ]
+    rep.checkpoints(records)
     assert wait_for(lambda: recorder.requests[-1]["body"]["status"].get("checkpoints", [{}])[-1].get("step") == 120)
     cps = recorder.requests[-1]["body"]["status"]["checkpoints"]
     assert [c["step"] for c in cps] == list(range(30, 130, 10))  # the last 10
     assert cps[-1]["path"] == "/checkpoints/step-120" and cps[-1]["metrics"] == {"loss": round_metric(1 / 12)}
     assert cps[-1]["createdAt"].endswith("Z")
+    rep.checkpoints(records[:1])  # pruned to what is kept: the list is replaced, not appended to
+    assert wait_for(lambda: [c["step"] for c in recorder.requests[-1]["body"]["status"]["checkpoints"]] == [10])
     step(rep, 400, stage="uploading")
     rep.close()
     last = recorder.requests[-1]["body"]["status"]["progress"]
@@ -188,7 +199,7 @@ def test_from_env_disabled_outside_cluster_and_on_other_ranks(monkeypatch, tmp_p
     rep = Reporter.from_env(0)
     assert not rep.enabled
     step(rep, 1)
-    rep.checkpoint(1, "/x", {})
+    rep.checkpoints([{"step": 1, "path": "/x"}])
     rep.close()
 
     sa = tmp_path / "sa"

@@ -125,7 +125,7 @@ def test_status_patch_with_the_trainer_role(cluster, crd, namespace, monkeypatch
         stage="training",
         metrics={"loss": 0.65, "rewardAccuracy": 0.75, "rewardMargin": 0.1, "gradNorm": 2.5, "tokens": 4096},
     )
-    rep.checkpoint(12, "/checkpoints/step-12", {"loss": 0.65})
+    rep.checkpoints([{"step": 12, "path": "/checkpoints/step-12", "metrics": {"loss": 0.65}}])
     rep.close()
     assert rep.failures == 0 and rep.sent >= 1
 

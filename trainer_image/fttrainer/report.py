@@ -214,20 +214,6 @@ class Reporter:
             # Always wake the sender: it sends now if due, else sleeps until the interval is up (trailing send).
             self._wake.notify()
 
-    def checkpoint(self, step: int, path: str, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        rec: dict[str, Any] = {"step": int(step), "path": str(path), "createdAt": _now()}
-        m = status_metrics(metrics)
-        if m:
-            rec["metrics"] = m
-        with self._lock:
-            self._checkpoints = [c for c in self._checkpoints if c["step"] != rec["step"]]
-            self._checkpoints.append(rec)
-            self._checkpoints = self._checkpoints[-MAX_CHECKPOINTS:]
-            self._dirty = self._urgent = True
-            self._wake.notify()
-
     def checkpoints(self, records: list[dict[str, Any]]) -> None:
         """Replace the listed checkpoints with ``records`` (``step``, ``path``, ``createdAt``, ``metrics``):
         what the checkpoint storage holds now, after pruning, including an earlier attempt's checkpoints."""
@@ -244,6 +230,8 @@ class Reporter:
             listed.append(item)
         with self._lock:
             self._checkpoints = listed
+            self._dirty = self._urgent = True  # (a held or slow trainer makes no other progress to carry it)
+            self._wake.notify()
 
     def samples(self, step: int, items: list[dict[str, Any]]) -> None:
         """The latest evaluation's completions (``status.samples``, already shortened: ftcrd.status.Sample)."""
