@@ -234,12 +234,12 @@ def _page(items: list[dict[str, Any]], after: str | None, limit: int, settings: 
 
 
 def _job_route(
-    method: str, below: str, summary: str, model: type, *errors: int
+    method: str, path: str, summary: str, model: type, *errors: int
 ) -> Callable[[DecoratedCallable], DecoratedCallable]:
-    """A route about one job, ``/{fine_tuning_job_id}<below>``: besides ``errors`` it can answer 401 (no tenant),
-    404 (no such job) and 503 (the apiserver is unavailable)."""
+    """A route about one job (``path`` starts with ``/{fine_tuning_job_id}``): besides ``errors`` it can answer
+    401 (no tenant), 404 (no such job) and 503 (the apiserver is unavailable)."""
     return router.api_route(
-        "/{fine_tuning_job_id}" + below,
+        path,
         methods=[method],
         summary=summary,
         response_model=model,
@@ -247,7 +247,7 @@ def _job_route(
     )
 
 
-@_job_route("GET", "", "Retrieve a fine-tuning job", FineTuningJob)
+@_job_route("GET", "/{fine_tuning_job_id}", "Retrieve a fine-tuning job", FineTuningJob)
 async def retrieve_job(fine_tuning_job_id: str, tenant: Tenant, k8s: Kube) -> dict[str, Any]:
     return mapping.to_openai_job(await get_job(k8s, tenant.namespace, fine_tuning_job_id))
 
@@ -263,7 +263,7 @@ def _state_error(job: dict[str, Any], verb: str) -> APIError:
 
 def _state_change(verb: str, summary: str) -> Callable[[DecoratedCallable], DecoratedCallable]:
     """The route of a state change, ``POST /{id}/<verb>``: it answers the job as it is after the change, or 409."""
-    return _job_route("POST", f"/{verb}", summary, FineTuningJob, 409)
+    return _job_route("POST", f"/{{fine_tuning_job_id}}/{verb}", summary, FineTuningJob, 409)
 
 
 @_state_change("cancel", "Cancel a job (annotation + suspend)")
@@ -307,7 +307,13 @@ async def _set_suspended(k8s: K8s, namespace: str, job_id: str, *, suspend: bool
     return mapping.to_openai_job(await update_job(k8s, namespace, job_id, change, action=action))
 
 
-@_job_route("GET", "/events", "Job events (status transitions, notifications, Kubernetes Events)", EventList, 400)
+@_job_route(
+    "GET",
+    "/{fine_tuning_job_id}/events",
+    "Job events (status transitions, notifications, Kubernetes Events)",
+    EventList,
+    400,
+)
 async def list_events(
     *, fine_tuning_job_id: str, tenant: Tenant, k8s: Kube, settings: Config, after: str | None = None, limit: Limit = 20
 ) -> dict[str, Any]:
@@ -316,7 +322,7 @@ async def list_events(
     return _page(mapping.to_events(job, events), after, limit, settings)
 
 
-@_job_route("GET", "/checkpoints", "Checkpoints the trainer saved", CheckpointList, 400)
+@_job_route("GET", "/{fine_tuning_job_id}/checkpoints", "Checkpoints the trainer saved", CheckpointList, 400)
 async def list_checkpoints(
     *, fine_tuning_job_id: str, tenant: Tenant, k8s: Kube, settings: Config, after: str | None = None, limit: Limit = 10
 ) -> dict[str, Any]:
