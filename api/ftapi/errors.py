@@ -166,9 +166,13 @@ async def _api_error_handler(request: Request, exc: Exception) -> JSONResponse:
 TOO_LARGE_FLAG = "ftapi.body_too_large"  # set in the ASGI scope by ftapi.middleware.Guard
 
 
+def too_large(message: str, *, code: str, param: str | None = None) -> APIError:
+    """413: a request body or a file over one of this service's limits; ``message`` names the limit."""
+    return APIError(413, message, code=code, param=param)
+
+
 def body_too_large(limit: int) -> APIError:
-    return APIError(
-        413,
+    return too_large(
         f"Request body exceeds the limit of {limit} bytes. Send a large dataset as a file (POST /v1/files, "
         "streamed into object storage); see docs/api.md, 'Large datasets'.",
         code="request_too_large",

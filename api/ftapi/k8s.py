@@ -17,6 +17,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ftapi.errors import APIError, from_kubernetes
+from ftapi.mapping import valid_job_name
 
 log = logging.getLogger("ftapi.k8s")
 
@@ -235,3 +236,15 @@ async def create_owned(
             raise err from None
         raise
     return created
+
+
+async def find_ftj(k8s: K8s, namespace: str, name: str) -> dict[str, Any] | None:
+    """The FineTuneJob ``name``, or None when there is none: a name no job can have is not sent to the apiserver."""
+    if not valid_job_name(name):
+        return None
+    try:
+        return await k8s.get_ftj(namespace, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise

@@ -5,10 +5,11 @@ same schema ``api/openapi.json`` publishes; :mod:`ftapi.mapping` builds the dict
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+Item = TypeVar("Item")
 OpenAIStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -16,6 +17,16 @@ class Closed(BaseModel):
     """A response object: every field declared, nothing else."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class Page(Closed, Generic[Item]):
+    """OpenAI's list envelope: one page of items; ``after=<last_id>`` asks for the next one."""
+
+    object: Literal["list"] = "list"
+    data: list[Item]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
 
 
 # --- errors -----------------------------------------------------------------------------------------
@@ -49,12 +60,8 @@ class FileObject(Closed):
     expires_at: int | None = None
 
 
-class FileList(Closed):
-    object: Literal["list"] = "list"
-    data: list[FileObject]
-    has_more: bool
-    first_id: str | None = None
-    last_id: str | None = None
+class FileList(Page[FileObject]):
+    pass
 
 
 class FileDeleted(Closed):
@@ -144,12 +151,8 @@ class FineTuningJob(Closed):
     training_type: JobTrainingType | None = None
 
 
-class JobList(Closed):
-    object: Literal["list"] = "list"
-    data: list[FineTuningJob]
-    has_more: bool
-    first_id: str | None = None
-    last_id: str | None = None
+class JobList(Page[FineTuningJob]):
+    pass
 
 
 class EventData(Closed):
@@ -181,12 +184,8 @@ class JobEvent(Closed):
     type: Literal["message", "metrics"]
 
 
-class EventList(Closed):
-    object: Literal["list"] = "list"
-    data: list[JobEvent]
-    has_more: bool
-    first_id: str | None = None
-    last_id: str | None = None
+class EventList(Page[JobEvent]):
+    pass
 
 
 class CheckpointMetrics(Closed):
@@ -211,12 +210,8 @@ class Checkpoint(Closed):
     step_number: int
 
 
-class CheckpointList(Closed):
-    object: Literal["list"] = "list"
-    data: list[Checkpoint]
-    has_more: bool
-    first_id: str | None = None
-    last_id: str | None = None
+class CheckpointList(Page[Checkpoint]):
+    pass
 
 
 # --- native and operations ----------------------------------------------------------------------------

@@ -12,12 +12,11 @@ from typing import Any
 from ftcrd.names import METRICS_FILE
 from ftcrd.results import RESULTS_FILENAME, RESULTS_PURPOSE, MetricsFileError, parse_metrics, results_csv
 from ftcrd.trainer_config import TrainerOutput
-from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from ftapi import mapping
 from ftapi.errors import APIError, not_found
-from ftapi.k8s import K8s
+from ftapi.k8s import K8s, find_ftj
 from ftapi.settings import Settings
 from ftapi.storage import ArtifactStore
 
@@ -52,15 +51,10 @@ def metrics_location(ftj: dict[str, Any], settings: Settings) -> tuple[str, str]
 
 
 async def _job(k8s: K8s, namespace: str, fid: str) -> dict[str, Any]:
-    job = fid[len(mapping.RESULTS_FILE_PREFIX) :]
-    if not mapping.valid_job_name(job):
+    job = await find_ftj(k8s, namespace, fid[len(mapping.RESULTS_FILE_PREFIX) :])
+    if job is None:
         raise not_found("file", fid, param="file_id")
-    try:
-        return await k8s.get_ftj(namespace, job)
-    except ApiException as exc:
-        if exc.status == 404:
-            raise not_found("file", fid, param="file_id") from None
-        raise
+    return job
 
 
 async def load(

@@ -9,6 +9,7 @@ into the served document by :func:`ftapi.openapi.document`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from ftcrd.adapter import (
@@ -77,6 +78,26 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+# The CRD's own ranges (ftcrd.types, ftcrd.adapter), read strictly as JSON Schema does
+BatchSizeIn = Annotated[BatchSize, Strict(), INTEGRAL]
+EpochsIn = Annotated[Epochs, Strict(), INTEGRAL]
+BetaIn = Annotated[Beta, Field(allow_inf_nan=False)]
+LoraRankIn = Annotated[LoraRank, Strict(), INTEGRAL]
+LoraAlphaIn = Annotated[LoraAlpha, Strict(), INTEGRAL]
+LoraDropoutIn = Annotated[LoraDropout, Field(allow_inf_nan=False)]
+
+
+def _tag_of_type(tags: dict[str, str]) -> Callable[[Any], str | None]:
+    """A discriminated union's tag function: the tag of the value's ``type`` (None, for an unknown one, makes
+    pydantic report the union's own error)."""
+
+    def tag(value: Any) -> str | None:
+        kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+        return tags.get(kind) if isinstance(kind, str) else None
+
+    return tag
+
+
 # --- seed webhook --------------------------------------------------------------------------------
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -102,12 +123,6 @@ class SeedRow(BaseModel):
     prompt: NonBlank
     chosen: NonBlank
     rejected: NonBlank
-
-
-# LoRA settings, read strictly: the CRD's own ranges (ftcrd.adapter)
-LoraRankIn = Annotated[LoraRank, Strict(), INTEGRAL]
-LoraAlphaIn = Annotated[LoraAlpha, Strict(), INTEGRAL]
-LoraDropoutIn = Annotated[LoraDropout, Field(allow_inf_nan=False)]
 
 
 class SeedAdapter(StrictModel):
@@ -171,10 +186,6 @@ class SeedAccepted(BaseModel):
 
 # --- OpenAI fine-tuning jobs ---------------------------------------------------------------------
 
-# batch size, epochs and beta: the CRD's own ranges (ftcrd.types), read strictly as JSON Schema does
-BatchSizeIn = Annotated[BatchSize, Strict(), INTEGRAL]
-EpochsIn = Annotated[Epochs, Strict(), INTEGRAL]
-BetaIn = Annotated[Beta, Field(allow_inf_nan=False)]
 # At least 1e-6: a smaller multiplier of the base learning rate can underflow to a learning rate of 0.
 LrMultiplier = Annotated[float, Field(ge=1e-6, le=1e6, allow_inf_nan=False)]
 
@@ -209,16 +220,11 @@ class DpoChoice(StrictModel):
     dpo: DpoMethod | None = None
 
 
-def _method_tag(value: Any) -> str | None:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return {"supervised": "Supervised", "dpo": "Dpo"}.get(kind) if isinstance(kind, str) else None
-
-
 # Tags are capitalised so error locations read "method.type", not "method.dpo.type" (see errors.field_path).
 Method = Annotated[
     Annotated[SupervisedChoice, Tag("Supervised")] | Annotated[DpoChoice, Tag("Dpo")],
     Discriminator(
-        _method_tag,
+        _tag_of_type({"supervised": "Supervised", "dpo": "Dpo"}),
         custom_error_type="invalid_method",
         custom_error_message="method.type must be 'supervised' or 'dpo' (reinforcement is not supported)",
     ),
@@ -247,15 +253,10 @@ class FullTrainingType(StrictModel):
     type: Literal["Full"]
 
 
-def _training_type_tag(value: Any) -> str | None:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return {"Lora": "Lora", "QLora": "Lora", "Full": "Full"}.get(kind) if isinstance(kind, str) else None
-
-
 TrainingType = Annotated[
     Annotated[LoraTrainingType, Tag("Lora")] | Annotated[FullTrainingType, Tag("Full")],
     Discriminator(
-        _training_type_tag,
+        _tag_of_type({"Lora": "Lora", "QLora": "Lora", "Full": "Full"}),
         custom_error_type="invalid_training_type",
         custom_error_message="training_type.type must be 'Lora', 'QLora' or 'Full'",
     ),

@@ -13,37 +13,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from ftcrd.names import ENV_CREDENTIALS
+from ftcrd import bucket_access
 
 from ftapi.errors import APIError
 
 log = logging.getLogger("ftapi.storage")
 T = TypeVar("T")
 
-DEFAULT_PROJECT = "finetune-local"
-
 
 def _credentials() -> Any:
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        from google.auth.credentials import AnonymousCredentials
-
-        return AnonymousCredentials()
+    """The bucket's credentials, by the rule the API shares with the trainer (ftcrd.bucket_access)."""
     from firebase_admin import credentials
+    from google.auth.credentials import AnonymousCredentials
 
-    key = os.environ.get(ENV_CREDENTIALS)
-    if key and Path(key).is_file():
-        try:
-            return credentials.Certificate(key)
-        except ValueError:
-            pass  # another ADC file type: the default chain reads it
-    return credentials.ApplicationDefault()
+    return bucket_access.credentials(
+        anonymous=AnonymousCredentials, key_file=credentials.Certificate, default=credentials.ApplicationDefault
+    )
 
 
 class ArtifactStore:
@@ -62,14 +52,8 @@ class ArtifactStore:
         if self._app is None:
             import firebase_admin
 
-            options: dict[str, Any] = {}
-            project = os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCLOUD_PROJECT")
-            if os.environ.get("STORAGE_EMULATOR_HOST"):
-                options["projectId"] = project or DEFAULT_PROJECT
-            elif project:
-                options["projectId"] = project
             self._app = firebase_admin.initialize_app(
-                _credentials(), options, name=f"ftapi-storage-{uuid.uuid4().hex[:8]}"
+                _credentials(), bucket_access.app_options(), name=f"ftapi-storage-{uuid.uuid4().hex[:8]}"
             )
         return self._app
 

@@ -31,7 +31,7 @@ from ftcrd.dataset import GZIP_MAGIC, DatasetError, RowCounts, RowValidator
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from ftapi.errors import APIError
+from ftapi.errors import APIError, too_large
 from ftapi.settings import Settings
 from ftapi.storage import ArtifactStore, ObjectWriter
 
@@ -192,8 +192,7 @@ class FormReader:
 
 
 def file_too_large(limit: int) -> APIError:
-    return APIError(
-        413,
+    return too_large(
         f"The file is larger than {limit} bytes, the largest file this service accepts (as uploaded and after "
         "decompression).",
         code="file_too_large",

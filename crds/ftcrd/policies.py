@@ -172,6 +172,14 @@ def job_fields_policy() -> dict[str, Any]:
     def not_allowed(what: str, var: str) -> Callable[..., str]:
         return lambda value, listed: A.not_allowed_message(what, value, [listed])
 
+    def listed_resource(field: str, what: str, var: str, ok: str, value: str) -> dict[str, Any]:
+        """spec.resources.<field>: unset, unchanged, or ``ok`` by the allow-list ``var`` (else ``value`` is named)."""
+        keys = (*res, field)
+        return _rule(
+            f"!({_guard(keys)}) || {_unchanged(keys)} || {ok}",
+            refusal(f"spec.resources.{field}", not_allowed(what, var), value=value, listed=_listed(var)),
+        )
+
     validations = [
         _rule(
             "request.operation != 'CREATE' || request.namespace != params.metadata.namespace",
@@ -181,15 +189,12 @@ def job_fields_policy() -> dict[str, Any]:
             f"!has(object.spec.image) || {_unchanged(('image',))} || {image_ok}",
             refusal("spec.image", not_allowed("image", "images"), value=image, listed=_listed("images")),
         ),
-        _rule(
-            f"!({_guard((*res, 'nodeSelector'))}) || {_unchanged((*res, 'nodeSelector'))} || "
+        listed_resource(
+            "nodeSelector",
+            "node selector key",
+            "nodeSelectorKeys",
             f"{node_selector}.all(k, {_allowed('nodeSelectorKeys', 'k')})",
-            refusal(
-                "spec.resources.nodeSelector",
-                not_allowed("node selector key", "nodeSelectorKeys"),
-                value=bad_key,
-                listed=_listed("nodeSelectorKeys"),
-            ),
+            bad_key,
         ),
         _rule(
             f"!({_guard((*res, 'tolerations'))}) || {_unchanged((*res, 'tolerations'))} || "
@@ -205,15 +210,8 @@ def job_fields_policy() -> dict[str, Any]:
                 listed=_listed("tolerationKeys"),
             ),
         ),
-        _rule(
-            f"!({_guard((*res, 'priorityClassName'))}) || {_unchanged((*res, 'priorityClassName'))} || "
-            f"{_allowed('priorityClasses', priority)}",
-            refusal(
-                "spec.resources.priorityClassName",
-                not_allowed("priority class", "priorityClasses"),
-                value=priority,
-                listed=_listed("priorityClasses"),
-            ),
+        listed_resource(
+            "priorityClassName", "priority class", "priorityClasses", _allowed("priorityClasses", priority), priority
         ),
     ]
     return _policy(

@@ -22,9 +22,10 @@ from typing import Any
 
 from ftcrd import names
 from ftcrd.conditions import Reason as R
+from ftcrd.objects import get
 from ftcrd.types import PHASE_FAILED, PHASE_PENDING, PHASE_QUEUED
 
-from ftoperator.objects import condition, get, short
+from ftoperator.objects import condition, short
 
 GROUP = names.KUEUE_GROUP
 PLURAL = names.KUEUE_WORKLOADS

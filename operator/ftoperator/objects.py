@@ -1,10 +1,12 @@
-"""Reading Kubernetes objects as plain dicts: nested fields, conditions, times, pod liveness. Pure."""
+"""Reading Kubernetes objects as plain dicts: conditions, times, pod liveness (nested fields: ftcrd.objects). Pure."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
 from typing import Any
+
+from ftcrd.objects import get
 
 MAX_MESSAGE = 1024
 
@@ -20,16 +22,6 @@ def parse_time(value: object) -> dt.datetime | None:
         return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-
-
-def get(obj: Mapping[str, Any] | None, *path: str) -> Any:
-    """``obj[path[0]][path[1]]…``, None where a level is missing."""
-    cur: Any = obj
-    for key in path:
-        if not isinstance(cur, Mapping):
-            return None
-        cur = cur.get(key)
-    return cur
 
 
 def condition(obj: Mapping[str, Any] | None, ctype: str) -> Mapping[str, Any] | None:

@@ -39,20 +39,23 @@ WARNING_REASONS = frozenset(
 )
 
 
-class Hook(Protocol):
-    """What the reconciler asks before it maps a job's status (:class:`ftoperator.restarts.Restarter`)."""
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """What one sync sees of a job: the FineTuneJob, its effective status, its Job and pods, and when."""
 
-    async def step(
-        self,
-        key: Key,
-        *,
-        ftj: Mapping[str, Any],
-        status: Mapping[str, Any],
-        job: Mapping[str, Any] | None,
-        pods: Sequence[Mapping[str, Any]],
-        now: dt.datetime,
-        logger: Logger,
-    ) -> tuple[bool, float]: ...
+    key: Key
+    ftj: Mapping[str, Any]
+    status: Mapping[str, Any]
+    job: Mapping[str, Any] | None
+    pods: Sequence[Mapping[str, Any]]
+    now: dt.datetime
+
+
+class Hook(Protocol):
+    """What the reconciler asks before it maps a job's status (:class:`ftoperator.restarts.Restarter`):
+    (whether the hook took the sync over, seconds until it wants to look again)."""
+
+    async def step(self, seen: Observed, logger: Logger) -> tuple[bool, float]: ...
 
 
 @dataclasses.dataclass
@@ -374,9 +377,7 @@ class Reconciler:
         now = dt.datetime.now(dt.UTC)
         watch_due = math.inf
         if self.restarter is not None and not first_status:
-            handled, watch_due = await self.restarter.step(
-                key, ftj=ftj, status=status, job=job, pods=pods, now=now, logger=logger
-            )
+            handled, watch_due = await self.restarter.step(Observed(key, ftj, status, job, pods, now), logger)
             if handled:  # a restart in progress: the restarter wrote what there was to write
                 return False
             if watch_due != math.inf:

@@ -32,13 +32,14 @@ from typing import Any
 from ftcrd import conditions as C
 from ftcrd.conditions import ExitCode
 from ftcrd.conditions import Reason as R
+from ftcrd.objects import get
 
 from ftoperator import metrics
 from ftoperator import status as st
 from ftoperator.children import Workloads
 from ftoperator.kube import ApiError
-from ftoperator.objects import condition, get, is_active, is_true, parse_time, rfc3339, short
-from ftoperator.reconciler import Logger, Reconciler
+from ftoperator.objects import condition, is_active, is_true, parse_time, rfc3339, short
+from ftoperator.reconciler import Logger, Observed, Reconciler
 from ftoperator.snapshots import Key, uid_of
 
 RESTART_REASONS = frozenset({R.GANG_RESTART, R.PROGRESS_DEADLINE_EXCEEDED})
@@ -225,18 +226,9 @@ class Restarter:
         self.workloads = workloads
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
-    async def step(
-        self,
-        key: Key,
-        *,
-        ftj: Mapping[str, Any],
-        status: Mapping[str, Any],
-        job: Mapping[str, Any] | None,
-        pods: Sequence[Mapping[str, Any]],
-        now: dt.datetime,
-        logger: Logger,
-    ) -> tuple[bool, float]:
+    async def step(self, seen: Observed, logger: Logger) -> tuple[bool, float]:
         """(whether this took the sync over, seconds until the watchdog looks again)."""
+        key, ftj, status, job, pods, now = seen.key, seen.ftj, seen.status, seen.job, seen.pods, seen.now
         if replacing(status, job):
             assert job is not None
             if not get(job, "metadata", "deletionTimestamp"):

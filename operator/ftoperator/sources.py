@@ -19,10 +19,11 @@ from typing import Any
 
 from ftcrd.conditions import Reason as R
 from ftcrd.names import ANN_CANCELLED
+from ftcrd.objects import get
 from ftcrd.types import PHASE_FAILED, PHASE_SUCCEEDED
 
 from ftoperator.builders import ModelSource
-from ftoperator.objects import get, parse_time
+from ftoperator.objects import parse_time
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,13 +18,13 @@ from ftcrd import conditions as C
 from ftcrd.conditions import TRAINER_REASONS, ExitCode
 from ftcrd.conditions import Reason as R
 from ftcrd.names import ANN_CANCELLED, ANN_COMPLETION_INDEX, CONTAINER
+from ftcrd.objects import get as _get
 from ftcrd.termination import FAILED, TerminationMessage
 from ftcrd.types import PHASE_QUEUED, PHASE_UPLOADING, STAGE_UPLOADING, TERMINAL_PHASES
 
 from ftoperator import kueue
 from ftoperator.objects import condition as _cond
 from ftoperator.objects import created as _created
-from ftoperator.objects import get as _get
 from ftoperator.objects import is_active as _is_active
 from ftoperator.objects import is_true as _true
 from ftoperator.objects import parse_time, rfc3339

@@ -17,8 +17,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ftcrd.conditions import Reason as R
+from ftcrd.objects import get
 
-from ftoperator.objects import condition, created, get, is_active, parse_time, short
+from ftoperator.objects import condition, created, is_active, parse_time, short
 from ftoperator.settings import Settings
 
 IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"})

@@ -66,7 +66,7 @@ def cmd_watch(k: Kubectl, args: argparse.Namespace, out: TextIO) -> int:
     last, final = "", None
     losses: list[float] = []
     for ftj in k.watch(args.name):
-        loss = render.field(ftj, "status", "metrics", "loss")
+        loss = render.get(ftj, "status", "metrics", "loss")
         if isinstance(loss, (int, float)) and (not losses or losses[-1] != float(loss)):
             losses.append(float(loss))
         if not losses:
@@ -84,9 +84,7 @@ def cmd_watch(k: Kubectl, args: argparse.Namespace, out: TextIO) -> int:
     if final is None:
         return 1
     if render.phase(final) == "Failed":
-        print(
-            f"Failed ({render.field(final, 'status', 'reason')}): {render.field(final, 'status', 'message')}", file=out
-        )
+        print(f"Failed ({render.get(final, 'status', 'reason')}): {render.get(final, 'status', 'message')}", file=out)
         return 1
     print(f"Artifact: {render.artifact(final)}", file=out)
     return 0

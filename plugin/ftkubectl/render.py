@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ftcrd import conditions
+from ftcrd.objects import get
 
 Obj = Mapping[str, Any]
 BAR_WIDTH = 24
@@ -17,15 +18,6 @@ SPARKS = "▁▂▃▄▅▆▇█"
 TERMINAL = frozenset({"Succeeded", "Failed"})
 # Metrics worth a line in `describe` besides the loss, in this order (names as the trainer reports them).
 METRICS = ("rewardAccuracy", "rewardMargin", "evalLoss", "evalRewardAccuracy", "gradNorm", "learningRate", "tokens")
-
-
-def field(obj: Obj | None, *path: str) -> Any:
-    cur: Any = obj
-    for key in path:
-        if not isinstance(cur, Mapping):
-            return None
-        cur = cur.get(key)
-    return cur
 
 
 def progress_bar(percent: float | None, width: int = BAR_WIDTH) -> str:
@@ -82,31 +74,31 @@ def loss_history(ftj: Obj) -> list[float]:
     """Losses the status holds, oldest first: each checkpoint's (``status.checkpoints``, the last ten) and the
     latest (``status.metrics.loss``) when it is newer than the last checkpoint."""
     points: list[tuple[int, float]] = []
-    for cp in field(ftj, "status", "checkpoints") or []:
-        loss = field(cp, "metrics", "loss")
+    for cp in get(ftj, "status", "checkpoints") or []:
+        loss = get(cp, "metrics", "loss")
         if isinstance(loss, (int, float)) and isinstance(cp.get("step"), int):
             points.append((cp["step"], float(loss)))
     points.sort()
-    latest = field(ftj, "status", "metrics", "loss")
-    step = field(ftj, "status", "progress", "step")
+    latest = get(ftj, "status", "metrics", "loss")
+    step = get(ftj, "status", "progress", "step")
     if isinstance(latest, (int, float)) and (not points or (isinstance(step, int) and step > points[-1][0])):
         points.append((step if isinstance(step, int) else 0, float(latest)))
     return [loss for _, loss in points]
 
 
 def phase(ftj: Obj) -> str:
-    return str(field(ftj, "status", "phase") or "Pending")
+    return str(get(ftj, "status", "phase") or "Pending")
 
 
 def steps(ftj: Obj) -> str:
-    step, total = field(ftj, "status", "progress", "step"), field(ftj, "status", "progress", "totalSteps")
+    step, total = get(ftj, "status", "progress", "step"), get(ftj, "status", "progress", "totalSteps")
     if step is None:
         return ""
     return f"step {step}/{total}" if total else f"step {step}"
 
 
 def artifact(ftj: Obj) -> str:
-    art = field(ftj, "status", "artifact")
+    art = get(ftj, "status", "artifact")
     if not art or not art.get("uri"):
         return "-"
     sha = str(art.get("sha256") or "")[:12]
@@ -116,20 +108,20 @@ def artifact(ftj: Obj) -> str:
 
 def status_line(ftj: Obj, losses: Sequence[float] | None = None) -> str:
     """One line for ``watch``: phase, progress bar, steps, loss (with its sparkline) and ETA."""
-    name = field(ftj, "metadata", "name")
+    name = get(ftj, "metadata", "name")
     p = phase(ftj)
-    parts = [f"{name}", f"{p:<9}", progress_bar(field(ftj, "status", "progress", "percent"))]
+    parts = [f"{name}", f"{p:<9}", progress_bar(get(ftj, "status", "progress", "percent"))]
     if steps(ftj):
         parts.append(steps(ftj))
     history = list(losses) if losses is not None else loss_history(ftj)
-    loss = field(ftj, "status", "metrics", "loss")
+    loss = get(ftj, "status", "metrics", "loss")
     if isinstance(loss, (int, float)):
         parts.append(f"loss {number(float(loss))} {sparkline(history)}".rstrip())
     if p not in TERMINAL:
-        eta = field(ftj, "status", "progress", "etaSeconds")
+        eta = get(ftj, "status", "progress", "etaSeconds")
         if eta is not None:
             parts.append(f"ETA {duration(eta)}")
-        reason = field(ftj, "status", "reason")
+        reason = get(ftj, "status", "reason")
         if p != "Running" and reason:
             parts.append(f"({reason})")
     return "  ".join(parts)
@@ -148,18 +140,18 @@ def job_table(jobs: Sequence[Obj], all_namespaces: bool = False) -> str:
     header = ["NAMESPACE"] if all_namespaces else []
     rows = [[*header, "NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "MODEL"]]
     for ftj in jobs:
-        loss = field(ftj, "status", "metrics", "loss")
-        eta = field(ftj, "status", "progress", "etaSeconds") if phase(ftj) not in TERMINAL else None
-        ns = [str(field(ftj, "metadata", "namespace"))] if all_namespaces else []
+        loss = get(ftj, "status", "metrics", "loss")
+        eta = get(ftj, "status", "progress", "etaSeconds") if phase(ftj) not in TERMINAL else None
+        ns = [str(get(ftj, "metadata", "namespace"))] if all_namespaces else []
         rows.append(
             [
                 *ns,
-                str(field(ftj, "metadata", "name")),
+                str(get(ftj, "metadata", "name")),
                 phase(ftj),
-                progress_bar(field(ftj, "status", "progress", "percent"), 10),
+                progress_bar(get(ftj, "status", "progress", "percent"), 10),
                 number(loss) if loss is not None else "-",
                 duration(eta) if eta is not None else "-",
-                str(field(ftj, "spec", "model", "name") or "-"),
+                str(get(ftj, "spec", "model", "name") or "-"),
             ]
         )
     return "\n".join(line.rstrip() for line in _table(rows))
@@ -167,34 +159,34 @@ def job_table(jobs: Sequence[Obj], all_namespaces: bool = False) -> str:
 
 def describe(ftj: Obj) -> str:
     """``describe``: what a user asks about a job, in the order they ask it."""
-    st = field(ftj, "status") or {}
-    spec = field(ftj, "spec") or {}
+    st = get(ftj, "status") or {}
+    spec = get(ftj, "spec") or {}
     p = phase(ftj)
     lines = [
-        f"Name:        {field(ftj, 'metadata', 'name')}",
-        f"Namespace:   {field(ftj, 'metadata', 'namespace')}",
-        f"Model:       {field(spec, 'model', 'name')} ({field(spec, 'method', 'type') or 'dpo'})",
-        f"Created:     {field(ftj, 'metadata', 'creationTimestamp')}",
+        f"Name:        {get(ftj, 'metadata', 'name')}",
+        f"Namespace:   {get(ftj, 'metadata', 'namespace')}",
+        f"Model:       {get(spec, 'model', 'name')} ({get(spec, 'method', 'type') or 'dpo'})",
+        f"Created:     {get(ftj, 'metadata', 'creationTimestamp')}",
     ]
-    queue = field(spec, "runPolicy", "queueName")
+    queue = get(spec, "runPolicy", "queueName")
     if queue:
         admitted = st.get("admissionTime")
         lines.append(f"Queue:       {queue}" + (f" (admitted {admitted})" if admitted else " (not admitted)"))
     lines.append(f"Phase:       {p}" + (f" ({st['reason']})" if st.get("reason") else ""))
     if st.get("message"):
         lines.append(f"Message:     {st['message']}")
-    percent = field(st, "progress", "percent")
+    percent = get(st, "progress", "percent")
     lines.append(f"Progress:    {progress_bar(percent)}" + (f"  {steps(ftj)}" if steps(ftj) else ""))
-    stage = field(st, "progress", "stage")
+    stage = get(st, "progress", "stage")
     if stage and p not in TERMINAL:
         lines.append(f"Stage:       {stage}")
     if p not in TERMINAL:
-        lines.append(f"ETA:         {duration(field(st, 'progress', 'etaSeconds'))}")
+        lines.append(f"ETA:         {duration(get(st, 'progress', 'etaSeconds'))}")
     history = loss_history(ftj)
-    loss = field(st, "metrics", "loss")
+    loss = get(st, "metrics", "loss")
     if isinstance(loss, (int, float)):
         lines.append(f"Loss:        {number(float(loss))}  {sparkline(history)}  ({len(history)} points)")
-    others = [f"{k} {number(field(st, 'metrics', k))}" for k in METRICS if field(st, "metrics", k) is not None]
+    others = [f"{k} {number(get(st, 'metrics', k))}" for k in METRICS if get(st, "metrics", k) is not None]
     if others:
         lines.append(f"Metrics:     {', '.join(others)}")
     for label, key in (("Started:", "startTime"), ("Completed:", "completionTime")):

@@ -38,7 +38,6 @@ from fttrainer.logprobs import sequence_logps, sequence_logps_and_hits
 from fttrainer.loop_types import (
     LoopConfig,
     LossSpec,
-    ProgressSink,
     Result,
     StepObserver,
 )
@@ -47,6 +46,7 @@ from fttrainer.optim import OPTIMIZERS, build_optimizer, clip_grad_norm, warmup_
 from fttrainer.packing import SequenceBatch, layout, token_budget_micro_batches
 from fttrainer.parallel import Dist
 from fttrainer.reference import precompute_reference_logps  # noqa: F401 (re-exported)
+from fttrainer.report import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Trainer:
         schedule: Schedule,
         eval_indices: list[int],
         pad_token_id: int,
-        reporter: ProgressSink,
+        reporter: Reporter,
         reference_logps: torch.Tensor | None = None,
         store: Store | None = None,
         observer: StepObserver | None = None,

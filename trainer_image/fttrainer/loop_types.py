@@ -1,29 +1,11 @@
 """What the training loop (:mod:`fttrainer.loop`) is given and what it reports to: the loss, the loop's
-settings, where progress and per-step metrics go, and its result."""
+settings, where per-step metrics go, and its result (progress goes to :class:`fttrainer.report.Reporter`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-
-from ftcrd.types import Stage
-
-
-class ProgressSink(Protocol):
-    def progress(
-        self,
-        *,
-        step: int,
-        total_steps: int,
-        epoch: float,
-        examples: int,
-        stage: Stage,
-        metrics: dict[str, float],
-        resumed_from: int | None = None,
-    ) -> None: ...
-
-    def checkpoints(self, records: list[dict[str, Any]]) -> None: ...
 
 
 class StepObserver(Protocol):

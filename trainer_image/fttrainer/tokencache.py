@@ -21,6 +21,7 @@ steps on a large dataset do not tokenize the whole of it.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import json
@@ -88,7 +89,23 @@ def cache_key(dataset: DatasetFile, tokenizer: Any, hp: Any, used: list[int] | N
     return h.hexdigest()[:32]
 
 
-class TokenizedDataset(Sequence[Example]):
+class Examples(Sequence[Example]):
+    """A sequence of examples built one at a time by :meth:`example`; a slice is a list of them."""
+
+    @abc.abstractmethod
+    def example(self, i: int) -> Example: ...
+
+    @overload
+    def __getitem__(self, i: int) -> Example: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Example]: ...
+    def __getitem__(self, i: int | slice) -> Example | list[Example]:
+        if isinstance(i, slice):
+            return [self.example(j) for j in range(*i.indices(len(self)))]
+        return self.example(i)
+
+
+class TokenizedDataset(Examples):
     """The cached examples, indexed by dataset row like the list :func:`fttrainer.data.tokenize_rows` returns;
     each :class:`Example` is built from the mapped arrays when asked for."""
 
@@ -115,13 +132,7 @@ class TokenizedDataset(Sequence[Example]):
     def __len__(self) -> int:
         return len(self.position)
 
-    @overload
-    def __getitem__(self, i: int) -> Example: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Example]: ...
-    def __getitem__(self, i: int | slice) -> Example | list[Example]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def example(self, i: int) -> Example:
         pos = int(self.position[i])
         if pos < 0:
             raise IndexError(f"row {i} is not among the rows tokenized for this run")
@@ -141,7 +152,7 @@ class TokenizedDataset(Sequence[Example]):
 _EMPTY, _EMPTY_MASK = np.zeros(0, np.int32), np.zeros(0, np.uint8)
 
 
-class Joined(Sequence[Example]):
+class Joined(Examples):
     """The training examples followed by a separate validation file's: row ``i`` of the validation file is
     example ``len(train) + i`` (its ``index`` shifted too), as if the two files were one dataset."""
 
@@ -151,13 +162,7 @@ class Joined(Sequence[Example]):
     def __len__(self) -> int:
         return len(self.train) + len(self.validation)
 
-    @overload
-    def __getitem__(self, i: int) -> Example: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Example]: ...
-    def __getitem__(self, i: int | slice) -> Example | list[Example]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def example(self, i: int) -> Example:
         n = len(self.train)
         if i < n:
             return self.train[i]

@@ -52,12 +52,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ftcrd.names import ENV_CREDENTIALS, ENV_UPLOAD_BACKOFF, ENV_UPLOAD_RETRIES, MANIFEST_NAME
+from ftcrd import bucket_access
+from ftcrd.names import ENV_UPLOAD_BACKOFF, ENV_UPLOAD_RETRIES, MANIFEST_NAME
 from ftcrd.trainer_config import TrainerOutput
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROJECT = "finetune-local"
 # Files above this size go through a resumable upload in chunks of this size (a multiple of 256 KiB).
 CHUNK_SIZE = 32 * 1024 * 1024
 _READ_BLOCK = 8 * 1024 * 1024
@@ -159,20 +159,13 @@ def scan_export(export_dir: Path) -> list[LocalFile]:
 
 
 def _credentials() -> Any:
-    """Anonymous credentials against an emulator, else the service-account file / application default."""
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        from google.auth.credentials import AnonymousCredentials
-
-        return AnonymousCredentials()
+    """The bucket's credentials, by the rule the trainer shares with the API (ftcrd.bucket_access)."""
     from firebase_admin import credentials
+    from google.auth.credentials import AnonymousCredentials
 
-    key = os.environ.get(ENV_CREDENTIALS)
-    if key and Path(key).is_file():
-        try:
-            return credentials.Certificate(key)  # a Firebase service-account key (the operator's Secret)
-        except ValueError:
-            pass  # another ADC file type (external account, user credentials): the default chain reads it
-    return credentials.ApplicationDefault()
+    return bucket_access.credentials(
+        anonymous=AnonymousCredentials, key_file=credentials.Certificate, default=credentials.ApplicationDefault
+    )
 
 
 def _bucket(bucket: str) -> tuple[Any, Any]:
@@ -180,12 +173,7 @@ def _bucket(bucket: str) -> tuple[Any, Any]:
     import firebase_admin
     from firebase_admin import storage
 
-    options: dict[str, Any] = {"storageBucket": bucket}
-    project = os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCLOUD_PROJECT")
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        options["projectId"] = project or DEFAULT_PROJECT
-    elif project:
-        options["projectId"] = project
+    options = {"storageBucket": bucket, **bucket_access.app_options()}
     app = firebase_admin.initialize_app(_credentials(), options, name=f"fttrainer-upload-{uuid.uuid4().hex[:8]}")
     return app, storage.bucket(app=app)
 

@@ -13,7 +13,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from ftapi import mapping
 from ftapi.errors import APIError, not_found
-from ftapi.k8s import K8s, create_owned
+from ftapi.k8s import K8s, create_owned, find_ftj
 
 
 async def create_idempotent(
@@ -45,12 +45,11 @@ async def create_idempotent(
 
 
 async def get_job(k8s: K8s, namespace: str, name: str) -> dict[str, Any]:
-    try:
-        return await k8s.get_ftj(namespace, name)
-    except ApiException as exc:
-        if exc.status == 404:
-            raise not_found("fine-tuning job", name, param="fine_tuning_job_id") from None
-        raise
+    """The job named by the path's ``fine_tuning_job_id``; 404 when there is none (or the id cannot name one)."""
+    job = await find_ftj(k8s, namespace, name)
+    if job is None:
+        raise not_found("fine-tuning job", name, param="fine_tuning_job_id")
+    return job
 
 
 async def update_job(

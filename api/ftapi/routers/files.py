@@ -18,7 +18,7 @@ from ftcrd.jsonstream import Gunzip
 
 from ftapi import filerecords, mapping, results
 from ftapi.deps import Config, Kube, State, Store, Tenant
-from ftapi.errors import APIError
+from ftapi.errors import APIError, too_large
 from ftapi.filerecords import get_record
 from ftapi.responses import FileDeleted, FileList, FileObject, error_responses
 from ftapi.routers.common import Limit, clamp
@@ -38,7 +38,7 @@ def dataset_error(exc: DatasetError, param: str = "file") -> APIError:
     """A file the parser refused, as OpenAI words it; ``param`` names the field that carried the file."""
     if isinstance(exc, DatasetTooLarge):
         where = f"line {exc.row}: " if exc.row is not None else ""
-        return APIError(413, f"The file is too large: {where}{exc.detail}", code="file_too_large", param=param)
+        return too_large(f"The file is too large: {where}{exc.detail}", code="file_too_large", param=param)
     where = f"line {exc.row}: " if exc.row is not None else ""
     field = f"field '{exc.field}': " if exc.field else ""
     return APIError(

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.types import DecoratedCallable
 from ftcrd import names
 from ftcrd.dataset import DatasetError
 from ftcrd.types import MethodSpec, ModelSpec, TrackingSpec, WandbSpec
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from ftapi import hyper, lora, mapping
 from ftapi.auth import Tenant as TenantInfo
 from ftapi.deps import Config, Kube, State, Tenant
-from ftapi.errors import APIError, not_found
+from ftapi.errors import APIError
 from ftapi.filerecords import check_active_jobs, file_rows, get_record, training_dataset, validation_dataset
-from ftapi.k8s import K8s
+from ftapi.k8s import K8s, find_ftj
 from ftapi.responses import CheckpointList, EventList, FineTuningJob, JobList, error_responses
 from ftapi.routers.common import IdempotencyKey, Limit, clamp, create_idempotent, get_job, update_job
 from ftapi.routers.files import dataset_error
@@ -34,11 +35,6 @@ from ftapi.specbuild import (
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 PREFERENCE_METHODS = frozenset({"dpo"})
-
-
-def _check_job_id(job_id: str) -> None:
-    if not mapping.valid_job_name(job_id):
-        raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
 
 
 async def _file(
@@ -106,12 +102,8 @@ async def _model(
     if model.startswith("gs://"):
         found = [j for j in await k8s.list_ftj(namespace) if mapping.fine_tuned_model(j) == model]
         source = found[0] if found else None
-    elif mapping.valid_job_name(model):
-        try:
-            source = await k8s.get_ftj(namespace, model)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+    else:
+        source = await find_ftj(k8s, namespace, model)
     if source is None:
         return resolve_model(settings, model), None  # 400 model_not_found, listing the catalog
     base = ModelSpec.model_validate((source.get("spec") or {}).get("model") or {})
@@ -233,17 +225,30 @@ async def list_jobs(
         jobs = [j for j in jobs if not j["metadata"]]
     elif wanted:
         jobs = [j for j in jobs if all((j["metadata"] or {}).get(k) == v for k, v in wanted.items())]
-    return mapping.paginate(jobs, after, clamp(limit, settings.max_list_limit), key=lambda j: str(j["id"]))
+    return _page(jobs, after, limit, settings)
 
 
-@router.get(
-    "/{fine_tuning_job_id}",
-    summary="Retrieve a fine-tuning job",
-    response_model=FineTuningJob,
-    responses=error_responses(401, 404, 503),
-)
+def _page(items: list[dict[str, Any]], after: str | None, limit: int, settings: Settings) -> dict[str, Any]:
+    """One page of an OpenAI list, its items named by their ``id`` (the ``after`` cursor)."""
+    return mapping.paginate(items, after, clamp(limit, settings.max_list_limit), key=lambda i: str(i["id"]))
+
+
+def _job_route(
+    method: str, path: str, summary: str, model: type, *errors: int
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """A route about one job (``path`` starts with ``/{fine_tuning_job_id}``): besides ``errors`` it can answer
+    401 (no tenant), 404 (no such job) and 503 (the apiserver is unavailable)."""
+    return router.api_route(
+        path,
+        methods=[method],
+        summary=summary,
+        response_model=model,
+        responses=error_responses(*sorted({401, 404, 503, *errors})),
+    )
+
+
+@_job_route("GET", "/{fine_tuning_job_id}", "Retrieve a fine-tuning job", FineTuningJob)
 async def retrieve_job(fine_tuning_job_id: str, tenant: Tenant, k8s: Kube) -> dict[str, Any]:
-    _check_job_id(fine_tuning_job_id)
     return mapping.to_openai_job(await get_job(k8s, tenant.namespace, fine_tuning_job_id))
 
 
@@ -256,17 +261,13 @@ def _state_error(job: dict[str, Any], verb: str) -> APIError:
     )
 
 
-STATE_CHANGE_ERRORS = error_responses(401, 404, 409, 503)
+def _state_change(verb: str, summary: str) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """The route of a state change, ``POST /{id}/<verb>``: it answers the job as it is after the change, or 409."""
+    return _job_route("POST", f"/{{fine_tuning_job_id}}/{verb}", summary, FineTuningJob, 409)
 
 
-@router.post(
-    "/{fine_tuning_job_id}/cancel",
-    summary="Cancel a job (annotation + suspend)",
-    response_model=FineTuningJob,
-    responses=STATE_CHANGE_ERRORS,
-)
+@_state_change("cancel", "Cancel a job (annotation + suspend)")
 async def cancel_job(fine_tuning_job_id: str, tenant: Tenant, k8s: Kube) -> dict[str, Any]:
-    _check_job_id(fine_tuning_job_id)
 
     def change(job: dict[str, Any]) -> dict[str, Any] | None:
         if mapping.is_cancelled(job):
@@ -282,72 +283,49 @@ async def cancel_job(fine_tuning_job_id: str, tenant: Tenant, k8s: Kube) -> dict
     return mapping.to_openai_job(job)
 
 
-@router.post(
-    "/{fine_tuning_job_id}/pause",
-    summary="Pause a job (spec.runPolicy.suspend=true)",
-    response_model=FineTuningJob,
-    responses=STATE_CHANGE_ERRORS,
-)
+@_state_change("pause", "Pause a job (spec.runPolicy.suspend=true)")
 async def pause_job(fine_tuning_job_id: str, tenant: Tenant, k8s: Kube) -> dict[str, Any]:
-    _check_job_id(fine_tuning_job_id)
-
-    def change(job: dict[str, Any]) -> dict[str, Any] | None:
-        if mapping.is_cancelled(job) or mapping.is_terminal(job):
-            raise _state_error(job, "pause")
-        if mapping.is_suspended(job):
-            return None
-        return {"spec": {"runPolicy": {"suspend": True}}}
-
-    job = await update_job(k8s, tenant.namespace, fine_tuning_job_id, change, action="paused")
-    return mapping.to_openai_job(job)
+    return await _set_suspended(k8s, tenant.namespace, fine_tuning_job_id, suspend=True)
 
 
-@router.post(
-    "/{fine_tuning_job_id}/resume",
-    summary="Resume a paused job",
-    response_model=FineTuningJob,
-    responses=STATE_CHANGE_ERRORS,
-)
+@_state_change("resume", "Resume a paused job")
 async def resume_job(fine_tuning_job_id: str, tenant: Tenant, k8s: Kube) -> dict[str, Any]:
-    _check_job_id(fine_tuning_job_id)
+    return await _set_suspended(k8s, tenant.namespace, fine_tuning_job_id, suspend=False)
+
+
+async def _set_suspended(k8s: K8s, namespace: str, job_id: str, *, suspend: bool) -> dict[str, Any]:
+    """Pause (``suspend``) or resume a job: refused once it is cancelled or finished, a no-op when it already is."""
+    verb, action = ("pause", "paused") if suspend else ("resume", "resumed")
 
     def change(job: dict[str, Any]) -> dict[str, Any] | None:
         if mapping.is_cancelled(job) or mapping.is_terminal(job):
-            raise _state_error(job, "resume")
-        if not mapping.is_suspended(job):
+            raise _state_error(job, verb)
+        if mapping.is_suspended(job) == suspend:
             return None
-        return {"spec": {"runPolicy": {"suspend": False}}}
+        return {"spec": {"runPolicy": {"suspend": suspend}}}
 
-    job = await update_job(k8s, tenant.namespace, fine_tuning_job_id, change, action="resumed")
-    return mapping.to_openai_job(job)
+    return mapping.to_openai_job(await update_job(k8s, namespace, job_id, change, action=action))
 
 
-@router.get(
+@_job_route(
+    "GET",
     "/{fine_tuning_job_id}/events",
-    summary="Job events (status transitions, notifications, Kubernetes Events)",
-    response_model=EventList,
-    responses=error_responses(400, 401, 404, 503),
+    "Job events (status transitions, notifications, Kubernetes Events)",
+    EventList,
+    400,
 )
 async def list_events(
     *, fine_tuning_job_id: str, tenant: Tenant, k8s: Kube, settings: Config, after: str | None = None, limit: Limit = 20
 ) -> dict[str, Any]:
-    _check_job_id(fine_tuning_job_id)
     job = await get_job(k8s, tenant.namespace, fine_tuning_job_id)
     events = await k8s.list_events(tenant.namespace, names.KIND, fine_tuning_job_id)
-    page = clamp(limit, settings.max_list_limit)
-    return mapping.paginate(mapping.to_events(job, events), after, page, key=lambda e: str(e["id"]))
+    return _page(mapping.to_events(job, events), after, limit, settings)
 
 
-@router.get(
-    "/{fine_tuning_job_id}/checkpoints",
-    summary="Checkpoints the trainer saved",
-    response_model=CheckpointList,
-    responses=error_responses(400, 401, 404, 503),
-)
+@_job_route("GET", "/{fine_tuning_job_id}/checkpoints", "Checkpoints the trainer saved", CheckpointList, 400)
 async def list_checkpoints(
     *, fine_tuning_job_id: str, tenant: Tenant, k8s: Kube, settings: Config, after: str | None = None, limit: Limit = 10
 ) -> dict[str, Any]:
-    _check_job_id(fine_tuning_job_id)
-    job = await get_job(k8s, tenant.namespace, fine_tuning_job_id)
-    page = clamp(limit, settings.max_list_limit)
-    return mapping.paginate(mapping.to_checkpoints(job), after, page, key=lambda c: str(c["id"]))
+    return _page(
+        mapping.to_checkpoints(await get_job(k8s, tenant.namespace, fine_tuning_job_id)), after, limit, settings
+    )

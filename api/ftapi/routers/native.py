@@ -11,7 +11,6 @@ from ftapi import mapping
 from ftapi.deps import Kube, Tenant
 from ftapi.responses import NativeJob, NativeJobList, error_responses
 from ftapi.routers.common import get_job
-from ftapi.routers.jobs import _check_job_id
 
 router = APIRouter(prefix="/v1/finetunejobs", tags=["native"])
 
@@ -34,7 +33,6 @@ async def list_finetunejobs(tenant: Tenant, k8s: Kube) -> dict[str, Any]:
     responses=error_responses(401, 404, 503),
 )
 async def get_finetunejob(name: str, tenant: Tenant, k8s: Kube) -> dict[str, Any]:
-    _check_job_id(name)
     job = mapping.native(await get_job(k8s, tenant.namespace, name))
     job["openai"] = {"id": name, "status": mapping.openai_status(job)}
     return job
