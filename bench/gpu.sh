@@ -11,8 +11,11 @@
 #   5. scaling    (when >1 GPU) ours_packed with FSDP2 over 1, 2, 4, ... GPUs, 4 pairs per GPU (weak scaling):
 #                          tokens/s per GPU, MFU, scaling efficiency = tokens/s(n) / (n x tokens/s(1)), peak memory
 #   6. large      ours_packed full DPO on the largest preset that fits: 8b over >= 2 GPUs, else 3b on one
+#   7. lora       (~2 min) bench/trainer.py --lora, 1B, seq 2048: full DPO (ours) vs LoRA-DPO (ours_lora) vs TRL + peft
+#                          (trl_peft): lora_vs_full_memory/time, ratio_vs_trl_peft, memory_vs_trl_peft (peak GPU memory)
+#   8. lora8b     (~3 min) LoRA-DPO of the 8B Llama on one GPU (full DPO of it does not fit one): ours_lora, trl_peft
 #
-# Sections 5-6 run only if time is left (GPU_BENCH_SECTIONS overrides the list, e.g. "skewed scaling").
+# Sections 5-8 run only if time is left (GPU_BENCH_SECTIONS overrides the list, e.g. "skewed scaling", "lora lora8b").
 # Needs the repo plus the GPU image's torch/transformers/accelerate. TRL and datasets are not in that image: fetch
 # them here first with `bash bench/gpu-wheels.sh` (writes .whl/, gitignored) and carry .whl; without them the trl side
 # reports an error and the others still run.
@@ -22,7 +25,7 @@ cd "$(dirname "$0")/.."
 py="${PYTHON:-python3}"
 out="${OUT:-/tmp}"
 budget="${GPU_BENCH_SECONDS:-480}"
-sections="${GPU_BENCH_SECTIONS:-checks memory skewed fixed scaling large}"
+sections="${GPU_BENCH_SECTIONS:-checks memory skewed fixed scaling large lora lora8b}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if compgen -G ".whl/*.whl" >/dev/null; then
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/bench-site .whl/*.whl \
@@ -72,5 +75,7 @@ else
   run large 200 "${bench[@]}" --preset 3b --lengths skewed --seq 2048 --batch 2 --warmup 1 --steps 4 \
     --sides ours_packed --launcher torchrun
 fi
+run lora 150 "${bench[@]}" --lora --preset 1b --seq 2048 --batch 4 --warmup 2 --steps 8
+run lora8b 200 "${bench[@]}" --lora --preset 8b --seq 2048 --batch 2 --warmup 1 --steps 4 --sides ours_lora,trl_peft
 "$py" bench/gpu_checks.py summary "$out" | tee "$out/bench-gpu-summary.json"
 echo "== done in ${SECONDS}s; logs: $out/bench-gpu-*.log"

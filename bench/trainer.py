@@ -19,7 +19,18 @@ steps of ``--batch`` pairs, and reports examples/s, real tokens/s, step time and
 ``--lengths fixed`` (default): every sequence ``--seq`` tokens (prompt and reply half each). ``--lengths skewed``:
 log-normal prompt and reply lengths (``trainer_setup.pair_lengths``), where padding costs.
 
+``--lora`` runs LoRA-DPO instead (``fttrainer.adapters``; rank ``--lora-r``, alpha 2r, every linear layer):
+
+* ``ours``: full DPO as above, the comparison on the same model and data;
+* ``ours_lora``: ``Trainer.step`` with the policy wrapped by ``adapters.wrap`` and its own reference (the adapter
+  disabled), as ``fttrainer.train`` runs a ``method.adapter`` job;
+* ``trl_peft``: ``trl.DPOTrainer`` with ``peft_config`` (the same ``LoraConfig``), reference = adapters disabled.
+
+Its JSON adds ``lora_vs_full_memory``, ``lora_vs_full_time``, ``ratio_vs_trl_peft`` and ``memory_vs_trl_peft``
+(:func:`lora_ratios`); on CPU every side runs with :data:`LIVE_RSS_ENV` so peak RSS measures live memory.
+
 Examples: ``python bench/trainer.py --quick`` (CPU, ~17M params, seq 256, a few minutes on 2 cores);
+``python bench/trainer.py --lora --seq 256 --batch 2 --warmup 1 --steps 5 --threads 1`` (CPU, ~63M params);
 ``python bench/trainer.py --lengths skewed --seq 512 --batch 8 --threads 1`` (CPU); ``bench/gpu.sh`` (GPU). The last
 line printed is one JSON object.
 """
@@ -55,8 +66,10 @@ from bench.trainer_setup import (  # noqa: E402 (after the path set-up above)
     make_rows,
     make_tokenizer,
     n_params,
+    rss_mib,
     step_order,
     summary,
+    trainable,
 )
 
 # ------------------------------------------------------------------------------------------ sides
@@ -79,25 +92,42 @@ def _examples(args: argparse.Namespace) -> list[Any]:
     return examples
 
 
-def run_ours(args: argparse.Namespace, packing: bool = False) -> dict | None:
+def adapter_spec(args: argparse.Namespace) -> Any:
+    """The LoRA configuration both LoRA sides train (ours: ``method.adapter``; TRL: the same ``LoraConfig``)."""
+    from ftcrd.types import AdapterSpec
+
+    return AdapterSpec(r=args.lora_r, alpha=2 * args.lora_r, dropout=0.0)
+
+
+def run_ours(args: argparse.Namespace, packing: bool = False, lora: bool = False) -> dict | None:
     import torch
+    from fttrainer import adapters
     from fttrainer.loop import LoopConfig, LossSpec, Trainer
     from fttrainer.parallel import compile_blocks, freeze, init_distributed, shard_or_not
 
     d = init_distributed()
     on_gpu = d.device.type == "cuda"
     examples = _examples(args)
+    baseline = rss_mib()
     policy = make_model(args.preset, 0, str(d.device))
-    reference = copy.deepcopy(policy)
-    if on_gpu:
-        reference = reference.to(torch.bfloat16)  # the llama preset's reference_dtype
     params = n_params(policy)
+    if lora:
+        # as fttrainer.models: the frozen base in the preset's reference_dtype (bf16 on GPU), the adapter in float32;
+        # the reference is the policy with its adapter disabled (no second copy)
+        policy = adapters.wrap(policy.to(torch.bfloat16) if on_gpu else policy, adapter_spec(args))
+        reference = policy
+    else:
+        reference = copy.deepcopy(policy)
+        if on_gpu:
+            reference = reference.to(torch.bfloat16)  # the llama preset's reference_dtype
     if args.compile:
         compile_blocks(policy, "LlamaDecoderLayer")
-        compile_blocks(reference, "LlamaDecoderLayer")
+        if reference is not policy:
+            compile_blocks(reference, "LlamaDecoderLayer")
     # as fttrainer.train: FSDP2 over several ranks, a plain module (bf16 autocast on GPU) over one
     shard_or_not(policy, "LlamaDecoderLayer", d, mixed_precision=on_gpu)
-    shard_or_not(freeze(reference), "LlamaDecoderLayer", d, mixed_precision=False)
+    if reference is not policy:
+        shard_or_not(freeze(reference), "LlamaDecoderLayer", d, mixed_precision=False)
 
     class NoReport:
         def progress(self, **kw: Any) -> None: ...
@@ -139,9 +169,9 @@ def run_ours(args: argparse.Namespace, packing: bool = False) -> dict | None:
             seen = int(metrics["tokens"])
     if not d.is_main:
         return None  # rank 0 reports (the metrics, tokens included, are global)
-    side = "ours_packed" if packing else "ours"
-    extra = {"loss": round(metrics["loss"], 5), "compile": args.compile}
-    return summary(side, clock, args, params, extra, world=d.world_size)
+    side = "ours_lora" if lora else "ours_packed" if packing else "ours"
+    extra = {"loss": round(metrics["loss"], 5), "compile": args.compile, "baseline_rss_mib": baseline}
+    return summary(side, clock, args, params, extra, world=d.world_size, trained=trainable(policy))
 
 
 def run_floor(args: argparse.Namespace) -> dict:
@@ -175,9 +205,10 @@ def run_floor(args: argparse.Namespace) -> dict:
     return summary("floor", clock, args, params)
 
 
-def run_trl(args: argparse.Namespace, grouped: bool = False) -> dict:
+def run_trl(args: argparse.Namespace, grouped: bool = False, lora: bool = False) -> dict:
     import torch
     from datasets import Dataset
+    from fttrainer import adapters
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
@@ -189,11 +220,16 @@ def run_trl(args: argparse.Namespace, grouped: bool = False) -> dict:
         order = step_order(n, args.batch)
         rows = [rows[i] for step in range(_steps(args)) for i in order.global_batch(step)]
     tok = make_tokenizer(PRESETS[args.preset]["vocab"])
+    baseline = rss_mib()
     policy = make_model(args.preset, 0, dev)
-    reference = copy.deepcopy(policy)
-    if on_gpu:
-        reference = reference.to(torch.bfloat16)
     params = n_params(policy)
+    reference: Any = None  # TRL + peft: its reference is the base, adapters disabled (peft_config below)
+    if lora:
+        policy = policy.to(torch.bfloat16) if on_gpu else policy  # TRL's advice for LoRA: the base in bf16
+    else:
+        reference = copy.deepcopy(policy)
+        if on_gpu:
+            reference = reference.to(torch.bfloat16)
     clock = Clock()
     batch_tokens: list[int] = []  # real tokens of every collated batch, in order (the loader may run one ahead)
 
@@ -242,6 +278,7 @@ def run_trl(args: argparse.Namespace, grouped: bool = False) -> dict:
             train_dataset=Dataset.from_list(rows),
             processing_class=tok,
             callbacks=[Timer()],
+            peft_config=adapters.lora_config(adapter_spec(args)) if lora else None,
         )
         if grouped:  # LengthGroupedSampler reads a length column (TRL's tokenised rows have no input_ids)
             data = trainer.train_dataset
@@ -259,7 +296,8 @@ def run_trl(args: argparse.Namespace, grouped: bool = False) -> dict:
 
         trainer.data_collator = counting
         trainer.train()
-    return summary("trl_grouped" if grouped else "trl", clock, args, params)
+    side = "trl_peft" if lora else "trl_grouped" if grouped else "trl"
+    return summary(side, clock, args, params, {"baseline_rss_mib": baseline}, trained=trainable(trainer.model))
 
 
 SIDES: dict[str, Any] = {
@@ -268,14 +306,24 @@ SIDES: dict[str, Any] = {
     "trl": run_trl,
     "trl_grouped": lambda args: run_trl(args, grouped=True),
     "floor": run_floor,
+    "ours_lora": lambda args: run_ours(args, lora=True),
+    "trl_peft": lambda args: run_trl(args, lora=True),
 }
 
 
 # ------------------------------------------------------------------------------------------ driver
 
 
-def child_env() -> dict[str, str]:
+# glibc keeps freed heap memory for reuse, so a process's peak RSS is its allocator's high-water mark rather than the
+# most memory it held at once (on CPU, full and LoRA DPO then peak alike). With these, every allocation of 64 KiB or
+# more (every tensor that matters) is its own mapping, returned to the OS when freed: peak RSS follows live memory.
+LIVE_RSS_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def child_env(lora: bool = False) -> dict[str, str]:
     env = dict(os.environ)
+    if lora:  # --lora compares peak memory: every side under the same allocator settings
+        env = LIVE_RSS_ENV | env
     paths = [str(p) for p in SRC] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -295,7 +343,7 @@ def run_side(side: str, args: argparse.Namespace, passthrough: list[str]) -> dic
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
-        env=child_env(),
+        env=child_env(args.lora),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -323,7 +371,7 @@ def run_side(side: str, args: argparse.Namespace, passthrough: list[str]) -> dic
 
 def table(results: dict[str, dict]) -> str:
     cols = ["examples_per_s", "tokens_per_s", "step_s", "step_cpu_s", "examples_per_cpu_s", "tokens_per_cpu_s"]
-    cols += ["peak_rss_mib"]
+    cols += ["peak_rss_mib", "train_peak_rss_mib"]
     cols += ["peak_gpu_mib", "mfu"]
     present = [c for c in cols if any(c in r for r in results.values())]
     if any("error" in r for r in results.values()):
@@ -375,6 +423,37 @@ def ratios(results: dict[str, dict], lengths: str) -> dict[str, Any]:
     return out
 
 
+def lora_ratios(results: dict[str, dict]) -> dict[str, Any]:
+    """``--lora`` headline ratios: LoRA-DPO against full DPO on the same model and data (``ours_lora`` / ``ours``:
+    peak memory and step time, < 1 = LoRA costs less), and ours against TRL ``DPOTrainer`` + ``peft`` with the same
+    LoRA configuration (``ratio_vs_trl_peft`` = TRL's step time / ours, > 1 = ours faster;
+    ``memory_vs_trl_peft`` = our peak / TRL's, < 1 = ours smaller).
+
+    Time: median step time, process CPU on CPU, wall on GPU. Memory: peak GPU memory on a GPU; on CPU the peak RSS
+    above the side's own baseline (the RSS after its imports, before the model is built: the memory training
+    takes, without the interpreter and libraries every side loads, TRL more of them); ``*_rss`` repeat the memory
+    ratios from the whole-process peak RSS."""
+    on_cpu = any(r.get("device") == "cpu" for r in results.values())
+    time_key = "step_cpu_s" if on_cpu else "step_s"
+    memory_key = "train_peak_rss_mib" if on_cpu else "peak_gpu_mib"
+    lora, full, trl = (results.get(k, {}) for k in ("ours_lora", "ours", "trl_peft"))
+
+    def ratio(a: dict, b: dict, key: str) -> float | None:
+        return round(a[key] / b[key], 3) if key in a and key in b and b[key] else None
+
+    return {
+        "lora_vs_full_memory": ratio(lora, full, memory_key),
+        "lora_vs_full_time": ratio(lora, full, time_key),
+        "ratio_vs_trl_peft": ratio(trl, lora, time_key),
+        "memory_vs_trl_peft": ratio(lora, trl, memory_key),
+        "lora_vs_full_memory_rss": ratio(lora, full, "peak_rss_mib"),
+        "memory_vs_trl_peft_rss": ratio(lora, trl, "peak_rss_mib"),
+        "ratio_vs_trl_peft_wall": ratio(trl, lora, "step_s"),
+        "lora_ratio_basis": f"median {'process CPU' if on_cpu else 'wall'} step time; "
+        + ("peak RSS above the side's baseline" if on_cpu else "peak GPU memory"),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", choices=sorted(SIDES), help="run one side in this process (internal)")
@@ -394,13 +473,17 @@ def main() -> None:
         "--nproc", type=int, default=1, help="ours: FSDP2 over this many GPUs (torchrun); --batch is global"
     )
     ap.add_argument("--side-timeout", type=float, default=1800)
+    ap.add_argument(
+        "--lora", action="store_true", help="LoRA-DPO: ours_lora vs full DPO (ours) vs TRL + peft (trl_peft)"
+    )
+    ap.add_argument("--lora-r", type=int, default=16, help="LoRA rank of --lora (alpha = 2r, all linear layers)")
     args = ap.parse_args()
     if args.quick:
         args.warmup, args.steps = 2, 5
     if args.preset is None:
         import torch
 
-        args.preset = "1b" if torch.cuda.is_available() else "cpu20m"
+        args.preset = "1b" if torch.cuda.is_available() else "cpu60m" if args.lora else "cpu20m"
 
     if args.side:
         import torch
@@ -413,14 +496,18 @@ def main() -> None:
         return
 
     sides = args.sides or ("floor,ours,trl" if args.lengths == "fixed" else "floor,ours,ours_packed,trl,trl_grouped")
+    if args.lora and not args.sides:
+        sides = "ours,ours_lora,trl_peft"
     passthrough = ["--preset", args.preset, "--seq", str(args.seq), "--batch", str(args.batch)]
+    passthrough += ["--lora-r", str(args.lora_r)]
     passthrough += ["--warmup", str(args.warmup), "--steps", str(args.steps), "--lengths", args.lengths]
     passthrough += ["--threads", str(args.threads)] if args.threads else []
     passthrough += ["--compile"] if args.compile else []
     passthrough += ["--unchunked"] if args.unchunked else []
     results = {side: run_side(side, args, passthrough) for side in sides.split(",")}
     print(table(results), flush=True)
-    print(json.dumps(dict(results) | ratios(results, args.lengths)), flush=True)
+    headline = lora_ratios(results) if args.lora else ratios(results, args.lengths)
+    print(json.dumps(dict(results) | headline), flush=True)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,14 @@ import statistics
 import time
 from typing import Any
 
-# Llama shapes. cpu20m: ~17M parameters (a 10-30M model that trains on a laptop CPU); 1b: TinyLlama-1.1B;
+# Llama shapes. cpu20m: ~17M parameters (a 10-30M model that trains on a laptop CPU); cpu60m: ~63M; 1b: TinyLlama-1.1B;
 # 3b: Llama-3.2-3B (the largest full-DPO model one 80-141 GB GPU holds: fp32 weights, grads, AdamW, bf16 reference);
 # 8b: Llama-3-8B (full DPO needs FSDP2 over >= 2 such GPUs).
 PRESETS: dict[str, dict[str, int]] = {
     "cpu20m": {"vocab": 8192, "hidden": 384, "inter": 1024, "layers": 6, "heads": 6, "kv": 2},
+    # ~63M: the LoRA bench's CPU model (--lora), where the weights, not one small batch's activations, dominate memory
+    # as they do for a 7B model on a GPU
+    "cpu60m": {"vocab": 16384, "hidden": 768, "inter": 2048, "layers": 6, "heads": 12, "kv": 4},
     "1b": {"vocab": 32000, "hidden": 2048, "inter": 5632, "layers": 22, "heads": 32, "kv": 4},
     "3b": {"vocab": 128256, "hidden": 3072, "inter": 8192, "layers": 28, "heads": 24, "kv": 8},
     "8b": {"vocab": 128256, "hidden": 4096, "inter": 14336, "layers": 32, "heads": 32, "kv": 8},
@@ -117,6 +120,16 @@ def n_params(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def trainable(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def rss_mib() -> float:
+    """This process's peak RSS so far (MiB): taken before the model is built, the side's baseline (interpreter,
+    libraries, data) that :func:`summary` subtracts for ``train_peak_rss_mib``."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def device_name() -> str:
     import torch
 
@@ -156,7 +169,14 @@ class Clock:
 
 
 def summary(
-    side: str, clock: Clock, args: argparse.Namespace, params: int, extra: dict | None = None, *, world: int = 1
+    side: str,
+    clock: Clock,
+    args: argparse.Namespace,
+    params: int,
+    extra: dict | None = None,
+    *,
+    world: int = 1,
+    trained: int | None = None,
 ) -> dict:
     """Per-side result. Fixed lengths: median step times (every step is the same work). Skewed lengths: totals over
     the timed steps (steps differ by design), so throughput = timed examples or real tokens / timed seconds.
@@ -191,7 +211,13 @@ def summary(
         out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         out["gpu"] = torch.cuda.get_device_name()
         out["tokens_per_s_per_gpu"] = round(sum(tokens) / sum(wall) / world, 1)
-        # policy fwd+bwd (6N) + reference fwd (2N) per real token
-        out["mfu"] = round(8 * params * sum(tokens) / sum(wall) / world / PEAK_BF16_FLOPS["cuda"], 4)
+        # policy fwd+bwd (6N) + reference fwd (2N) per real token; an adapter's backward skips the frozen weights'
+        # gradients (4N + 2N)
+        per_token = 6 if trained is not None and trained < params / 2 else 8
+        out["mfu"] = round(per_token * params * sum(tokens) / sum(wall) / world / PEAK_BF16_FLOPS["cuda"], 4)
     out.update(extra or {})
+    if "baseline_rss_mib" in out:
+        out["train_peak_rss_mib"] = round(out["peak_rss_mib"] - out["baseline_rss_mib"], 1)
+    if trained is not None:
+        out["trainable_params"] = trained
     return out

@@ -32,7 +32,7 @@ from ftcrd.names import (
 from ftcrd.trainer_config import default
 from ftcrd.types import PHASE_RUNNING, PHASE_SUCCEEDED, PHASE_UPLOADING, TERMINAL_PHASES, HyperparametersSpec
 
-from ftapi import delivery
+from ftapi import delivery, lora
 
 DEFAULT_LR = HyperparametersSpec.model_validate({}).learning_rate
 OpenAIStatus = str  # validating_files | queued | running | succeeded | failed | cancelled
@@ -195,6 +195,7 @@ def to_openai_job(ftj: dict[str, Any], organization: str = "") -> dict[str, Any]
         "integrations": integrations(spec),
         "metadata": metadata,
         "user_provided_suffix": ann.get(ANN_SUFFIX),
+        "training_type": lora.training_type(spec),
     }
 
 

@@ -110,6 +110,16 @@ class JobIntegration(Closed):
     wandb: JobWandb
 
 
+class JobTrainingType(Closed):
+    """Together's ``training_type``: Full, or Lora/QLora with the adapter's settings."""
+
+    type: Literal["Full", "Lora", "QLora"]
+    lora_r: int | None = None
+    lora_alpha: int | None = None
+    lora_dropout: float | None = None
+    lora_trainable_modules: str | None = None
+
+
 class FineTuningJob(Closed):
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
     id: str
@@ -131,6 +141,7 @@ class FineTuningJob(Closed):
     integrations: list[JobIntegration] | None = None
     metadata: dict[str, str] | None = None
     user_provided_suffix: str | None = None
+    training_type: JobTrainingType | None = None
 
 
 class JobList(Closed):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from ftcrd.adapter import MAX_TARGET_MODULES, AdapterType, LoraAlpha, LoraDropout, LoraRank, ModuleName
 from ftcrd.types import WANDB_MAX_TAGS, WANDB_NAME_LIMITS, WANDB_TAG_LIMITS, BatchSize, Beta, CommunityId, Epochs
 from pydantic import (
     AfterValidator,
@@ -94,6 +95,29 @@ class SeedRow(BaseModel):
     rejected: NonBlank
 
 
+# LoRA settings, read strictly: the CRD's own ranges (ftcrd.adapter)
+LoraRankIn = Annotated[LoraRank, Strict(), INTEGRAL]
+LoraAlphaIn = Annotated[LoraAlpha, Strict(), INTEGRAL]
+LoraDropoutIn = Annotated[LoraDropout, Field(allow_inf_nan=False)]
+
+
+class SeedAdapter(StrictModel):
+    """Train a LoRA adapter for the community instead of the whole model (spec.method.adapter, same names and
+    ranges); omitted: the deployment's default (FTAPI_WEBHOOK_ADAPTER), ``null``: full fine-tuning."""
+
+    type: Annotated[AdapterType, Field(description="lora, or qlora (4-bit base; needs one GPU per job).")] = "lora"
+    r: LoraRankIn | None = None
+    alpha: LoraAlphaIn | None = None
+    dropout: LoraDropoutIn | None = None
+    targetModules: Annotated[
+        list[Annotated[StrictStr, ModuleName]] | None,
+        Field(min_length=1, max_length=MAX_TARGET_MODULES, description="Default: every linear layer (all-linear)."),
+    ] = None
+    exportMerged: Annotated[
+        bool | None, Field(description="Also export the base with the adapter merged in (lora only).")
+    ] = None
+
+
 class SeedTrigger(BaseModel):
     """``POST /trigger-finetune``: the original microservice's payload, plus an optional ``callbackUrl``."""
 
@@ -114,6 +138,14 @@ class SeedTrigger(BaseModel):
             pattern=ANY_CALLBACK_URL,
             description="Notified (signed, Standard Webhooks) when the job succeeds, fails or is cancelled. Needs "
             "a webhook signing secret on the API key; https only unless the deployment allows http.",
+        ),
+    ] = None
+    adapter: Annotated[
+        SeedAdapter | None,
+        Field(
+            default=None,
+            description="A LoRA adapter per community on the shared base; omitted: the deployment's default, null: "
+            "full fine-tuning.",
         ),
     ] = None
 
@@ -183,6 +215,43 @@ Method = Annotated[
     ),
 ]
 
+
+class LoraTrainingType(StrictModel):
+    """Together's ``training_type`` for LoRA: ``{"type": "Lora", "lora_r": 8, ...}`` (Fireworks: loraRank)."""
+
+    type: Literal["Lora", "QLora"]
+    lora_r: LoraRankIn | None = None
+    lora_alpha: LoraAlphaIn | None = None
+    lora_dropout: LoraDropoutIn | None = None
+    lora_trainable_modules: Annotated[
+        StrictStr | None,
+        Field(
+            default=None,
+            max_length=8192,
+            pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(,[A-Za-z0-9_][A-Za-z0-9_.-]*)*$",
+            description="'all-linear' (the default) or comma-separated module names, e.g. 'q_proj,v_proj'.",
+        ),
+    ] = None
+
+
+class FullTrainingType(StrictModel):
+    type: Literal["Full"]
+
+
+def _training_type_tag(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return {"Lora": "Lora", "QLora": "Lora", "Full": "Full"}.get(kind) if isinstance(kind, str) else None
+
+
+TrainingType = Annotated[
+    Annotated[LoraTrainingType, Tag("Lora")] | Annotated[FullTrainingType, Tag("Full")],
+    Discriminator(
+        _training_type_tag,
+        custom_error_type="invalid_training_type",
+        custom_error_message="training_type.type must be 'Lora', 'QLora' or 'Full'",
+    ),
+]
+
 MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, Field(max_length=512)]
 
@@ -222,6 +291,15 @@ class JobCreate(StrictModel):
     integrations: Annotated[
         list[Integration] | None,
         Field(default=None, max_length=1, description="A Weights & Biases run the trainer reports metrics to."),
+    ] = None
+    training_type: Annotated[
+        TrainingType | None,
+        Field(
+            default=None,
+            description="As Together's API: {type: Lora, lora_r, lora_alpha, lora_dropout, lora_trainable_modules} "
+            "trains a LoRA adapter on the frozen base (QLora: on a 4-bit base, one GPU); Full (the default, as "
+            "OpenAI) trains every weight.",
+        ),
     ] = None
 
     def method_type(self) -> Literal["supervised", "dpo"]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ftcrd.types import ModelPreset
-from pydantic import BaseModel, Field
+from ftcrd.types import AdapterSpec, ModelPreset
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     webhook_model: str = "zephyr"
     webhook_method: str | None = Field(default=None, description="spec.method.type of webhook jobs; unset: the CRD's.")
     webhook_beta: float | None = Field(default=None, description="spec.method.beta of webhook jobs; unset: the CRD's.")
+    webhook_adapter: dict[str, Any] | None = Field(
+        default=None,
+        description='spec.method.adapter of webhook jobs (camelCase), e.g. {"type": "lora", "r": 16}: a LoRA '
+        "adapter per community by default; unset: full fine-tuning. A request's own adapter block wins.",
+    )
     output_bucket: str = "finetune-models"
     output_prefix: str = "models"
     output_credentials_secret: str | None = Field(
@@ -100,3 +105,11 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(
         default=True, description="Serve /metrics without a key (it holds route templates and counts only)."
     )
+
+    @field_validator("webhook_adapter")
+    @classmethod
+    def _adapter_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # a bad default fails at start-up, not at the first webhook call
+        if value is not None:
+            AdapterSpec.model_validate(value)
+        return value

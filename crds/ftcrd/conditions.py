@@ -62,6 +62,7 @@ class Reason:
     ADMITTED: Final = KUEUE_ADMITTED
     PREEMPTED: Final = KUEUE_PREEMPTED
     EVICTED: Final = KUEUE_EVICTED
+    EVAL_SAMPLES: Final = "EvalSamples"
 
 
 # Reasons, with the text that explains them to a user.
@@ -132,6 +133,8 @@ REASONS: Final[dict[str, str]] = {
         "The model to start from (spec.model.from) could not be verified: a file differs from its manifest, the "
         "manifest is missing or differs from the pinned sha256 (exit code 2); retrying cannot help."
     ),
+    Reason.EVAL_SAMPLES: "Event only (never a phase reason): completions of held-out prompts at an evaluation "
+    "(spec.tracking.sampleDuringEval; status.samples holds the latest set).",
 }
 
 

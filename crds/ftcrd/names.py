@@ -91,6 +91,8 @@ OWN_JOB_POLICY: Final = "finetune-trainer-own-job"
 """ValidatingAdmissionPolicy keeping each trainer to its own job's status."""
 
 DATA_DIR: Final = "/data"
+VALIDATION_DIR: Final = "/data-validation"
+"""spec.dataset.validation, mounted read-only next to the training data."""
 FIREBASE_DIR: Final = "/var/run/secrets/firebase"
 MODELS_DIR: Final = "/models"
 CHECKPOINT_DIR: Final = "/checkpoints"
@@ -118,6 +120,12 @@ ENV_UPLOAD_BACKOFF: Final = "FTJ_UPLOAD_BACKOFF"
 """First wait between upload attempts in seconds, doubling (trainer; default 2)."""
 ENV_TEST_HOOKS: Final = "FTJ_TEST_HOOKS"
 """Tests only: a JSON object of trainer test hooks (``ftcrd.trainer_config.TestHooks``) for a pod's trainer."""
+ENV_WANDB_API_KEY: Final = "WANDB_API_KEY"
+"""spec.tracking.wandb.apiKeySecret, through a secretKeyRef (W&B's own variable)."""
+ENV_WANDB_MODE: Final = "WANDB_MODE"
+"""offline when spec.tracking.wandb has no apiKeySecret: the run is recorded in the trainer's run directory."""
+ENV_MLFLOW_TOKEN: Final = "MLFLOW_TRACKING_TOKEN"
+"""spec.tracking.mlflow.tokenSecret, through a secretKeyRef (MLflow's own variable)."""
 
 RESERVED_ENV: Final = (
     "PET_NNODES",

@@ -86,6 +86,39 @@ class Metrics(CamelModel):
         float | None, Field(default=None, description="Reward accuracy on the held-out split.")
     ]
     tokens: Annotated[int | None, Field(default=None, description="Tokens processed so far.")]
+    token_accuracy: Annotated[
+        float | None,
+        Field(default=None, description="sft: share of trained tokens the policy predicts (greedy) correctly."),
+    ]
+    eval_token_accuracy: Annotated[
+        float | None, Field(default=None, description="sft: token accuracy on the held-out split.")
+    ]
+    eval_examples: Annotated[
+        int | None, Field(default=None, description="Held-out examples the last evaluation scored.")
+    ]
+
+
+SAMPLE_TEXT_CHARS = 300
+"""Characters of a prompt or completion kept in status.samples (and the samples Event); trackers keep more."""
+MAX_SAMPLES = 16
+
+
+class Sample(CamelModel):
+    """One held-out prompt completed at an evaluation (greedy decoding), shortened to SAMPLE_TEXT_CHARS."""
+
+    prompt: Annotated[str, Field(max_length=SAMPLE_TEXT_CHARS, description="The prompt (its end, when shortened).")]
+    policy: Annotated[str, Field(max_length=SAMPLE_TEXT_CHARS, description="The policy's completion.")]
+    reference: Annotated[
+        str | None,
+        Field(default=None, max_length=SAMPLE_TEXT_CHARS, description="The reference model's completion, if any."),
+    ]
+
+
+class EvalSamples(CamelModel):
+    """The latest evaluation's samples (spec.tracking.sampleDuringEval); the operator posts each set as an Event."""
+
+    step: Annotated[int, Field(ge=0, description="Optimizer step of the evaluation.")]
+    items: Annotated[list[Sample], Field(max_length=MAX_SAMPLES, description="The completed prompts.")]
 
 
 class Artifact(CamelModel):
@@ -173,6 +206,9 @@ class FineTuneJobStatus(CamelModel):
     artifact: Annotated[Artifact | None, Field(default=None, description="The uploaded model, once verified.")]
     checkpoints: Annotated[
         list[CheckpointRecord] | None, Field(default=None, description="The most recent checkpoints (last 10).")
+    ]
+    samples: Annotated[
+        EvalSamples | None, Field(default=None, description="Completions of held-out prompts at the last evaluation.")
     ]
     observed_generation: Annotated[
         int | None, Field(default=None, description="metadata.generation the operator last acted on.")

@@ -36,6 +36,7 @@ from ftcrd.types import (
     ModelPreset,
     ModelSpec,
     OutputSpec,
+    TrackingSpec,
 )
 
 CONFIG_VERSION: Final = 1
@@ -73,14 +74,23 @@ class TrainerModel(CamelModel):
     tiny: dict[str, int | bool] | None = Field(default=None, description="The tiny preset's shape.")
 
 
-class TrainerDataset(CamelModel):
-    """The dataset file inside the pod and how to read it (spec.dataset without its source)."""
+class TrainerDatasetFile(CamelModel):
+    """A dataset file inside the pod and how to read it (a spec.dataset source without its source)."""
 
-    path: str = Field(min_length=1, description="The dataset file (under /data in a pod).")
+    path: str = Field(min_length=1, description="The dataset file (under /data or /data-validation in a pod).")
     format: DatasetFormat = crd_field(DatasetSpec, "format")
     compression: Compression = crd_field(DatasetSpec, "compression")
+
+
+class TrainerDataset(TrainerDatasetFile):
+    """The training dataset, the held-out share, and the separate validation file if there is one."""
+
     validation_fraction: float = crd_field(DatasetSpec, "validation_fraction")
-    max_rows: int | None = Field(default=None, ge=1, description="Read at most this many rows.")
+    max_rows: int | None = Field(default=None, ge=1, description="Read at most this many rows (of each file).")
+    validation: TrainerDatasetFile | None = Field(
+        default=None,
+        description="Evaluate on all rows of this file and train on every training row (validationFraction ignored).",
+    )
 
 
 class TrainerOutput(CamelModel):
@@ -153,6 +163,7 @@ class TrainerConfig(CamelModel):
     hyperparameters: Annotated[HyperparametersSpec, Field(default_factory=HyperparametersSpec)]
     dataset: TrainerDataset
     output: TrainerOutput | None = Field(default=None, description="None: no upload (a local export).")
+    tracking: TrackingSpec | None = crd_field(FineTuneJobSpec, "tracking")
     run: TrainerRun
 
     def render(self) -> str:
@@ -172,15 +183,19 @@ def _section(annotation: Any) -> type[BaseModel]:
 
 
 def default(path: str) -> Any:
-    """The default of ``<section>.<field>`` of :class:`TrainerConfig` (Python names), e.g. ``method.beta``.
+    """The default of ``<section>.<field>`` of :class:`TrainerConfig` (Python names), e.g. ``method.beta``, or of a
+    field of an optional sub-model, e.g. ``method.adapter.r``.
 
     What the trainer's Hydra YAML reads through its ``${contract:…}`` resolver, so the YAML never
     restates a default."""
-    section, _, field = path.partition(".")
+    section, *fields = path.split(".")
     try:
         model = _section(TrainerConfig.model_fields[section].annotation)
+        *parents, field = fields
+        for name in parents:
+            model = _section(model.model_fields[name].annotation)
         info = model.model_fields[field]
-    except KeyError:
+    except (KeyError, ValueError):
         raise KeyError(f"no contract default {path!r} (expected <section>.<field> of ftcrd.TrainerConfig)") from None
     if info.is_required():
         raise KeyError(f"{path!r} has no default: it is required")

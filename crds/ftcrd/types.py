@@ -16,6 +16,13 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
+from ftcrd.adapter import (  # noqa: F401 (re-exported)
+    QLORA_ONE_GPU,
+    QLORA_RESOURCES_RULE,
+    AdapterSpec,
+    QuantizationSpec,
+    qlora_fits,
+)
 from ftcrd.base import (  # noqa: F401 (re-exported: ftcrd.types is the model's one import)
     MAX_NAME_LENGTH,
     PHASE_FAILED,
@@ -62,10 +69,12 @@ from ftcrd.status import (  # noqa: F401 (re-exported)
     Artifact,
     CheckpointRecord,
     Condition,
+    EvalSamples,
     FineTuneJobStatus,
     Metrics,
     Progress,
     RestartRecord,
+    Sample,
 )
 from ftcrd.storage import (  # noqa: F401 (re-exported)
     JOB_NAME_PATTERN,
@@ -184,6 +193,13 @@ class MethodSpec(CamelModel):
     reference_free: Annotated[
         bool,
         Field(default=False, description="Ignore the reference model (implicit uniform reference)."),
+    ]
+    adapter: Annotated[
+        AdapterSpec | None,
+        Field(
+            default=None,
+            description="Unset: full fine-tuning (every weight trained, DPO keeps a frozen copy as reference).",
+        ),
     ]
 
 
@@ -522,10 +538,51 @@ class WandbSpec(CamelModel):
     ]
 
 
+class MlflowSpec(CamelModel):
+    """An MLflow run to report training to (one run per job, named after the job)."""
+
+    tracking_uri: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=2048,
+            description="MLflow tracking URI: a tracking server (http(s)://...) or a file: URI (a local file store).",
+        ),
+    ]
+    experiment: Annotated[
+        str,
+        Field(default="finetune", min_length=1, max_length=256, description="Experiment the run is created in."),
+    ]
+    token_secret: Annotated[
+        SecretKeyRef | None,
+        Field(
+            default=None,
+            description="Secret holding a tracking-server token (exposed to the trainer as MLFLOW_TRACKING_TOKEN).",
+        ),
+    ]
+
+
 class TrackingSpec(CamelModel):
-    """Experiment tracking: where the trainer reports its metrics besides the job's status."""
+    """Experiment tracking: where the trainer reports its metrics besides the job's status, and what it samples.
+
+    Tracking never fails training: a tracker that cannot be reached is logged once and dropped."""
 
     wandb: Annotated[WandbSpec | None, Field(default=None, description="Report to Weights & Biases.")]
+    # Defaults assigned (not in Field) so that type checkers see them: the API builds TrackingSpec(wandb=...).
+    mlflow: Annotated[MlflowSpec | None, Field(description="Report to MLflow.")] = None
+    sample_during_eval: Annotated[
+        bool,
+        Field(
+            description=(
+                "At each evaluation, complete a few held-out prompts with the policy (and the reference model) and "
+                "report them to the trackers and, shortened, as Events of the job."
+            ),
+        ),
+    ] = False
+    samples: Annotated[int, Field(ge=1, le=16, description="Held-out prompts completed per evaluation.")] = 4
+    sample_max_new_tokens: Annotated[
+        int, Field(ge=1, le=1024, description="Tokens generated per sample (greedy decoding).")
+    ] = 64
 
 
 class FineTuneJobSpec(CamelModel):
@@ -538,6 +595,7 @@ class FineTuneJobSpec(CamelModel):
                     "self.method.type != 'cdpo' || self.method.labelSmoothing > 0.0",
                     "method cdpo needs spec.method.labelSmoothing > 0",
                 ),
+                cel(QLORA_RESOURCES_RULE, QLORA_ONE_GPU),
             ]
         }
     )
@@ -591,11 +649,21 @@ class FineTuneJobSpec(CamelModel):
         ),
     ]
     run_policy: Annotated[RunPolicySpec, Field(default_factory=RunPolicySpec, description="Retries and lifecycle.")]
-    tracking: Annotated[TrackingSpec | None, Field(default=None, description="Experiment tracking (Weights & Biases).")]
+    tracking: Annotated[
+        TrackingSpec | None,
+        Field(default=None, description="Experiment tracking (Weights & Biases, MLflow) and evaluation samples."),
+    ]
     checkpoint: Annotated[
         CheckpointSpec,
         Field(default_factory=CheckpointSpec, description="Durable checkpoint storage, retention, grace period."),
     ]
+
+    @model_validator(mode="after")
+    def _qlora_on_one_gpu(self) -> Self:
+        # The CEL rule QLORA_RESOURCES_RULE, for the API, which builds specs without an apiserver.
+        if not qlora_fits(self.method.adapter, self.resources.gpus_per_node, self.resources.nodes):
+            raise ValueError(QLORA_ONE_GPU)
+        return self
 
 
 class FineTuneJob(CamelModel):

@@ -26,6 +26,9 @@ from ftcrd.names import (
     ENV_COMPLETION_INDEX,
     ENV_JOB_NAME,
     ENV_JOB_NAMESPACE,
+    ENV_MLFLOW_TOKEN,
+    ENV_WANDB_API_KEY,
+    ENV_WANDB_MODE,
     FIREBASE_DIR,
     GROUP,
     LABEL_COMMUNITY,
@@ -41,10 +44,18 @@ from ftcrd.names import (
     TRAINER_CONFIG_FILE,
     TRAINER_CONFIG_PATH,
     TRAINER_IDENTITY,
+    VALIDATION_DIR,
     WORKSPACE_DIR,
 )
-from ftcrd.trainer_config import TrainerConfig, TrainerDataset, TrainerModel, TrainerOutput, TrainerRun
-from ftcrd.types import API_VERSION, KIND, RESERVED_ENV, FineTuneJob, FineTuneJobSpec
+from ftcrd.trainer_config import (
+    TrainerConfig,
+    TrainerDataset,
+    TrainerDatasetFile,
+    TrainerModel,
+    TrainerOutput,
+    TrainerRun,
+)
+from ftcrd.types import API_VERSION, KIND, RESERVED_ENV, DatasetSource, FineTuneJob, FineTuneJobSpec, SecretKeyRef
 
 from ftoperator.checkpointing import CheckpointStorage, checkpoint_storage, grace_seconds
 from ftoperator.objects import parse_time
@@ -131,12 +142,20 @@ def processes_per_node(spec: FineTuneJobSpec) -> int:
     return res.gpus_per_node or res.processes_per_node or 1
 
 
-def dataset_path(spec: FineTuneJobSpec) -> str:
-    ds = spec.dataset
-    if ds.config_map is not None:
-        return f"{DATA_DIR}/{ds.config_map.key}"
-    assert ds.volume is not None  # CEL: exactly one of configMap or volume
-    return f"{DATA_DIR}/{ds.volume.path}"
+def dataset_path(source: DatasetSource, mount: str = DATA_DIR) -> str:
+    """The file of a dataset source where the pod mounts it (training data at /data, validation data next to it)."""
+    if source.config_map is not None:
+        return f"{mount}/{source.config_map.key}"
+    assert source.volume is not None  # CEL: exactly one of configMap or volume
+    return f"{mount}/{source.volume.path}"
+
+
+def _validation_file(spec: FineTuneJobSpec) -> TrainerDatasetFile | None:
+    source = spec.dataset.validation
+    if source is None:
+        return None
+    path = dataset_path(source, VALIDATION_DIR)
+    return TrainerDatasetFile(path=path, format=source.format, compression=source.compression)
 
 
 def trainer_config(
@@ -162,12 +181,14 @@ def trainer_config(
         method=spec.method,
         hyperparameters=spec.hyperparameters,
         dataset=TrainerDataset(
-            path=dataset_path(spec),
+            path=dataset_path(spec.dataset),
             format=spec.dataset.format,
             compression=spec.dataset.compression,
             validation_fraction=spec.dataset.validation_fraction,
+            validation=_validation_file(spec),
         ),
         output=TrainerOutput(bucket=spec.output.bucket, prefix=spec.output.prefix, community_id=spec.community_id),
+        tracking=spec.tracking,
         run=TrainerRun(
             run_dir=RUN_DIR,
             checkpoint_dir=CHECKPOINT_DIR,
@@ -209,6 +230,23 @@ def trainer_command(spec: FineTuneJobSpec, name: str, settings: Settings | None 
 # ---------------------------------------------------------------------------------------------
 
 
+def _secret_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def _tracking_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    """Tracker credentials by reference (never in the spec or the trainer's configuration); W&B without a key
+    records offline, in the trainer's run directory."""
+    tracking = spec.tracking
+    env: list[dict[str, Any]] = []
+    if tracking is not None and tracking.wandb is not None:
+        key = tracking.wandb.api_key_secret
+        env.append(_secret_env(ENV_WANDB_API_KEY, key) if key else {"name": ENV_WANDB_MODE, "value": "offline"})
+    if tracking is not None and tracking.mlflow is not None and tracking.mlflow.token_secret is not None:
+        env.append(_secret_env(ENV_MLFLOW_TOKEN, tracking.mlflow.token_secret))
+    return env
+
+
 def _env(ftj: FineTuneJob) -> list[dict[str, Any]]:
     spec = ftj.spec
     env: list[dict[str, Any]] = [
@@ -225,10 +263,10 @@ def _env(ftj: FineTuneJob) -> list[dict[str, Any]]:
             }
         )
     if spec.model.hf_token_secret is not None:
-        ref = spec.model.hf_token_secret
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+        env.append(_secret_env("HF_TOKEN", spec.model.hf_token_secret))
     if spec.model.claim_name:
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    env += _tracking_env(spec)
     # spec.env may override the conveniences above but never the reserved rank wiring (CEL rejects it too).
     user = {item.name: item.value for item in spec.env or [] if item.name not in RESERVED_ENV}
     env = [e for e in env if e["name"] not in user]
@@ -242,23 +280,24 @@ def scratch_volume(size_limit: str) -> dict[str, Any]:
     return {"sizeLimit": size_limit} if size_limit else {}
 
 
+def _dataset_volume(name: str, source: DatasetSource) -> dict[str, Any]:
+    if source.config_map is not None:
+        return {"name": name, "configMap": {"name": source.config_map.name}}
+    assert source.volume is not None
+    return {"name": name, "persistentVolumeClaim": {"claimName": source.volume.claim_name, "readOnly": True}}
+
+
 def _volumes(
     ftj: FineTuneJob, settings: Settings | None = None, storage: CheckpointStorage | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     settings = settings or Settings()
     storage = storage or checkpoint_storage(ftj, settings)
     spec = ftj.spec
-    volumes: list[dict[str, Any]] = []
-    mounts: list[dict[str, Any]] = []
-    ds = spec.dataset
-    if ds.config_map is not None:
-        volumes.append({"name": "dataset", "configMap": {"name": ds.config_map.name}})
-    else:
-        assert ds.volume is not None
-        volumes.append(
-            {"name": "dataset", "persistentVolumeClaim": {"claimName": ds.volume.claim_name, "readOnly": True}}
-        )
-    mounts.append({"name": "dataset", "mountPath": DATA_DIR, "readOnly": True})
+    volumes: list[dict[str, Any]] = [_dataset_volume("dataset", spec.dataset)]
+    mounts: list[dict[str, Any]] = [{"name": "dataset", "mountPath": DATA_DIR, "readOnly": True}]
+    if spec.dataset.validation is not None:
+        volumes.append(_dataset_volume("validation", spec.dataset.validation))
+        mounts.append({"name": "validation", "mountPath": VALIDATION_DIR, "readOnly": True})
     if spec.output.credentials_secret is not None:
         volumes.append(
             {

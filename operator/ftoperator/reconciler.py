@@ -27,6 +27,7 @@ from ftcrd.types import TERMINAL_PHASES
 from ftoperator import kueue, metrics, stuck
 from ftoperator import status as st
 from ftoperator.kube import MERGE_PATCH, ApiError, Kube, collection_path
+from ftoperator.samples import SampleEvents
 from ftoperator.settings import Settings
 from ftoperator.snapshots import Key, first, ftj_logger, owner_uid, uid_of
 
@@ -94,6 +95,7 @@ class Reconciler:
         self.wakeups: dict[Key, asyncio.TimerHandle] = {}
         self.suspended: dict[str, str] = {}  # FineTuneJob uid -> uid of the Job this replica suspended
         self.events: dict[Key, dict[str, tuple[float, list[dict[str, Any]]]]] = {}  # pod uid -> (read at, Events)
+        self.samples = SampleEvents()  # status.samples -> one Event per evaluation
         # Child creation (what users wait on: time to pods and GPUs) goes first: while creations are in
         # flight, status writes hold back for up to FTO_STATUS_YIELD_SECONDS.
         self.creating = 0
@@ -191,6 +193,7 @@ class Reconciler:
             self.written.pop(uid, None)
             self.ttl_due.pop(uid, None)
             self.suspended.pop(uid, None)
+            self.samples.forget(uid)
             metrics.PHASE_TRACKER.forget(uid)
             for callback in self.on_forget:
                 callback(uid)
@@ -346,6 +349,8 @@ class Reconciler:
         uid = uid_of(ftj)
         status = self.effective_status(ftj)
         metrics.PHASE_TRACKER.set(uid, status.get("phase"))
+        if status.get("samples") and self.kube is not None:  # the trainer's evaluation samples, as an Event
+            await self.samples.post_new(self.kube, ftj, status)
         job = job if job is not None else self.job_of(key, uid)
         job_uid = (job or {}).get("metadata", {}).get("uid")
         workload = self.workload_of(key, job_uid)

@@ -396,7 +396,8 @@ def test_integrations_recorded(client, fake):
     assert r.status_code == 200, r.text
     job = r.json()
     spec = fake.ftjs[("team-a", job["id"])]["spec"]
-    assert spec["tracking"] == {"wandb": {"project": "p", "name": job["id"], "tags": ["a", "b"]}}
+    assert spec["tracking"]["wandb"] == {"project": "p", "name": job["id"], "tags": ["a", "b"]}
+    assert "mlflow" not in spec["tracking"] and not spec["tracking"]["sampleDuringEval"]  # the CRD's defaults
     assert job["integrations"] == [
         {"type": "wandb", "wandb": {"project": "p", "name": job["id"], "entity": None, "tags": ["a", "b"]}}
     ]

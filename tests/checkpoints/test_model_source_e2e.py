@@ -21,8 +21,9 @@ from ftcrd.conditions import Reason
 from ftcrd.dataset import load_rows
 from ftcrd.trainer_config import TrainerConfig
 from ftdev.gcs import GcsEmulator
-from fttrainer.data import Schedule, collate, split_indices, tokenize_rows
+from fttrainer.data import Schedule, split_indices, tokenize_rows
 from fttrainer.loop import sequence_logps
+from fttrainer.packing import layout
 from openai import OpenAI
 
 from tests.api.conftest import start_api
@@ -72,7 +73,8 @@ def step0_logps(gcs: GcsEmulator, sft: dict[str, Any], cfg: TrainerConfig, data:
     (indices,) = schedule.micro_batches(0, 0)
     examples = tokenize_rows(rows, tok, hp.max_length, hp.max_prompt_length, truncation_side=hp.truncation_side)
     with torch.no_grad():
-        logps = sequence_logps(model, collate([examples[i] for i in indices], tok.pad_token_id), torch.device("cpu"))
+        batch = layout([examples[i] for i in indices], pairs=True, packed=False, pad_token_id=tok.pad_token_id)
+        logps = sequence_logps(model, batch)
     n = len(indices)
     return float(logps[:n].mean()), float(logps[n:].mean())
 

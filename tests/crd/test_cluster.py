@@ -243,6 +243,24 @@ INVALID: list[tuple[str, list[tuple[str, Any]], str]] = [
         [("spec.dataset", {"volume": {"claimName": "d", "path": "/x.json"}})],
         "spec.dataset.volume.path in body should match",
     ),
+    ("lora-rank-zero", [("spec.method.adapter", {"r": 0})], "spec.method.adapter.r in body should be greater than"),
+    ("lora-unknown-type", [("spec.method.adapter", {"type": "dora"})], 'Unsupported value: "dora"'),
+    (
+        "lora-bad-module",
+        [("spec.method.adapter", {"targetModules": ["q proj"]})],
+        "spec.method.adapter.targetModules[0] in body should match",
+    ),
+    (
+        "lora-quantization",
+        [("spec.method.adapter", {"type": "lora", "quantization": {}})],
+        "spec.method.adapter.quantization is only for type qlora",
+    ),
+    ("qlora-on-cpu", [("spec.method.adapter", {"type": "qlora"})], "adapter type qlora needs exactly one GPU"),
+    (
+        "qlora-merged",
+        [("spec.method.adapter", {"type": "qlora", "exportMerged": True}), ("spec.resources.gpusPerNode", 1)],
+        "exportMerged is not available for type qlora",
+    ),
 ]
 
 

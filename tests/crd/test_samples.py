@@ -21,10 +21,10 @@ def _jobs() -> dict[str, types.FineTuneJob]:
 
 
 def test_expected_samples_exist():
-    assert set(_jobs()) == {"dpo-configmap.yaml", "multinode-volume.yaml", "tiny-cpu.yaml"}
+    assert set(_jobs()) == {"dpo-configmap.yaml", "multinode-volume.yaml", "tiny-cpu.yaml", "tiny-lora-cpu.yaml"}
 
 
-@pytest.mark.parametrize("name", ["dpo-configmap.yaml", "multinode-volume.yaml", "tiny-cpu.yaml"])
+@pytest.mark.parametrize("name", ["dpo-configmap.yaml", "multinode-volume.yaml", "tiny-cpu.yaml", "tiny-lora-cpu.yaml"])
 def test_sample_is_a_valid_job(name):
     job = _jobs()[name]
     assert job.api_version == types.API_VERSION
@@ -59,3 +59,10 @@ def test_tiny_cpu_demo_job_and_its_dataset():
     rows = dataset.load_rows(cm["data"][spec.dataset.config_map.key].encode(), spec.dataset.format)
     assert len(rows) >= 32
     assert all(r.chosen != r.rejected for r in rows)
+
+
+def test_tiny_lora_is_the_tiny_demo_with_an_adapter():
+    lora, full = _jobs()["tiny-lora-cpu.yaml"].spec, _jobs()["tiny-cpu.yaml"].spec
+    assert lora.method.adapter is not None and lora.method.adapter.type == "lora" and lora.method.adapter.export_merged
+    assert full.method.adapter is None
+    assert (lora.model, lora.dataset, lora.resources) == (full.model, full.dataset, full.resources)

@@ -7,7 +7,8 @@ Layout under ``checkpoint_dir`` (a PersistentVolumeClaim in a pod, docs/operatio
     .tmp-step-80/       # being written (or abandoned by a pod that died: never resumed from, removed)
     export/ export.json # the kept export (fttrainer.export), source/ (fttrainer.source): not touched here
 
-A checkpoint holds the sharded model and optimizer state (``get_state_dict``/``set_state_dict``: each rank
+A checkpoint holds the sharded model (its trainable parameters: a LoRA run's adapter, not its frozen base)
+and optimizer state (``get_state_dict``/``set_state_dict``: each rank
 writes only its own shards), the learning-rate scheduler and the loop state (step, examples, tokens, RNG).
 Every rank writes into ``.tmp-step-N``; after a barrier **one process per directory** (the :class:`Store`'s
 owner) writes ``record.json`` and ``COMPLETE`` into it, syncs them and renames it to ``step-N``: the rename
@@ -39,6 +40,7 @@ from ftcrd.conditions import ExitCode
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from fttrainer.adapters import state_dict_options
 from fttrainer.parallel import Dist, all_reduce_min, broadcast_from_main
 
 log = logging.getLogger(__name__)
@@ -174,7 +176,8 @@ def _rng_state() -> dict[str, torch.Tensor]:
 def _state(
     model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
 ) -> dict[str, Any]:
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    # frozen parameters (a LoRA run's base) are left out: they are the model's, not the run's
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=state_dict_options(model))
     return {"model": model_sd, "optim": optim_sd, "scheduler": scheduler.state_dict()}
 
 
@@ -251,7 +254,13 @@ def load(
     state = _state(model, optimizer, scheduler)
     state["loop"] = {**LoopState().to_dict(), **_rng_state()}
     dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optim"],
+        options=state_dict_options(model),
+    )
     scheduler.load_state_dict(state["scheduler"])
     loop = state["loop"]
     torch.set_rng_state(loop["rng"])

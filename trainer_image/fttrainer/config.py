@@ -44,6 +44,7 @@ HYDRA_KEYS: tuple[tuple[str, str], ...] = (
     ("loss.beta", "method.beta"),
     ("loss.label_smoothing", "method.label_smoothing"),
     ("loss.reference_free", "method.reference_free"),
+    ("adapter", "method.adapter"),  # config/adapter/<lora|qlora>.yaml (absent: full fine-tuning)
     ("n_epochs", "hyperparameters.epochs"),
     ("n_examples", "hyperparameters.examples"),
     ("lr", "hyperparameters.learning_rate"),
@@ -66,6 +67,9 @@ HYDRA_KEYS: tuple[tuple[str, str], ...] = (
         )
     ),
     *((f"dataset.{k}", f"dataset.{k}") for k in ("path", "compression", "validation_fraction", "max_rows")),
+    ("sample_during_eval", "tracking.sample_during_eval"),
+    ("n_eval_model_samples", "tracking.samples"),
+    ("sample_max_new_tokens", "tracking.sample_max_new_tokens"),
     ("upload.bucket", "output.bucket"),
     ("upload.prefix", "output.prefix"),
     ("upload.community_id", "output.community_id"),
@@ -159,7 +163,25 @@ def from_hydra(cfg: Any) -> TrainerConfig:
             _assign(typed, path, value)
     if typed.get("output", {}).get("bucket") is None:
         typed.pop("output", None)  # upload.bucket null: no upload, the artifact is the local export
+    _trackers(typed, tree)
+    found, validation_path = _lookup(tree, "dataset.validation_path")
+    if found and validation_path is not None:
+        ds = typed["dataset"]
+        source = {"path": validation_path, "format": ds["format"], "compression": ds.get("compression")}
+        ds["validation"] = {k: v for k, v in source.items() if v is not None}
     return validate(typed, hydra=True)
+
+
+def _trackers(typed: dict[str, Any], tree: dict[str, Any]) -> None:
+    """``wandb`` (when ``wandb.enabled``) and ``mlflow`` (when ``mlflow.tracking_uri`` is set) as
+    ``tracking.wandb``/``tracking.mlflow``; null keys take the contract's defaults. (Not in HYDRA_KEYS: these
+    sections have no contract defaults for the YAML to read.)"""
+    tracking = typed.setdefault("tracking", {})
+    wandb, mlflow = tree.get("wandb") or {}, tree.get("mlflow") or {}
+    if wandb.get("enabled"):
+        tracking["wandb"] = {k: wandb[k] for k in ("project", "entity", "name") if wandb.get(k) is not None}
+    if mlflow.get("tracking_uri"):
+        tracking["mlflow"] = {k: mlflow[k] for k in ("tracking_uri", "experiment") if mlflow.get(k) is not None}
 
 
 # ---------------------------------------------------------------------------------------------- file
@@ -208,7 +230,8 @@ def describe(exc: ValidationError, *, hydra: bool) -> str:
         where = ".".join(str(p) for p in err.get("loc", ()))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if hydra:
-            where = _HYDRA_NAME.get(where, where)
+            head, _, rest = where.partition(".adapter.")  # a field inside a mapped section: adapter.<field>
+            where = _HYDRA_NAME.get(where) or (f"adapter.{rest}" if head == "method" and rest else where)
             if err.get("type") == "string_type" and where in _HYDRA_NAME.values():
                 msg += f" (quote it on the command line: {where}='{err.get('input')}')"
         # a rule across fields (maxPromptLength < maxLength) is located at its section: the message names them

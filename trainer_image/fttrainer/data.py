@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from ftcrd.dataset import ConversationRow, DatasetError, PreferenceRow, Row, TruncationSide
+from ftcrd.dataset import ConversationRow, DatasetError, PreferenceRow, Row, TruncationSide, held_out_rows
 from ftcrd.messages import Message
 
 from fttrainer.losses import IGNORE_INDEX
@@ -307,12 +307,10 @@ def tokenize_rows(
 
 
 def split_indices(n: int, validation_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, validation) dataset indices; at least one training row, validation may be empty."""
+    """(train, validation) dataset indices; at least one training row, validation may be empty. How many rows are
+    held out is :func:`ftcrd.dataset.held_out_rows`, the API's count, so the API knows the training rows."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = int(n * validation_fraction)
-    if validation_fraction > 0 and n_val == 0 and n >= 2:
-        n_val = 1
-    n_val = min(n_val, n - 1)
+    n_val = held_out_rows(n, validation_fraction)
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 

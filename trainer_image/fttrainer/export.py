@@ -5,7 +5,8 @@ Collective: every rank takes part in gathering the full (unsharded) state dict, 
 the meta device (no memory for a second copy of random weights), assigns the gathered tensors, and
 writes ``export_dir`` (safetensors weights, config, generation config, tokenizer) and
 ``export_dir/policy.pt``: ``{"step_idx", "state", "metrics"}`` as the reference implementation's
-``policy.pt``.
+``policy.pt``. A LoRA run exports its adapter instead (``adapter_model.safetensors``, ``adapter_config.json``,
+the tokenizer) and, with ``exportMerged``, the merged full model under ``merged/`` (:mod:`fttrainer.adapters`).
 
 The export lives under the checkpoint directory (``<checkpoint_dir>/export``) and is marked complete by
 ``<checkpoint_dir>/export.json`` (:class:`KeptExport`: the job, a fingerprint of what determines the
@@ -26,9 +27,11 @@ from typing import Any
 
 import torch
 from ftcrd.trainer_config import TrainerConfig
+from ftcrd.types import AdapterSpec
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from fttrainer import adapters
 from fttrainer.parallel import Dist
 
 log = logging.getLogger(__name__)
@@ -45,12 +48,54 @@ def export(
     examples: int,
     metrics: dict[str, float],
     dtype: torch.dtype = torch.float32,
+    adapter: AdapterSpec | None = None,
+    base_model: str = "",
+    revision: str | None = None,
 ) -> Path | None:
-    """Returns ``export_dir`` on rank 0, ``None`` elsewhere."""
-    gathered = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    """Returns ``export_dir`` on rank 0, ``None`` elsewhere. With ``adapter`` (a LoRA run) the export is the
+    adapter in PEFT format plus, when asked, the merged model under ``merged/`` (:mod:`fttrainer.adapters`)."""
+    merged = adapter is not None and adapter.export_merged
+    # an adapter alone needs only the trainable tensors gathered; a merged export needs the base too
+    gathered = get_model_state_dict(
+        model,
+        options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True, ignore_frozen_params=adapter is not None and not merged
+        ),
+    )
     if not d.is_main:
         d.barrier()
         return None
+    tmp = export_dir.with_name(export_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if adapter is None:
+        write_model(gathered, hf_config, tokenizer, tmp, step=step, examples=examples, metrics=metrics, dtype=dtype)
+    else:
+        adapters.write_adapter(model, gathered, tmp, base_model=base_model, revision=revision)
+        tokenizer.save_pretrained(tmp)
+        if merged:
+            state = adapters.merged_state(gathered, hf_config, adapter)
+            out = tmp / adapters.MERGED_DIR
+            write_model(state, hf_config, tokenizer, out, step=step, examples=examples, metrics=metrics, dtype=dtype)
+    shutil.rmtree(export_dir, ignore_errors=True)
+    tmp.rename(export_dir)
+    log.info("export: wrote %s", export_dir)
+    d.barrier()
+    return export_dir
+
+
+def write_model(
+    gathered: dict[str, Any],
+    hf_config: Any,
+    tokenizer: Any,
+    out: Path,
+    *,
+    step: int,
+    examples: int,
+    metrics: dict[str, float],
+    dtype: torch.dtype,
+) -> None:
+    """A full Hugging Face model directory (safetensors, config, tokenizer) and the reference's ``policy.pt``."""
     from transformers import AutoModelForCausalLM
 
     state: dict[str, torch.Tensor] = {}
@@ -62,18 +107,10 @@ def export(
     skeleton.load_state_dict(state, assign=True, strict=True)
     if getattr(hf_config, "tie_word_embeddings", False):
         skeleton.tie_weights()
-
-    tmp = export_dir.with_name(export_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    skeleton.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save({"step_idx": examples, "step": step, "state": state, "metrics": metrics}, tmp / "policy.pt")
-    shutil.rmtree(export_dir, ignore_errors=True)
-    tmp.rename(export_dir)
-    log.info("export: wrote %s", export_dir)
-    d.barrier()
-    return export_dir
+    out.mkdir(parents=True, exist_ok=True)
+    skeleton.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    torch.save({"step_idx": examples, "step": step, "state": state, "metrics": metrics}, out / "policy.pt")
 
 
 EXPORT_DIR = "export"

@@ -12,7 +12,9 @@ the summed log-probs of each sequence's labelled next tokens:
   log-softmax of every position alive. When all scored positions fit in one chunk there is nothing to save and
   they take the plain path (logits and log-softmax kept, no recomputation);
 * per-token log-probs are summed per sequence by segment id (``index_add``), so padded and packed batches give the
-  same sums.
+  same sums;
+* on request (:func:`sequence_logps_and_hits`, sft's token accuracy) the number of scored tokens the model's greedy
+  choice gets right, per sequence, from the same logits (one argmax per chunk, nothing kept for backward).
 
 Models whose logits are not ``lm_head(hidden)`` (final-logit soft-capping, logit scales) or whose head is not a
 plain ``nn.Linear`` (e.g. a LoRA-wrapped head) take the reference path: the model's own logits, then the same
@@ -60,7 +62,8 @@ def _chunk_logits(
 
 
 class ChunkedTokenLogps(torch.autograd.Function):
-    """``log_softmax(hidden @ weight.T + bias)[i, targets[i]]`` for every row, ``chunk`` rows at a time."""
+    """``log_softmax(hidden @ weight.T + bias)[i, targets[i]]`` for every row, ``chunk`` rows at a time. With a list
+    for ``hits``, whether each row's target is the logits' argmax is appended to it (not differentiable)."""
 
     @staticmethod
     def forward(  # noqa: PLR0917 (autograd passes inputs positionally)
@@ -70,18 +73,24 @@ class ChunkedTokenLogps(torch.autograd.Function):
         bias: torch.Tensor | None,
         targets: torch.Tensor,
         chunk: int,
+        hits: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         dtype = _compute_dtype(hidden)
         out_dtype = torch.promote_types(dtype, torch.float32)
         n = hidden.shape[0]
         logps = torch.empty(n, dtype=out_dtype, device=hidden.device)
         lse = torch.empty(n, dtype=out_dtype, device=hidden.device)
+        hit = torch.empty(n, dtype=torch.bool, device=hidden.device) if hits is not None else None
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, n, chunk):
                 end = min(start + chunk, n)
                 logits = _chunk_logits(hidden[start:end], weight, bias, dtype, out_dtype)
                 lse[start:end] = torch.logsumexp(logits, dim=-1)
                 logps[start:end] = logits.gather(1, targets[start:end, None]).squeeze(1) - lse[start:end]
+                if hit is not None:
+                    hit[start:end] = logits.argmax(-1) == targets[start:end]
+        if hits is not None and hit is not None:
+            hits.append(hit)
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.chunk, ctx.dtype, ctx.out_dtype = chunk, dtype, out_dtype
         return logps
@@ -117,22 +126,29 @@ class ChunkedTokenLogps(torch.autograd.Function):
             grad_h,
             None if grad_w is None else grad_w.to(weight.dtype),
             None if grad_b is None else grad_b.to(bias.dtype),
-            None,
-            None,
+            *(None for _ in ctx.needs_input_grad[3:]),  # targets, chunk (and hits, when given)
         )
 
 
 def token_logps(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, chunk: int | None
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    chunk: int | None,
+    *,
+    hits: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Log-prob of ``targets`` under ``hidden @ weight.T + bias`` per row: in chunks of ``chunk`` rows when there
     are more rows than that (:class:`ChunkedTokenLogps`), else the plain way (the logits, within the chunk bound,
-    and their float32 log-softmax kept for backward: no recomputation)."""
+    and their float32 log-softmax kept for backward: no recomputation). ``hits``: see :class:`ChunkedTokenLogps`."""
     if chunk is None or hidden.shape[0] <= chunk:
         logits = F.linear(hidden, weight, bias)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        if hits is not None:
+            hits.append(logits.detach().argmax(-1) == targets)
         return logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
-    result: torch.Tensor = ChunkedTokenLogps.apply(hidden, weight, bias, targets, max(1, chunk))
+    result: torch.Tensor = ChunkedTokenLogps.apply(hidden, weight, bias, targets, max(1, chunk), hits)
     return result
 
 
@@ -182,14 +198,16 @@ def scoring_head_supported(model: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def _scoring_head(model: nn.Module, batch: SequenceBatch, chunk: int | None) -> Iterator[None]:
+def _scoring_head(
+    model: nn.Module, batch: SequenceBatch, chunk: int | None, hits: list[torch.Tensor] | None = None
+) -> Iterator[None]:
     """For the duration of one forward, the output embedding returns the per-sequence log-prob sums."""
     head = output_embedding(model)
     assert head is not None
 
     def score(hidden: torch.Tensor) -> torch.Tensor:
         return segment_sums(
-            token_logps(_scored_hidden(hidden, batch), head.weight, head.bias, batch.targets, chunk), batch
+            token_logps(_scored_hidden(hidden, batch), head.weight, head.bias, batch.targets, chunk, hits=hits), batch
         )
 
     previous = head.__dict__.get("forward")  # an instance-level forward someone else installed (hooks)
@@ -203,6 +221,16 @@ def _scoring_head(model: nn.Module, batch: SequenceBatch, chunk: int | None) -> 
             del head.forward
 
 
+def sequence_logps_and_hits(
+    model: nn.Module, batch: SequenceBatch, *, chunked: bool = True, chunk_tokens: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sequence_logps` and, per row, how many of its scored tokens are the model's greedy (argmax) choice
+    (float, not differentiable): the numerator of sft's mean token accuracy."""
+    hits: list[torch.Tensor] = []
+    logps = _score(model, batch, chunked, chunk_tokens, hits)
+    return logps, segment_sums(hits[0].to(logps.dtype), batch)
+
+
 def sequence_logps(
     model: nn.Module, batch: SequenceBatch, *, chunked: bool = True, chunk_tokens: int = 0
 ) -> torch.Tensor:
@@ -214,6 +242,12 @@ def sequence_logps(
     (:func:`scoring_head_supported`), through the model's own logits. The forward runs in the model's
     :func:`~fttrainer.parallel.compute_context` (bf16 autocast for a one-rank GPU policy).
     """
+    return _score(model, batch, chunked, chunk_tokens, None)
+
+
+def _score(
+    model: nn.Module, batch: SequenceBatch, chunked: bool, chunk_tokens: int, hits: list[torch.Tensor] | None
+) -> torch.Tensor:
     if batch.packed:
         varlen.enable(_base(model))
     kwargs: dict[str, Any] = dict(batch.forward_kwargs(), use_cache=False)
@@ -224,11 +258,13 @@ def sequence_logps(
         assert head is not None
         vocab = int(head.weight.shape[0])
         chunk = chunk_tokens or auto_chunk_tokens(vocab)
-        with compute_context(model), _scoring_head(model, batch, chunk):
+        with compute_context(model), _scoring_head(model, batch, chunk, hits):
             out: torch.Tensor = model(**kwargs).logits
         return out
     with compute_context(model):
         logits = model(**kwargs).logits
     flat = _scored_hidden(logits, batch)
+    if hits is not None:
+        hits.append(flat.detach().argmax(-1) == batch.targets)
     per_token = flat.to(torch.promote_types(flat.dtype, torch.float32)).log_softmax(-1)
     return segment_sums(per_token.gather(1, batch.targets[:, None]).squeeze(1), batch)

@@ -15,6 +15,8 @@ from a checkpoint ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -33,10 +35,10 @@ from ftcrd.types import Optimizer, Stage
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from fttrainer import checkpoint
+from fttrainer import adapters, checkpoint
 from fttrainer.checkpoint import LoopState, Store
 from fttrainer.data import Example, Schedule, shard_for_eval
-from fttrainer.logprobs import sequence_logps
+from fttrainer.logprobs import sequence_logps, sequence_logps_and_hits
 from fttrainer.losses import preference_loss, sft_loss
 from fttrainer.packing import SequenceBatch, layout, token_budget_micro_batches
 from fttrainer.parallel import Dist
@@ -60,6 +62,27 @@ class ProgressSink(Protocol):
     ) -> None: ...
 
     def checkpoints(self, records: list[dict[str, Any]]) -> None: ...
+
+
+class StepObserver(Protocol):
+    """Rank 0's record of the run (:class:`fttrainer.tracking.RunRecorder`: the metrics file, the trackers, samples).
+
+    ``begin`` runs once the loop knows whether it resumed (and from which step); ``record`` once per optimizer
+    step after its evaluation, if any (``final``: the last step, with the evaluation on the whole validation
+    set), and for the evaluation before training (step 0, ``train`` None); ``samples`` after each evaluation
+    that completed prompts (:mod:`fttrainer.sampling`)."""
+
+    def begin(self, resumed_step: int | None) -> None: ...
+
+    def record(self, step: int, train: dict[str, float] | None, evaluation: dict[str, float], final: bool) -> None: ...
+
+    def samples(self, step: int, samples: list[Any]) -> None: ...
+
+
+# The per-example sums of a micro-batch (rows of Trainer._micro_batch's stack), averaged per example by
+# Trainer._summarise except the last two: sft's token accuracy is hits over scored tokens.
+SUMS = ("loss", "rewardAccuracy", "rewardMargin", "rewardsChosen", "rewardsRejected", "logpsChosen", "logpsRejected")
+N_SUMS = len(SUMS) + 2  # + token hits, scored tokens
 
 
 @dataclass(frozen=True)
@@ -89,6 +112,7 @@ class LoopConfig:
     keep_checkpoints: int = 2
     checkpoint_location: str | None = None  # pvc://<claim>/<dir>: how users find checkpoint_dir (status records)
     exit_after_step: int | None = None  # test hook: hard-exit right after the checkpoint of this step
+    n_eval_examples: int | None = None  # periodic evaluations score the first n held-out examples; the last one all
     # Throughput (docs/trainer.md#performance). All change how the same examples are computed, not which:
     packing: bool = False  # padding-free forwards: a micro-batch's sequences concatenated, attention per sequence
     max_tokens_per_micro_batch: int | None = None  # cut each rank's share of a step by tokens, not a fixed count
@@ -96,6 +120,7 @@ class LoopConfig:
     logits_chunk_tokens: int = 0  # tokens per chunk; 0: automatic (<= 64 MiB of float32 logits per chunk)
     hold_at_steps: tuple[int, ...] = ()  # test hook: stop making progress after these steps' checkpoints
     exit_during_checkpoint: int | None = None  # test hook: hard-exit while this step's checkpoint is written
+    seed: int = 0  # with the step and the rank, seeds each step's random draws (dropout, e.g. LoRA's)
 
 
 @dataclass
@@ -155,14 +180,21 @@ class Trainer:
         reporter: ProgressSink,
         reference_logps: torch.Tensor | None = None,
         store: Store | None = None,
+        observer: StepObserver | None = None,
+        sampler: Callable[[nn.Module, nn.Module | None], list[Any]] | None = None,
     ) -> None:
         if loss.needs_reference and reference is None and reference_logps is None:
             raise ValueError(f"loss {loss.name} needs a reference model or precomputed reference log-probs")
+        # the policy as its own reference: LoRA, the reference is the base (the adapter disabled; no second copy)
+        self._reference_context = (
+            (lambda: adapters.reference_context(policy, policy)) if reference is policy else contextlib.nullcontext
+        )
         self.cfg, self.loss, self.d = cfg, loss, d
         self.policy, self.reference = policy, reference
         self.examples, self.schedule, self.eval_indices = examples, schedule, eval_indices
         self.pad_token_id, self.reporter = pad_token_id, reporter
         self.reference_logps = reference_logps  # (n_examples, 2): chosen, rejected
+        self.observer, self.sampler = observer, sampler  # rank 0's record; prompt completion at evaluations
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(cfg.optimizer, self.params, cfg.lr)
         self.scheduler = warmup_schedule(self.optimizer, cfg.warmup_steps)
@@ -189,14 +221,14 @@ class Trainer:
             ref = self.reference_logps[batch.index].to(self.d.device, non_blocking=True)
             return ref[:, 0], ref[:, 1]
         assert self.reference is not None
-        with torch.no_grad():
+        with torch.no_grad(), self._reference_context():
             logps = self._logps(self.reference, batch)
         return logps[:n], logps[n:]
 
     def _micro_batch(
         self, indices: list[int], train: bool, counted: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-        """(summed loss to backpropagate, the 7 per-example metric sums over the first ``counted`` rows as a
+        """(summed loss to backpropagate, the :data:`N_SUMS` metric sums over the first ``counted`` rows as a
         float64 device tensor, [rows counted, tokens counted]) for one micro-batch.
 
         The batch goes to the device once (policy and reference forwards share it), and nothing here waits
@@ -207,8 +239,15 @@ class Trainer:
         lengths = host.lengths
         tokens = float(sum(lengths[:k]) + (sum(lengths[n : n + k]) if self.loss.name != "sft" else 0))
         batch = host.to(self.d.device)
+        hits = scored = None
         with torch.set_grad_enabled(train):
-            logps = self._logps(self.policy, batch)
+            if self.loss.name == "sft":
+                logps, hits = sequence_logps_and_hits(
+                    self.policy, batch, chunked=self.cfg.chunked_logps, chunk_tokens=self.cfg.logits_chunk_tokens
+                )
+                scored = torch.bincount(batch.segments, minlength=batch.rows).to(hits.dtype)
+            else:
+                logps = self._logps(self.policy, batch)
         if self.loss.name == "sft":
             policy_chosen = logps
             losses = sft_loss(policy_chosen)
@@ -227,6 +266,7 @@ class Trainer:
                 ipo=self.loss.name == "ipo",
                 reference_free=self.loss.reference_free,
             )
+        zeros = torch.zeros_like(losses)
         per_example = torch.stack(
             [
                 losses.detach(),
@@ -236,6 +276,8 @@ class Trainer:
                 rejected_rewards,
                 policy_chosen.detach(),
                 policy_rejected.detach(),
+                zeros if hits is None else hits[:n].to(losses.dtype),
+                zeros if scored is None else scored[:n].to(losses.dtype),
             ]
         )[:, :k]
         return losses.sum(), per_example.sum(dim=1).double(), [float(k), tokens]
@@ -243,7 +285,7 @@ class Trainer:
     def _reduce(
         self, sums: torch.Tensor, counts: list[float], extra: list[float], after: torch.Tensor | None = None
     ) -> list[float]:
-        """All-reduce [rows, 7 metric sums, tokens, *extra] over the ranks in one collective and read it
+        """All-reduce [rows, N_SUMS metric sums, tokens, *extra] over the ranks in one collective and read it
         back in one device-to-host copy, with ``after`` (already global, not reduced) appended."""
         host = torch.tensor([counts[0], counts[1], *extra], dtype=torch.float64).to(self.d.device)
         t = torch.cat([host[:1], sums, host[1:]])
@@ -254,34 +296,39 @@ class Trainer:
         return values
 
     @staticmethod
-    def _summarise(sums: list[float], prefix: str = "") -> dict[str, float]:
+    def _summarise(sums: list[float]) -> dict[str, float]:
+        """Per-example means of the reduced sums, and the token accuracy (hits over scored tokens)."""
         n = max(sums[0], 1.0)
-        names = ["loss", "rewardAccuracy", "rewardMargin", "rewardsChosen", "rewardsRejected"]
-        names += ["logpsChosen", "logpsRejected"]
-        out = {name: sums[i + 1] / n for i, name in enumerate(names)}
-        if prefix:
-            return {"evalLoss": out["loss"], "evalRewardAccuracy": out["rewardAccuracy"]}
+        out = {name: sums[i + 1] / n for i, name in enumerate(SUMS)}
+        hits, scored = sums[len(SUMS) + 1], sums[len(SUMS) + 2]
+        out["tokenAccuracy"] = hits / scored if scored > 0 else float("nan")
         return out
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self) -> dict[str, float]:
-        if not self.eval_indices:
+    def evaluate(self, full: bool = False) -> dict[str, float]:
+        """Metrics on the held-out examples: the first ``n_eval_examples`` of them, or (``full``) all."""
+        indices = self.eval_indices if full else self.eval_indices[: self.cfg.n_eval_examples]
+        if not indices:
             return {}
         self.policy.eval()
         world = self.d.world_size
         per_rank_batch = max(1, self.cfg.eval_batch_size // world)
-        sums = torch.zeros(7, dtype=torch.float64, device=self.d.device)
+        sums = torch.zeros(N_SUMS, dtype=torch.float64, device=self.d.device)
         counts = [0.0, 0.0]
         with torch.no_grad():
-            for indices, counted in shard_for_eval(self.eval_indices, self.d.rank, world, per_rank_batch):
-                _, s, c = self._micro_batch(indices, train=False, counted=counted)
+            for chunk, counted in shard_for_eval(indices, self.d.rank, world, per_rank_batch):
+                _, s, c = self._micro_batch(chunk, train=False, counted=counted)
                 sums += s
                 counts = [a + b for a, b in zip(counts, c, strict=True)]
         self.policy.train()
-        metrics = self._summarise(self._reduce(sums, counts, []), prefix="eval")
+        reduced = self._reduce(sums, counts, [])
+        out = self._summarise(reduced)
+        metrics = {"evalLoss": out["loss"], "evalExamples": reduced[0]}
         if self.loss.name == "sft":
-            del metrics["evalRewardAccuracy"]
+            metrics["evalTokenAccuracy"] = out["tokenAccuracy"]
+        else:
+            metrics["evalRewardAccuracy"] = out["rewardAccuracy"]
         return metrics
 
     # ------------------------------------------------------------------ training
@@ -301,12 +348,19 @@ class Trainer:
             packed=self.cfg.packing,
         )
 
+    def _seed_step(self) -> None:
+        """Random draws in a step (dropout) come from (seed, step, rank): a run resumed at any step draws what the
+        uninterrupted run drew, whatever the ranks consumed before (their batch shapes differ)."""
+        key = hashlib.sha256(f"{self.cfg.seed}/{self.state.step}/{self.d.rank}".encode()).digest()
+        torch.manual_seed(int.from_bytes(key[:8], "little"))
+
     def step(self) -> dict[str, float]:
+        self._seed_step()
         micro_batches = self.micro_batches(self.state.step)
         # every rank trains on the same number of examples, so (sum of this rank's losses / its examples),
         # averaged over ranks by FSDP2's reduce-scatter, is the global-batch mean however they are cut
         examples = sum(len(mb) for mb in micro_batches)
-        sums = torch.zeros(7, dtype=torch.float64, device=self.d.device)
+        sums = torch.zeros(N_SUMS, dtype=torch.float64, device=self.d.device)
         counts = [0.0, 0.0]
         for indices in micro_batches:
             loss, s, c = self._micro_batch(indices, train=True)
@@ -325,11 +379,13 @@ class Trainer:
         grad_norm = summed.pop()
         self.state.step += 1
         self.state.examples += int(summed[0])
-        self.state.tokens += int(summed[8])
-        self.preempted = summed[9] > 0
+        self.state.tokens += int(summed[N_SUMS + 1])
+        self.preempted = summed[N_SUMS + 2] > 0
         metrics = self._summarise(summed)
         if self.loss.name == "sft":  # no reference, no rejected forward: preference metrics are meaningless
-            metrics = {"loss": metrics["loss"], "logpsChosen": metrics["logpsChosen"]}
+            metrics = {k: metrics[k] for k in ("loss", "logpsChosen", "tokenAccuracy")}
+        else:
+            del metrics["tokenAccuracy"]
         metrics.update(gradNorm=grad_norm, learningRate=lr, tokens=float(self.state.tokens))
         return metrics
 
@@ -398,15 +454,28 @@ class Trainer:
             return
         self._last_log = now
         m = self.metrics
-        keys = ["loss", "rewardAccuracy", "rewardMargin", "gradNorm", "learningRate", "evalLoss", "evalRewardAccuracy"]
+        keys = ["loss", "rewardAccuracy", "tokenAccuracy", "rewardMargin", "gradNorm", "learningRate", "evalLoss"]
+        keys += ["evalRewardAccuracy", "evalTokenAccuracy"]
         shown = " ".join(f"{k}={m[k]:.4g}" for k in keys if k in m and math.isfinite(m[k]))
         log.info("step %d/%d examples %d %s", self.state.step, self.schedule.total_steps, self.state.examples, shown)
 
-    def _eval(self) -> int:
+    def _eval(self, full: bool = False) -> dict[str, float]:
+        """Evaluate (all held-out examples when ``full``), then complete a few prompts when sampling is on."""
         self._report("evaluating")
-        self.metrics.update(self.evaluate())
+        evaluation = self.evaluate(full)
+        self.metrics.update(evaluation)
+        if evaluation and self.d.is_main:
+            log.info("evaluation at step %d on %d held-out examples", self.state.step, int(evaluation["evalExamples"]))
         self._log(force=True)
-        return self.state.examples
+        if self.sampler is not None:
+            samples = self.sampler(self.policy, self.reference)
+            if self.d.is_main and self.observer is not None:
+                self.observer.samples(self.state.step, samples)
+        return evaluation
+
+    def _record(self, train: dict[str, float] | None, evaluation: dict[str, float], final: bool = False) -> None:
+        if self.d.is_main and self.observer is not None:
+            self.observer.record(self.state.step, train, evaluation, final)
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self._sigterm = True
@@ -425,15 +494,23 @@ class Trainer:
 
     def _run(self, on_exit: Callable[[int], None]) -> Result:
         resumed = self.resume()
+        if self.d.is_main and self.observer is not None:
+            self.observer.begin(resumed)
         self.policy.train()
         total = self.schedule.total_steps
         last_eval = self.state.examples
         if resumed is None and self.cfg.do_first_eval:
-            last_eval = self._eval()
+            self._record(None, self._eval())
+        train: dict[str, float] | None = None
         while self.state.step < total:
-            self.metrics.update(self.step())
+            train = self.step()
+            self.metrics.update(train)
+            evaluation: dict[str, float] = {}
             if self.state.examples - last_eval >= self.cfg.eval_every and self.state.step < total:
-                last_eval = self._eval()
+                evaluation = self._eval()
+                last_eval = self.state.examples
+            if self.state.step < total:  # the last step is recorded with the evaluation on all held-out examples
+                self._record(train, evaluation)
             self._report("training")
             self._log(force=self.state.step == total)
             if self.state.step % self.cfg.checkpoint_every == 0 or self.state.step == total or self.preempted:
@@ -448,7 +525,7 @@ class Trainer:
                     )
                     dist.barrier()
                     on_exit(ExitCode.PREEMPTED)
-        self._eval()
+        self._record(train, self._eval(full=True), final=True)
         return Result(self.state.step, self.state.examples, dict(self.metrics), resumed)
 
 

@@ -1,4 +1,7 @@
-"""Tokenizer, policy and reference model of a run, loaded once and sharded (FSDP2) for this world size."""
+"""Tokenizer, policy and reference model of a run, loaded once and sharded (FSDP2) for this world size.
+
+With ``method.adapter`` the policy is the base wrapped with LoRA (:mod:`fttrainer.adapters`) and there is no
+separate reference model: the loop uses the policy with its adapter disabled."""
 
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ def load_models(cfg: TrainerConfig, rows: list[Any], d: Any, needs_reference: bo
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from fttrainer import adapters
     from fttrainer.parallel import build_sharded, find_blocks
 
     hf_logging.disable_progress_bar()
@@ -69,23 +73,29 @@ def load_models(cfg: TrainerConfig, rows: list[Any], d: Any, needs_reference: bo
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     hf_config = AutoConfig.from_pretrained(path, revision=m.revision)
+    adapter = cfg.method.adapter
 
-    def loader(dtype_name: str) -> tuple[Any, Any]:
+    def loader(dtype_name: str, adapted: bool = False) -> tuple[Any, Any]:
         dtype = _dtype(dtype_name, on_gpu)
+        extra = adapters.load_kwargs(adapter, d.device) if adapted else {}
 
         def load_full() -> Any:
-            model = AutoModelForCausalLM.from_pretrained(path, revision=m.revision, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(path, revision=m.revision, **{"dtype": dtype, **extra})
             if m.archive:
                 _load_archive(model, Path(m.archive))
             find_blocks(model, block_name)  # fail early, naming the layer classes, if the preset is wrong
-            return model
+            return adapters.wrap(model, adapter) if adapted and adapter else model
 
-        return load_full, lambda: AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+        def build_empty() -> Any:
+            model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+            return adapters.wrap(model, adapter) if adapted and adapter else model
+
+        return load_full, build_empty
 
     hp = cfg.hyperparameters
     t0 = time.monotonic()
     policy = build_sharded(
-        *loader(m.policy_dtype),
+        *(loader(adapters.base_dtype(m), adapted=True) if adapter else loader(m.policy_dtype)),
         block_name,
         d,
         mixed_precision=on_gpu and m.fsdp_policy_mp == "bfloat16",
@@ -93,11 +103,12 @@ def load_models(cfg: TrainerConfig, rows: list[Any], d: Any, needs_reference: bo
         compile=hp.compile,
     )
     reference = None
-    if needs_reference:
+    if needs_reference and adapter is None:  # with an adapter, the reference is the policy with it disabled
         reference = build_sharded(
             *loader(m.reference_dtype), block_name, d, mixed_precision=False, frozen=True, compile=hp.compile
         )
-    log.info("models loaded from %s in %.1fs (reference: %s)", path, time.monotonic() - t0, needs_reference)
+    ref = "the policy, adapter disabled" if adapter and needs_reference else needs_reference
+    log.info("models loaded from %s in %.1fs (reference: %s)", path, time.monotonic() - t0, ref)
     return Models(tokenizer=tokenizer, policy=policy, reference=reference, hf_config=hf_config)
 
 

@@ -1,7 +1,7 @@
 """Trainer → operator reporting: live progress in the FineTuneJob's status, and the termination message.
 
 :class:`Reporter` merge-patches ``/apis/finetune.dev/v1alpha1/namespaces/$FTJ_NAMESPACE/finetunejobs/
-$FTJ_NAME/status`` with ``{"status": {"progress": {...}, "metrics": {...}, "checkpoints": [...]}}``
+$FTJ_NAME/status`` with ``{"status": {"progress": {...}, "metrics": {...}, "checkpoints": [...], "samples": {...}}}``
 using the pod's ServiceAccount token: the namespace's trainer identity ``finetune-trainer``, whose Role
 allows only ``patch`` on ``finetunejobs/status``, narrowed to the pod's own job by the admission policy
 ``finetune-trainer-own-job`` (docs/architecture.md, "Least privilege"). Only the standard library is
@@ -60,6 +60,9 @@ _METRIC_ALIASES = {
 }
 
 
+_COUNTS = frozenset({"tokens", "evalExamples"})  # metrics that are counts (integers in the status)
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -89,7 +92,7 @@ def camel_metrics(metrics: dict[str, Any] | None) -> dict[str, float | int]:
         if not isinstance(v, int | float) or not math.isfinite(v):
             continue
         name = _camel(str(k))
-        out[name] = int(v) if name == "tokens" else float(v)
+        out[name] = int(v) if name in _COUNTS else float(v)
     return out
 
 
@@ -126,6 +129,7 @@ class Reporter:
         self._progress: dict[str, Any] = {}
         self._metrics: dict[str, float | int] = {}
         self._checkpoints: list[dict[str, Any]] = []
+        self._samples: dict[str, Any] | None = None
         self._dirty = False
         self._urgent = False
         self._closed = False
@@ -240,6 +244,13 @@ class Reporter:
             listed.append(item)
         with self._lock:
             self._checkpoints = listed
+
+    def samples(self, step: int, items: list[dict[str, Any]]) -> None:
+        """The latest evaluation's completions (``status.samples``, already shortened: ftcrd.status.Sample)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            self._samples = {"step": int(step), "items": items}
             self._dirty = self._urgent = True
             self._wake.notify()
 
@@ -270,6 +281,8 @@ class Reporter:
             status["metrics"] = dict(self._metrics)
         if self._checkpoints:
             status["checkpoints"] = [dict(c) for c in self._checkpoints]
+        if self._samples is not None:
+            status["samples"] = self._samples
         return {"status": status}
 
     def _run(self) -> None:

@@ -72,11 +72,14 @@ def _world() -> int:
 # ---------------------------------------------------------------------------------------------- input
 
 
-def read_dataset(cfg: TrainerConfig) -> list[Any]:
-    """Parse and validate the dataset with ftcrd (the API's rules); raises ``InvalidInput(InvalidDataset)``."""
+def read_dataset(cfg: TrainerConfig, validation: bool = False) -> list[Any]:
+    """Parse and validate the training dataset (or the separate ``validation`` one, ``[]`` when there is none)
+    with ftcrd (the API's rules); raises ``InvalidInput(InvalidDataset)``."""
     from ftcrd.dataset import DatasetError, load_rows
 
-    ds = cfg.dataset
+    ds: Any = cfg.dataset.validation if validation else cfg.dataset
+    if ds is None:
+        return []
     path = Path(ds.path)
     try:
         data = path.read_bytes()
@@ -85,7 +88,7 @@ def read_dataset(cfg: TrainerConfig) -> list[Any]:
     except OSError as exc:
         raise InvalidInput(Reason.INVALID_DATASET, f"dataset file {path} cannot be read: {exc.strerror}") from None
     try:
-        return load_rows(data, ds.format, ds.compression, max_rows=ds.max_rows)
+        return load_rows(data, ds.format, ds.compression, max_rows=cfg.dataset.max_rows)
     except DatasetError as exc:
         raise InvalidInput(Reason.INVALID_DATASET, f"dataset {path.name}: {exc}") from None
 
@@ -103,17 +106,22 @@ def fail(reason: str, message: str, code: int) -> int:
 # ---------------------------------------------------------------------------------------------- training
 
 
-def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any) -> tuple[Any, int]:
+def train_and_export(
+    cfg: TrainerConfig, rows: list[Any], validation: list[Any], d: Any, *, reporter: Any, recorder: Any
+) -> tuple[Any, int]:
     """Train (resuming from the latest checkpoint) and export; returns (rank 0's KeptExport or None, the
-    optimizer steps this attempt ran)."""
+    optimizer steps this attempt ran). ``validation``: the separate validation rows (evaluated on all of them,
+    training on every row of ``rows``), or ``[]`` to hold out ``validationFraction`` of ``rows``."""
     import torch
 
-    from fttrainer import source
+    from fttrainer import adapters, source
     from fttrainer.checkpoint import open_store
     from fttrainer.data import Schedule, split_indices, tokenize_rows
     from fttrainer.export import export, export_dir, mark_complete
     from fttrainer.loop import LoopConfig, LossSpec, Trainer, precompute_reference_logps
+    from fttrainer.metrics_file import copy_into
     from fttrainer.models import load_models
+    from fttrainer.tracking import run_params
 
     hp, method = cfg.hyperparameters, cfg.method
     torch.manual_seed(hp.seed)
@@ -124,9 +132,13 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
         reference_free=method.reference_free,
     )
     reporter.progress(step=0, total_steps=0, epoch=0.0, examples=0, stage="loading", metrics={})
-    train_idx, eval_idx = split_indices(len(rows), cfg.dataset.validation_fraction, hp.seed)
-    if cfg.run.n_eval_examples is not None:
-        eval_idx = eval_idx[: cfg.run.n_eval_examples]
+    if validation:
+        train_idx, eval_idx = list(range(len(rows))), list(range(len(rows), len(rows) + len(validation)))
+        rows = rows + validation
+    else:
+        train_idx, eval_idx = split_indices(len(rows), cfg.dataset.validation_fraction, hp.seed)
+    if recorder is not None:
+        recorder.start(run_params(cfg, trainRows=len(train_idx), evalRows=len(eval_idx), worldSize=d.world_size))
     try:
         schedule = Schedule.create(
             train_idx,
@@ -161,15 +173,30 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
     tok = models.tokenizer
     examples = tokenize_rows(rows, tok, hp.max_length, hp.max_prompt_length, truncation_side=hp.truncation_side)
     loading("tokenized")
+    # with an adapter the reference is the policy itself, its adapter disabled (fttrainer.adapters)
+    reference = models.reference
+    if reference is None and method.adapter is not None and loss.needs_reference:
+        reference = models.policy
     reference_logps = None
-    if models.reference is not None and hp.precompute_reference:
+    if reference is not None and hp.precompute_reference:
         t0 = time.monotonic()
-        reference_logps = precompute_reference_logps(
-            models.reference, examples, d, cfg.run.eval_batch_size, tok.pad_token_id, packing=hp.packing
-        )
-        models.reference = None
+        with adapters.reference_context(reference, models.policy):
+            reference_logps = precompute_reference_logps(
+                reference, examples, d, cfg.run.eval_batch_size, tok.pad_token_id, packing=hp.packing
+            )
+        reference = models.reference = None
         gc.collect()
         log.info("reference log-probs precomputed for %d examples in %.1fs", len(examples), time.monotonic() - t0)
+    sampler = None
+    sampling = cfg.tracking is not None and cfg.tracking.sample_during_eval
+    if sampling and eval_idx:
+        from fttrainer.sampling import Sampler
+
+        assert cfg.tracking is not None
+        n, max_new = cfg.tracking.samples, cfg.tracking.sample_max_new_tokens
+        sampler = Sampler.from_examples(examples, eval_idx, n=n, tokenizer=tok, max_new_tokens=max_new, d=d)
+    elif sampling:
+        log.warning("sampleDuringEval: no held-out examples to sample from (validationFraction 0, no validation file)")
 
     trainer = Trainer(
         cfg=LoopConfig(
@@ -184,24 +211,28 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
             checkpoint_dir=Path(run.checkpoint_dir),
             minimum_log_interval_secs=run.minimum_log_interval_secs,
             exit_after_step=run.exit_after_step,
+            n_eval_examples=run.n_eval_examples,
             packing=hp.packing,
             max_tokens_per_micro_batch=hp.max_tokens_per_micro_batch,
             keep_checkpoints=run.keep_checkpoints,
             checkpoint_location=run.checkpoint_location,
             hold_at_steps=tuple(run.hold_at_steps or ()),
             exit_during_checkpoint=run.exit_during_checkpoint,
+            seed=hp.seed,
         ),
         store=store,
         loss=loss,
         d=d,
         policy=models.policy,
-        reference=models.reference,
+        reference=reference,
         examples=examples,
         schedule=schedule,
         eval_indices=eval_idx,
         pad_token_id=tok.pad_token_id,
         reporter=reporter,
         reference_logps=reference_logps,
+        observer=recorder,
+        sampler=sampler,
     )
     log.info(
         "training %s: %d train / %d eval rows, %d steps of %d examples, world size %d",
@@ -232,21 +263,28 @@ def train_and_export(cfg: TrainerConfig, rows: list[Any], d: Any, reporter: Any)
         step=result.step,
         examples=result.examples,
         metrics=metrics,
+        adapter=method.adapter,
+        base_model=cfg.model.name_or_path,
+        revision=cfg.model.revision,
     )
     kept = None
     if d.is_main:
+        copy_into(Path(cfg.run.checkpoint_dir), export_dir(cfg))  # the per-step metrics go up with the model
         kept = mark_complete(cfg, step=result.step, examples=result.examples, epoch=epoch, metrics=metrics)
     return kept, result.step - (result.resumed_from or 0)
 
 
-def train(cfg: TrainerConfig, rows: list[Any]) -> int:
+def train(cfg: TrainerConfig, rows: list[Any], validation: list[Any]) -> int:
     """Everything after the input checks, on every rank; returns the job's exit code (the same on every rank)."""
-    from fttrainer.export import find_kept_export
+    from fttrainer.export import export_dir, find_kept_export
     from fttrainer.parallel import broadcast_from_main, init_distributed
     from fttrainer.report import Reporter, write_termination
+    from fttrainer.tracking import RunRecorder, planned_artifact_uri, run_params
 
     d = init_distributed()
     reporter = Reporter.from_env(d.rank)
+    recorder = RunRecorder.create(cfg, reporter) if d.is_main else None
+    artifact_uri: str | None = None  # for the trackers, once the upload is verified
     try:
         kept = find_kept_export(cfg) if d.is_main else None
         if broadcast_from_main(kept is not None, d):
@@ -259,16 +297,22 @@ def train(cfg: TrainerConfig, rows: list[Any]) -> int:
                     cfg.job,
                     cfg.run.checkpoint_dir,
                 )
+                if recorder is not None:
+                    recorder.start(run_params(cfg))
         else:
             try:
-                kept, attempt_steps = train_and_export(cfg, rows, d, reporter)
+                kept, attempt_steps = train_and_export(cfg, rows, validation, d, reporter=reporter, recorder=recorder)
             except InvalidInput as exc:
                 return fail(exc.reason, str(exc), ExitCode.INVALID_INPUT)
         outcome: tuple[int, TerminationMessage | None] = (ExitCode.OK, None)
         if d.is_main:
             assert kept is not None
+            if recorder is not None and attempt_steps:  # an offline W&B run of this training goes up with it
+                recorder.seal(export_dir(cfg), planned_artifact_uri(cfg, export_dir(cfg)))
             outcome = upload_and_report(cfg, kept, attempt_steps, reporter)
         code, message = broadcast_from_main(outcome, d)
+        if code == ExitCode.OK and message is not None and message.artifact is not None:
+            artifact_uri = message.artifact.uri
         if message is not None and message.verified and d.is_local_main and not d.is_main:
             write_termination(message)  # this node's launcher decides its pod's exit code by it, too
         if cfg.run.crash_rank_after_upload == d.rank and code == ExitCode.OK:
@@ -281,6 +325,8 @@ def train(cfg: TrainerConfig, rows: list[Any]) -> int:
             write_termination(TerminationMessage(status="failed", reason=Reason.TRAINER_FAILED, message=msg[:2000]))
         raise
     finally:
+        if recorder is not None:
+            recorder.close(artifact_uri, ok=artifact_uri is not None)
         reporter.close()
 
 
@@ -295,6 +341,7 @@ def upload_and_report(
     if cfg.output is None:
         artifact: dict[str, Any] = {"uri": folder.resolve().as_uri() + "/"}
     else:
+        from fttrainer.adapters import contents
         from fttrainer.upload import UploadError, upload_export
 
         reporter.progress(
@@ -314,6 +361,7 @@ def upload_and_report(
                 job=cfg.job,
                 metrics=kept.metrics,
                 config=cfg.model_dump(mode="json", by_alias=True),
+                contents=contents(cfg.method.adapter, cfg.model.name_or_path, cfg.model.revision),
             )
         except UploadError as exc:
             return fail(Reason.UPLOAD_FAILED, str(exc), ExitCode.UPLOAD_FAILED), None
@@ -360,18 +408,25 @@ def run(cfg: TrainerConfig) -> int:
     try:
         cfg = with_test_hooks(with_preset(cfg), os.environ.get(ENV_TEST_HOOKS))
         check_world_size(cfg, _world())
+        if cfg.method.adapter is not None:  # (torch is imported only then: other bad input fails in a second)
+            from fttrainer.adapters import preflight
+
+            preflight(cfg.method.adapter, _world())  # QLoRA without a GPU: refused before any model is read
         rows = read_dataset(cfg)
+        validation = read_dataset(cfg, validation=True)
     except InvalidInput as exc:
         return fail(exc.reason, str(exc), ExitCode.INVALID_INPUT)
     if _rank() == 0:
         log.info("dataset: %d rows (%s), config valid", len(rows), cfg.dataset.format)
+        if cfg.dataset.validation is not None:
+            log.info("validation dataset: %d rows (%s)", len(validation), cfg.dataset.validation.format)
         run_dir = Path(cfg.run.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RESOLVED_NAME).write_text(cfg.render() + "\n")
     import torch.distributed as dist
 
     try:
-        code = train(cfg, rows)
+        code = train(cfg, rows, validation)
     except BaseException:
         if dist.is_initialized():
             dist.destroy_process_group()

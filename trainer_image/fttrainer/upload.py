@@ -4,7 +4,8 @@ Layout: ``gs://<bucket>/<prefix>/<communityId or "default">/<job>/`` holds every
 directory (relative paths kept) and, written last, ``manifest.json``::
 
     {"files": [{"path": "model.safetensors", "size": 123, "sha256": "..."}, ...],
-     "totalBytes": 123, "metrics": {...}, "config": {...}, "job": "...", "communityId": "...",
+     "totalBytes": 123, "metrics": {...}, "config": {...}, "contents": {"kind": "model" | "adapter", ...},
+     "job": "...", "communityId": "...",
      "createdAt": "2026-...Z", "trainerVersion": "0.1.0", "uri": "gs://.../"}
 
 A consumer that finds ``manifest.json`` can trust that every file it lists was uploaded completely:
@@ -274,6 +275,7 @@ def upload_export(
     job: str,
     metrics: dict,
     config: dict,
+    contents: dict | None = None,
     retries: int | None = None,
     backoff: float | None = None,
     timeout: float = 300.0,
@@ -314,6 +316,7 @@ def upload_export(
             "totalBytes": total,
             "metrics": metrics,
             "config": config,
+            "contents": contents,  # what the folder holds: a model, or an adapter (+ merged/) for its base
             "job": job,
             "communityId": community_id,
             "uri": uri,

@@ -13,7 +13,7 @@ from ftcrd.dataset import DatasetError, load_rows
 from ftcrd.types import ConfigMapSource, DatasetSource, MethodSpec, ModelSpec, TrackingSpec, WandbSpec
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ftapi import hyper, mapping
+from ftapi import hyper, lora, mapping
 from ftapi.auth import Tenant as TenantInfo
 from ftapi.deps import Config, Kube, State, Tenant
 from ftapi.errors import APIError, not_found
@@ -154,6 +154,7 @@ async def create_job(
     hyperparameters = hyper.resolve(requested, settings=settings, data=data, param_prefix=param_prefix)
     hyperparameters["seed"] = body.seed if body.seed is not None else secrets.randbelow(2**31)
     beta = hyper.beta(requested)
+    adapter = lora.from_training_type(body.training_type, settings)
 
     name = new_job_name(tenant.namespace, idempotency)
     digest = request_digest("openai", body.model_dump(mode="json", exclude={"seed"} if body.seed is None else None))
@@ -184,7 +185,11 @@ async def create_job(
         model=model,
         dataset=dataset,
         method=MethodSpec.model_validate(
-            {"type": "sft" if method_type == "supervised" else "dpo", **({"beta": beta} if beta else {})}
+            {
+                "type": "sft" if method_type == "supervised" else "dpo",
+                **({"beta": beta} if beta else {}),
+                "adapter": adapter,
+            }
         ),
         hyperparameters=hyperparameters,
         community_id=tenant.namespace,

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Response
 from ftcrd import names
 from ftcrd.dataset import DatasetError, load_rows, rows_to_novalto
 
-from ftapi import hyper, webhooks
+from ftapi import hyper, lora, webhooks
 from ftapi.auth import Tenant as TenantInfo
 from ftapi.deps import Config, Kube, State, Tenant
 from ftapi.errors import APIError
@@ -91,6 +91,7 @@ async def trigger_finetune(
     if len(data) > settings.configmap_budget_bytes:
         raise too_large(len(data), settings)
     callback = _callback(body, tenant, settings)
+    adapter = lora.for_webhook(body, settings)
     try:  # the batch is fitted to the rows (the seed caller does not choose it)
         sized = hyper.training_data(settings, len(rows), separate_validation=False, param="dataset")
         hyperparameters = hyper.resolve(None, settings=settings, data=sized, param_prefix="", openai_auto=False)
@@ -102,7 +103,12 @@ async def trigger_finetune(
     name = new_job_name(tenant.namespace, idempotency)
     digest = request_digest(
         "seed",
-        {"communityId": body.communityId, "sha256": hashlib.sha256(data).hexdigest(), "callbackUrl": callback},
+        {
+            "communityId": body.communityId,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "callbackUrl": callback,
+            "adapter": adapter.wire() if adapter else None,
+        },
     )
     labels = {names.LABEL_CREATED_BY: "api-webhook"}
     annotations = {names.ANN_OPENAI_MODEL: settings.webhook_model}
@@ -120,7 +126,7 @@ async def trigger_finetune(
         namespace=tenant.namespace,
         model=model,
         dataset=dataset_from_configmap(settings, configmap_name, names.DATASET_KEY, "novalto"),
-        method=webhook_method(settings),
+        method=webhook_method(settings).model_copy(update={"adapter": adapter}),
         hyperparameters=hyperparameters,
         community_id=body.communityId,
         labels=labels,
