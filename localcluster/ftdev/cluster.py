@@ -58,7 +58,9 @@ def _script(*args: str, timeout: float, env: Mapping[str, str] | None) -> subpro
         ["bash", str(CLUSTER_SH), *args], capture_output=True, text=True, check=False, timeout=timeout, env=_env(env)
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"localcluster/cluster.sh {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        raise RuntimeError(
+            f"localcluster/cluster.sh {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

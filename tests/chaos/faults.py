@@ -39,7 +39,7 @@ def retry(what: str, fn: Callable[[], T], timeout: float = 120.0) -> T:
         try:
             return fn()
         except ApiError as exc:
-            if exc.status < 500 and exc.status != 429 or time.monotonic() > deadline:
+            if (exc.status < 500 and exc.status != 429) or time.monotonic() > deadline:
                 raise
         except Exception:
             if time.monotonic() > deadline:
@@ -61,7 +61,7 @@ def pod_is_running(pod: Obj) -> bool:
 class Faults:
     """Runs the faults of a plan (``run``, in a thread) and records what each did (``log``)."""
 
-    def __init__(  # noqa: PLR0917
+    def __init__(
         self,
         kube: Kube,
         namespace: str,
@@ -164,8 +164,12 @@ class Faults:
         name = choose(list(jobs), pick)
         if name is None:
             return None
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
-        body["preconditions"] = {"uid": jobs[name]["metadata"]["uid"]}
+        body: Obj = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",
+            "preconditions": {"uid": jobs[name]["metadata"]["uid"]},
+        }
         try:
             retry(f"delete Job {name}", lambda: self.kube.delete(f"{path}/{name}", body))
         except ApiError as exc:

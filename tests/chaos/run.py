@@ -111,8 +111,10 @@ class Run:
     def _namespace(self, cluster: Cluster) -> None:
         cluster.kubectl("create", "namespace", self.namespace)
         wait_for(
-            lambda: cluster.kubectl("get", "configmap", "kube-root-ca.crt", "-n", self.namespace, check=False).returncode
-            == 0,
+            lambda: (
+                cluster.kubectl("get", "configmap", "kube-root-ca.crt", "-n", self.namespace, check=False).returncode
+                == 0
+            ),
             60,
             0.3,
             "kube-root-ca.crt in the chaos namespace",
@@ -179,7 +181,9 @@ class Run:
             faults = Faults(kube, self.namespace, operator, self.cluster_env, t0)
             threads = [
                 threading.Thread(target=self._submit, args=(kube, gcs, t0), daemon=True, name="chaos-submit"),
-                threading.Thread(target=faults.run, args=(self.plan.faults, self.stop), daemon=True, name="chaos-faults"),
+                threading.Thread(
+                    target=faults.run, args=(self.plan.faults, self.stop), daemon=True, name="chaos-faults"
+                ),
             ]
             for t in threads:
                 t.start()
@@ -212,9 +216,7 @@ class Run:
         deadline = t0 + self.options.deadline
         while True:
             ftjs = self._ftjs(kube)
-            done = not any(t.is_alive() for t in threads) and all(
-                verdict.phase_of(f) in TERMINAL_PHASES for f in ftjs
-            )
+            done = not any(t.is_alive() for t in threads) and all(verdict.phase_of(f) in TERMINAL_PHASES for f in ftjs)
             if done or time.monotonic() > deadline:
                 self.stop.set()
                 faults.wait(120)

@@ -84,7 +84,12 @@ def plan(  # noqa: PLR0917
     lo, hi = fault_window
     times = sorted(rng.uniform(lo, hi) for _ in kinds)
     fault_plans = tuple(
-        Fault(at=round(at, 1), kind=kind, down=round(rng.uniform(*DOWNTIME.get(kind, (0.0, 0.0))), 1), pick=rng.randrange(1 << 30))
+        Fault(
+            at=round(at, 1),
+            kind=kind,
+            down=round(rng.uniform(*DOWNTIME.get(kind, (0.0, 0.0))), 1),
+            pick=rng.randrange(1 << 30),
+        )
         for at, kind in zip(times, kinds, strict=True)
     )
     return Plan(seed=seed, jobs=job_plans, faults=fault_plans)
