@@ -5,7 +5,7 @@
 The cluster is localcluster/cluster.sh's (FTO_STATE_DIR / FTO_APISERVER_PORT select it; started when not running).
 Jobs run the fake trainer (tests/operator/fake_trainer.py: progress reported with the pod's own token, then a small
 export uploaded and verified by the trainer's upload code into a GCS emulator, the artifact in the termination
-message), the first ``--tiny`` of them the real tiny CPU trainer. Faults, at seeded times over the first two minutes
+message), the first ``--tiny`` of them the real tiny CPU trainer. Faults, at seeded times between 5 s and 75 s
 (tests/chaos/schedule.py): the operator SIGKILLed and started again, the kube-apiserver restarted, running trainer
 pods deleted, live Jobs deleted, the process node restarted.
 

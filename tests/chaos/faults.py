@@ -8,7 +8,7 @@
 * ``job``: deletes one live Job (background propagation, as ``kubectl delete job``): the operator must create it
   again and the job must still finish exactly once.
 
-API calls retry through apiserver restarts (:func:`retry`).
+A pod or Job fault that finds nothing to hit waits a little for a candidate (``target_wait``); API calls retry through apiserver restarts (:func:`retry`).
 """
 
 from __future__ import annotations
@@ -68,12 +68,15 @@ class Faults:
         operator: OperatorProcess,
         cluster_env: Mapping[str, str],
         t0: float,
+        *,
+        target_wait: float = 30.0,
     ) -> None:
         self.kube, self.namespace, self.operator, self.cluster_env, self.t0 = kube, namespace, operator, cluster_env, t0
         self.log: list[dict[str, Any]] = []
         self.deleted_jobs: Counter[str] = Counter()
         self.operator_lock = threading.Lock()  # one kill/start at a time
         self.helpers: list[threading.Thread] = []
+        self.target_wait = target_wait
 
     def run(self, faults: Sequence[Fault], stop: threading.Event) -> None:
         for fault in faults:
@@ -148,10 +151,20 @@ class Faults:
         listing = retry(f"list {path}", lambda: self.kube.get(path, labelSelector=LABEL_JOB))
         return list(listing.get("items") or [])
 
+    def _candidates(self, path: str, keep: Callable[[Obj], bool]) -> dict[str, Obj]:
+        """The objects at ``path`` that a fault may hit, by name; waits up to ``target_wait`` seconds for one (after
+        a node restart no pod runs for a moment), so that whether a fault hits depends on the plan, not on the
+        machine's speed."""
+        deadline = time.monotonic() + self.target_wait
+        while True:
+            found = {o["metadata"]["name"]: o for o in self._list(path) if keep(o)}
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
+
     def _delete_pod(self, pick: int) -> str | None:
         path = f"/api/v1/namespaces/{self.namespace}/pods"
-        pods = {p["metadata"]["name"]: p for p in self._list(path) if pod_is_running(p)}
-        name = choose(list(pods), pick)
+        name = choose(list(self._candidates(path, pod_is_running)), pick)
         if name is None:
             return None
         with contextlib.suppress(ApiError):  # 404: it finished and went meanwhile
@@ -160,7 +173,7 @@ class Faults:
 
     def _delete_job(self, pick: int) -> str | None:
         path = f"/apis/batch/v1/namespaces/{self.namespace}/jobs"
-        jobs = {j["metadata"]["name"]: j for j in self._list(path) if job_is_live(j)}
+        jobs = self._candidates(path, job_is_live)
         name = choose(list(jobs), pick)
         if name is None:
             return None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
+import socket
 import sys
 import threading
 import time
@@ -49,7 +51,7 @@ class Options:
     tiny: int = 0
     faults: Mapping[str, int] = dataclasses.field(default_factory=lambda: dict(BENCH_FAULTS))
     submit_window: float = 30.0
-    fault_window: tuple[float, float] = (8.0, 120.0)
+    fault_window: tuple[float, float] = (5.0, 75.0)
     train_seconds: tuple[float, float] = (15.0, 60.0)
     deadline: float = 900.0
     """Seconds after the start by which every job must have finished; those that have not are ``stuck``."""
@@ -90,6 +92,28 @@ def job_body(job: JobPlan, gcs: GcsEmulator, backoff_limit: int) -> dict[str, An
         )
         spec.update({"resources.cpu": "100m", "resources.memory": "256Mi"})
     return tiny_ftj(job.name, env=env, fake=not job.tiny, **spec)
+
+
+def private_cluster_env(state_dir: str) -> dict[str, str]:
+    """``FTO_STATE_DIR``/``FTO_APISERVER_PORT`` for a second cluster beside the developer's: ``state_dir`` and an
+    apiserver port whose derived ports (localcluster/cluster.sh: etcd at port-4064 and port-4063, the
+    controller-manager, scheduler and process node at port+1..3) are all free now."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 60000)
+        ports = (port - 4064, port - 4063, port, port + 1, port + 2, port + 3)
+        if all(port_free(p) for p in ports):
+            return {"FTO_STATE_DIR": state_dir, "FTO_APISERVER_PORT": str(port)}
+    raise RuntimeError("no free port block for a private cluster")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class Run:

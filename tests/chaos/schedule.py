@@ -59,7 +59,7 @@ def plan(  # noqa: PLR0917
     tiny: int = 0,
     faults: Mapping[str, int] = BENCH_FAULTS,
     submit_window: float = 30.0,
-    fault_window: tuple[float, float] = (8.0, 120.0),
+    fault_window: tuple[float, float] = (5.0, 75.0),
     train_seconds: tuple[float, float] = (15.0, 60.0),
 ) -> Plan:
     """``jobs`` jobs (the first ``tiny`` of them with the real trainer) submitted over ``submit_window`` seconds, and
