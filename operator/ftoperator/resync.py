@@ -8,8 +8,9 @@ walks the FineTuneJob index and, for each job:
 * live, with its Job: recomputes the status from the Job, pods and Events and writes what differs (a lost
   final status is written again), and re-applies spec.runPolicy.suspend to the Job;
 * live, without a Job in two rounds running (deleted, or its creation gave up without a status), with no
-  creation attempt running or scheduled: runs the same attempt as ``create-workload`` (the Job is created
-  again, or the job fails with ``ChildCreateFailed`` when the retry budget runs out).
+  creation attempt running or scheduled and no pod of a deleted Job still there: runs the same attempt as
+  ``create-workload`` (the Job is created again, or the job fails with ``ChildCreateFailed`` when the retry
+  budget runs out).
 
 It also re-checks the trainer identity of every namespace with live jobs, so a deleted ServiceAccount, Role or
 RoleBinding is created again without an operator restart.
@@ -110,6 +111,13 @@ class Resync:
                 return
             if status.get("reason") == R.WAITING_FOR_MODEL:  # not lost: waiting for its model source
                 await self.workloads.ensure(ftj, logger, "resync")
+                return
+            if left := self.reconciler.pods_left(key):
+                # A Job deleted in the background leaves its pods terminating for a while. A Job of the same name
+                # now would start a second pod of a rank beside the old one, and the Job controller (which keys
+                # Jobs by name) could take the old Job for the new one and never release the old pods' tracking
+                # finalizer. Two rounds after the last of them is gone, the Job is created again.
+                logger.info("the Job is gone but %d of its pods are not yet: waiting for them", len(left))
                 return
             if uid not in self.missing:
                 missing.add(uid)  # acted on if still missing in the next round (the index may lag a creation)

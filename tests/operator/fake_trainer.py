@@ -15,7 +15,8 @@ and the last at the end),
 FAKE_TRAINER_NO_REPORT=1 to exit 0 without a termination message (an unverified upload), FAKE_TRAINER_UPLOAD=1 to
 upload a small deterministic export with the trainer's own upload code (``fttrainer.upload``: every file verified,
 ``manifest.json`` last) to the bucket of the job's trainer config (``STORAGE_EMULATOR_HOST`` from spec.env) and
-report that artifact, as the real trainer does (bench/chaos.py checks it against the bucket).
+report that artifact, as the real trainer does (bench/chaos.py checks it against the bucket),
+FAKE_TRAINER_TERM_SECONDS to take that long to exit on SIGTERM (as the real trainer writing its checkpoint).
 
 Standard library only unless FAKE_TRAINER_UPLOAD is set: it starts 200 times in the operator benchmark.
 """
@@ -26,6 +27,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import signal
 import ssl
 import sys
 import time
@@ -109,8 +111,19 @@ def upload(argv: list[str]) -> dict[str, object]:
     return result.artifact()
 
 
+def slow_to_terminate(seconds: float) -> None:
+    def on_sigterm(signum: int, frame: object) -> None:
+        print(f"fake-trainer: SIGTERM, exiting in {seconds:g}s", flush=True)
+        time.sleep(seconds)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def main(argv: list[str]) -> int:
     rank = node_rank(argv)
+    if term := float(os.environ.get("FAKE_TRAINER_TERM_SECONDS", "0") or 0):
+        slow_to_terminate(term)
     sleep = float(os.environ.get("FAKE_TRAINER_SLEEP", "0") or 0)
     every_step = bool(os.environ.get("FAKE_TRAINER_STEPS"))
     steps = max(1, int(os.environ.get("FAKE_TRAINER_STEPS") or 4))
