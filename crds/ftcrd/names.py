@@ -54,6 +54,10 @@ KUEUE_PREEMPTED: Final = "Preempted"
 KUEUE_INADMISSIBLE: Final = "Inadmissible"
 
 # --- annotations -------------------------------------------------------------------------------------
+ANN_JOB_NUDGED: Final = f"{GROUP}/nudged-at"
+"""On a Job: when the operator's resync last touched it because it had stalled (not finished, not suspended, no pod
+running or starting for a while), so the Job controller syncs it again (it can miss a requeue across an apiserver
+restart and then waits for an event that never comes)."""
 ANN_TRAINER_CONFIG: Final = f"{GROUP}/trainer-config"
 """On the trainer pod template: the resolved trainer configuration (ftcrd.trainer_config, JSON), which a
 downwardAPI volume exposes to the trainer as TRAINER_CONFIG_PATH."""
