@@ -7,6 +7,9 @@
 #                                   the last stdout line is `export KUBECONFIG=<path>`
 #   localcluster/cluster.sh down    stop everything and remove the state directory
 #   localcluster/cluster.sh status  print component health; exit 0 when the cluster is healthy
+#   localcluster/cluster.sh stop <component>     stop one component, keep its state (a fault, for chaos runs)
+#   localcluster/cluster.sh restart <component>  stop it, then `up` (starts what is missing, waits until healthy)
+#                                   components: etcd kube-apiserver kube-controller-manager kube-scheduler processnode
 #
 # Environment: FTO_STATE_DIR (default /tmp/finetune-operator-cluster), FTO_APISERVER_PORT (16443).
 # Other loopback ports are derived from the apiserver port so two clusters (different state dirs
@@ -355,6 +358,15 @@ cmd_status() {
   return $ok
 }
 
+cmd_stop() { # component: SIGTERM (the process node stops its pods' processes, keeping their API objects), then
+  # SIGKILL after 10 s; the state directory stays, so `up` brings the same cluster back.
+  local c=${1:-}
+  [[ " ${COMPONENTS[*]} " == *" $c "* ]] || die "stop: unknown component '$c' (one of: ${COMPONENTS[*]})"
+  [[ -d "$STATE" ]] || die "stop: no cluster in $STATE"
+  stop_components "$c"
+  log "$c stopped"
+}
+
 # One `up`/`down` at a time per state directory (pytest sessions may start concurrently).
 lock() { exec 9>"${STATE%/}.cluster-sh.lock"; flock -w 300 9 || die "could not lock ${STATE%/}.cluster-sh.lock"; }
 
@@ -362,5 +374,7 @@ case "${1:-}" in
   up) lock; cmd_up ;;
   down) lock; cmd_down ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  stop) lock; cmd_stop "${2:-}" ;;
+  restart) lock; cmd_stop "${2:-}"; cmd_up ;;
+  *) echo "usage: $0 up|down|status|stop <component>|restart <component>" >&2; exit 2 ;;
 esac

@@ -59,6 +59,10 @@ unlabelled is refused by the admission policies and by the operator (ftcrd.admis
 TRAINER_USE_VALUE: Final = "true"
 
 # --- annotations -------------------------------------------------------------------------------------
+ANN_JOB_NUDGED: Final = f"{GROUP}/nudged-at"
+"""On a Job: when the operator's resync last touched it because it had stalled (not finished, not suspended, no pod
+running or starting for a while), so the Job controller syncs it again (it can miss a requeue across an apiserver
+restart and then waits for an event that never comes)."""
 ANN_TRAINER_CONFIG: Final = f"{GROUP}/trainer-config"
 """On the trainer pod template: the resolved trainer configuration (ftcrd.trainer_config, JSON), which a
 downwardAPI volume exposes to the trainer as TRAINER_CONFIG_PATH."""

@@ -59,8 +59,8 @@ RESYNC_ROUNDS = Counter(
 )
 REPAIRS = Counter(
     "finetune_operator_repairs_total",
-    "What the periodic resync found lost and applied again: a status (write), a Job suspension, a Job, a "
-    "namespace's trainer identity.",
+    "What the periodic resync found lost and applied again: a status (write), a Job suspension, a Job, a stalled Job "
+    "touched (job-nudge), a namespace's trainer identity.",
     ["what"],
     registry=REGISTRY,
 )

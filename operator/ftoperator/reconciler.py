@@ -128,6 +128,10 @@ class Reconciler:
             return []
         return [p for p in self.indexes["pod_index"].get(key, ()) if owner_uid(p, "Job") == job_uid]
 
+    def pods_left(self, key: Key) -> list[Mapping[str, Any]]:
+        """Every pod of the job's name that a Job still owns, of whichever Job (one deleted and not yet gone too)."""
+        return list(self.indexes["pod_index"].get(key, ())) if self.indexes else []
+
     # -- scheduling syncs -------------------------------------------------------------------------
 
     def trigger(self, namespace: str, name: str, *, logger: Logger, handler: str) -> None:

@@ -8,8 +8,14 @@ walks the FineTuneJob index and, for each job:
 * live, with its Job: recomputes the status from the Job, pods and Events and writes what differs (a lost
   final status is written again), and re-applies spec.runPolicy.suspend to the Job;
 * live, without a Job in two rounds running (deleted, or its creation gave up without a status), with no
-  creation attempt running or scheduled: runs the same attempt as ``create-workload`` (the Job is created
-  again, or the job fails with ``ChildCreateFailed`` when the retry budget runs out).
+  creation attempt running or scheduled and no pod of a deleted Job still there: runs the same attempt as
+  ``create-workload`` (the Job is created again, or the job fails with ``ChildCreateFailed`` when the retry
+  budget runs out).
+
+A live job's Job that has stalled for ``stall_seconds`` (not finished, not suspended, no pod running or starting:
+the Job controller missed a requeue, e.g. its pod creation was refused while a restarted apiserver's RBAC cache
+was cold, and waits for an event that never comes) is touched (annotation ``ANN_JOB_NUDGED``), which makes the Job
+controller sync it again; a Job that is only in its pod-failure backoff just computes its remaining delay again.
 
 It also re-checks the trainer identity of every namespace with live jobs, so a deleted ServiceAccount, Role or
 RoleBinding is created again without an operator restart.
@@ -18,11 +24,14 @@ RoleBinding is created again without an operator restart.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ftcrd.conditions import Reason as R
+from ftcrd.names import ANN_JOB_NUDGED
 from ftcrd.types import TERMINAL_PHASES
 
 from ftoperator import metrics, peering
@@ -33,6 +42,23 @@ from ftoperator.snapshots import Key, first, ftj_logger, uid_of
 
 log = logging.getLogger("ftoperator.resync")
 CONCURRENCY = 8
+JOB_DONE = ("Complete", "Failed", "SuccessCriteriaMet", "FailureTarget")
+
+
+def stalled(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> bool:
+    """The Job should have a pod running or starting and has none: not finished, not suspended, nothing active or
+    terminating, every pod of it finished."""
+    st = job.get("status") or {}
+    if (job.get("spec") or {}).get("suspend") or st.get("active") or st.get("terminating"):
+        return False
+    if any(c.get("type") in JOB_DONE and c.get("status") == "True" for c in st.get("conditions") or []):
+        return False
+    return all((p.get("status") or {}).get("phase") in ("Succeeded", "Failed") for p in pods)
+
+
+def stall_seconds(settings: Settings) -> float:
+    """How long a Job may stay stalled before it is touched: two resync rounds, at least 30 s."""
+    return max(30.0, 2 * settings.resync_seconds)
 
 
 class Resync:
@@ -41,6 +67,8 @@ class Resync:
         self.workloads = workloads
         self.settings = settings
         self.missing: set[str] = set()  # FineTuneJob uids without a Job in the previous round
+        self.stalled: dict[str, float] = {}  # Job uid -> since when (monotonic) it has been seen stalled
+        self.seen_jobs: set[str] = set()  # the Jobs of live jobs in the current round
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -79,8 +107,10 @@ class Resync:
                 except Exception as exc:
                     ftj_logger(ftj).warning("resync failed: %s", describe(exc))
 
+        self.seen_jobs = set()
         await asyncio.gather(*(one(key, ftj) for key, ftj in jobs if ftj is not None))
         self.missing = missing
+        self.stalled = {uid: since for uid, since in self.stalled.items() if uid in self.seen_jobs}
         for namespace in sorted(namespaces):
             try:
                 made = await self.workloads.recheck_identity(namespace)
@@ -111,6 +141,13 @@ class Resync:
             if status.get("reason") == R.WAITING_FOR_MODEL:  # not lost: waiting for its model source
                 await self.workloads.ensure(ftj, logger, "resync")
                 return
+            if left := self.reconciler.pods_left(key):
+                # A Job deleted in the background leaves its pods terminating for a while. A Job of the same name
+                # now would start a second pod of a rank beside the old one, and the Job controller (which keys
+                # Jobs by name) could take the old Job for the new one and never release the old pods' tracking
+                # finalizer. Two rounds after the last of them is gone, the Job is created again.
+                logger.info("the Job is gone but %d of its pods are not yet: waiting for them", len(left))
+                return
             if uid not in self.missing:
                 missing.add(uid)  # acted on if still missing in the next round (the index may lag a creation)
                 return
@@ -122,3 +159,23 @@ class Resync:
             metrics.REPAIRS.labels("status").inc()
         if await self.workloads.reconcile_suspend(ftj, job, logger):
             metrics.REPAIRS.labels("suspend").inc()
+        if await self._nudge_if_stalled(key, job, logger):
+            metrics.REPAIRS.labels("job-nudge").inc()
+
+    async def _nudge_if_stalled(self, key: Key, job: Mapping[str, Any], logger: Any) -> bool:
+        job_uid = uid_of(job)
+        self.seen_jobs.add(job_uid)
+        if not stalled(job, self.reconciler.pods_of(key, job_uid)):
+            self.stalled.pop(job_uid, None)
+            return False
+        now = time.monotonic()
+        since = self.stalled.setdefault(job_uid, now)
+        if now - since < stall_seconds(self.settings):
+            return False
+        self.stalled[job_uid] = now  # at most once per stall_seconds
+        assert self.reconciler.kube is not None
+        at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        patch = {"metadata": {"annotations": {ANN_JOB_NUDGED: at}}}
+        await self.reconciler.kube.merge_patch("batch/v1", "Job", key[0], job["metadata"]["name"], patch)
+        logger.warning("the Job has had no pod running or starting for %.0fs: touched it", now - since)
+        return True

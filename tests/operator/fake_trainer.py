@@ -10,10 +10,15 @@ Behaviour from the environment (spec.env): FAKE_TRAINER_SLEEP seconds (default 0
 path to wait for before finishing (a test releases each job when it wants; pods see the host's /tmp), FAKE_TRAINER_EXIT code
 (default 0), FAKE_TRAINER_REPORT=1 to merge-patch progress into the FineTuneJob status with the pod's
 ServiceAccount token (exercises the namespace's trainer identity ``finetune-trainer`` and the admission
-policy that keeps it to its own job), FAKE_TRAINER_NO_REPORT=1 to exit 0 without a termination message (an
-unverified upload).
+policy that keeps it to its own job), FAKE_TRAINER_STEPS to report every step of that many, spread over the sleep (unset: step 1 of 4 at the start
+and the last at the end),
+FAKE_TRAINER_NO_REPORT=1 to exit 0 without a termination message (an unverified upload), FAKE_TRAINER_UPLOAD=1 to
+upload a small deterministic export with the trainer's own upload code (``fttrainer.upload``: every file verified,
+``manifest.json`` last) to the bucket of the job's trainer config (``STORAGE_EMULATOR_HOST`` from spec.env) and
+report that artifact, as the real trainer does (bench/chaos.py checks it against the bucket),
+FAKE_TRAINER_TERM_SECONDS to take that long to exit on SIGTERM (as the real trainer writing its checkpoint).
 
-Deliberately standard library only (no ftcrd import): it starts 200 times in the benchmark.
+Standard library only unless FAKE_TRAINER_UPLOAD is set: it starts 200 times in the operator benchmark.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import signal
 import ssl
 import sys
 import time
@@ -62,34 +68,102 @@ def report(progress: dict[str, object]) -> None:
         print(f"fake-trainer: progress report failed: {exc}", file=sys.stderr)
 
 
+def progress(step: int, steps: int, stage: str) -> dict[str, object]:
+    percent = round(100.0 * step / steps, 1)
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "step": step,
+        "totalSteps": steps,
+        "percent": percent,
+        "summary": f"{percent:g}% ({step}/{steps})",
+        "stage": stage,
+        "updatedAt": now,
+    }
+
+
+def upload(argv: list[str]) -> dict[str, object]:
+    """A small export, the same bytes for every attempt of a job, uploaded and verified by fttrainer.upload into
+    the job's output location; returns the artifact as the termination message carries it."""
+    import tempfile
+
+    from fttrainer.upload import upload_export
+
+    with open(argv[argv.index("--config") + 1]) as f:
+        config = json.load(f)
+    out, job = config["output"], config["job"]
+    with tempfile.TemporaryDirectory(prefix="fake-export-") as tmp:
+        seed = hashlib.sha256(f"{os.environ.get('FTJ_NAMESPACE')}/{job}".encode()).digest()
+        with open(os.path.join(tmp, "model.safetensors"), "wb") as f:
+            f.write(seed * 2048)  # 64 KiB
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump({"fake": True, "job": job}, f)
+        result = upload_export(
+            tmp,
+            bucket=out["bucket"],
+            prefix=out.get("prefix") or "",
+            community_id=out.get("communityId"),
+            job=job,
+            metrics={"loss": 0.5},
+            config={"fake": True},
+            retries=3,
+            backoff=0.5,
+        )
+    return result.artifact()
+
+
+def slow_to_terminate(seconds: float) -> None:
+    def on_sigterm(signum: int, frame: object) -> None:
+        print(f"fake-trainer: SIGTERM, exiting in {seconds:g}s", flush=True)
+        time.sleep(seconds)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def main(argv: list[str]) -> int:
     rank = node_rank(argv)
+    if term := float(os.environ.get("FAKE_TRAINER_TERM_SECONDS", "0") or 0):
+        slow_to_terminate(term)
     sleep = float(os.environ.get("FAKE_TRAINER_SLEEP", "0") or 0)
+    every_step = bool(os.environ.get("FAKE_TRAINER_STEPS"))
+    steps = max(1, int(os.environ.get("FAKE_TRAINER_STEPS") or 4))
     code = int(os.environ.get("FAKE_TRAINER_EXIT", "0") or 0)
+    reporting = os.environ.get("FAKE_TRAINER_REPORT") == "1" and rank == 0
     print(f"fake-trainer rank {rank} args {' '.join(argv)}", flush=True)
-    if os.environ.get("FAKE_TRAINER_REPORT") == "1" and rank == 0:
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        report(
-            {"step": 1, "totalSteps": 4, "percent": 25.0, "summary": "25% (1/4)", "stage": "training", "updatedAt": now}
-        )
-    time.sleep(sleep)
+    if reporting:
+        report(progress(1, steps, "training"))
+    for step in range(2, steps + 1):
+        time.sleep(sleep / steps)
+        if reporting and every_step and step < steps:
+            report(progress(step, steps, "training"))
+    time.sleep(sleep / steps)
     gate = os.environ.get("FAKE_TRAINER_GATE")
     while gate and not os.path.exists(gate):
         time.sleep(0.2)
-    if os.environ.get("FAKE_TRAINER_REPORT") == "1" and rank == 0:
-        report({"step": 4, "totalSteps": 4, "percent": 100.0, "summary": "100% (4/4)", "stage": "uploading"})
+    if reporting:
+        report(progress(steps, steps, "uploading"))
     if rank != 0 or os.environ.get("FAKE_TRAINER_NO_REPORT") == "1":
         return code
     if code == 0:
-        digest = hashlib.sha256(" ".join(argv).encode()).hexdigest()
-        msg = {
+        if os.environ.get("FAKE_TRAINER_UPLOAD") == "1":
+            try:
+                artifact = upload(argv)
+            except Exception as exc:  # the contract's upload failure: exit 3 with its reason
+                print(f"fake-trainer: upload failed: {exc}", file=sys.stderr)
+                code, artifact = 3, {}
+        else:
+            digest = hashlib.sha256(" ".join(argv).encode()).hexdigest()
+            artifact = {"uri": "gs://fake/models/x/", "sizeBytes": 1, "sha256": digest, "files": 1}
+        msg: dict[str, object] = {
             "status": "succeeded",
-            "artifact": {"uri": "gs://fake/models/x/", "sizeBytes": 1, "sha256": digest, "files": 1},
+            "artifact": artifact,
             "metrics": {"loss": 0.5},
-            "steps": 4,
-            "examples": 32,
+            "steps": steps,
+            "examples": 8 * steps,
         }
-    else:
+        if code == 3:
+            msg = {"status": "failed", "reason": "UploadFailed", "message": "fake trainer: the upload failed"}
+    if code not in (0, 3):
         reason = "InvalidDataset" if code == 2 else "TrainerFailed"
         msg = {"status": "failed", "reason": reason, "message": f"fake trainer exit {code}"}
     try:

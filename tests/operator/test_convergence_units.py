@@ -12,6 +12,7 @@ from ftoperator.children import Conflict, RetryBudget, describe
 from ftoperator.kube import ApiError
 from ftoperator.peering import paused
 from ftoperator.reconciler import Reconciler, Written, predates
+from ftoperator.resync import stall_seconds, stalled
 from ftoperator.settings import Settings
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.UTC)
@@ -104,3 +105,33 @@ def peer(priority: int, seen_ago: float, lifetime: int = 60) -> dict:
 )
 def test_peering_rule_is_kopfs(peers, is_paused):
     assert paused(peers, "me", 10, NOW) is is_paused
+
+
+def job_with(status: dict, suspend: bool = False) -> dict:
+    return {"metadata": {"name": "j", "uid": "job-uid"}, "spec": {"suspend": suspend}, "status": status}
+
+
+def pod_in(phase: str) -> dict:
+    return {"metadata": {"name": "p"}, "status": {"phase": phase}}
+
+
+@pytest.mark.parametrize(
+    ("job", "pods", "want"),
+    [
+        (job_with({"failed": 2}), [pod_in("Failed")], True),  # a failed pod and no replacement
+        (job_with({}), [], True),  # no pod at all
+        (job_with({"active": 1}), [pod_in("Running")], False),
+        (job_with({"failed": 1}), [pod_in("Pending")], False),  # the replacement is starting
+        (job_with({"terminating": 1}), [pod_in("Failed")], False),
+        (job_with({}, suspend=True), [], False),  # Kueue or spec.runPolicy.suspend holds it
+        (job_with({"conditions": [{"type": "Complete", "status": "True"}]}), [pod_in("Succeeded")], False),
+        (job_with({"conditions": [{"type": "FailureTarget", "status": "True"}]}), [pod_in("Failed")], False),
+    ],
+)
+def test_a_job_without_a_pod_running_or_starting_is_stalled(job: dict, pods: list, want: bool) -> None:
+    assert stalled(job, pods) is want
+
+
+def test_a_stalled_job_is_touched_after_two_resync_rounds_and_never_sooner_than_30s() -> None:
+    assert stall_seconds(Settings(resync_seconds=60)) == 120
+    assert stall_seconds(Settings(resync_seconds=5)) == 30

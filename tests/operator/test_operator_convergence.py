@@ -174,6 +174,29 @@ def test_a_deleted_job_is_created_again(op, cluster, namespace):
     assert metric(op, "finetune_operator_repairs_total", what="job") > repairs
 
 
+def test_a_deleted_job_is_created_again_only_once_its_pods_are_gone(op, cluster, namespace):
+    """``kubectl delete job`` (background) leaves the Job's pod terminating; a Job of the same name created meanwhile
+    would run a second rank-0 pod beside it, and the Job controller, which keys Jobs by name, could keep the old pod's
+    tracking finalizer for ever (bench/chaos.py seed 1 found both)."""
+    name = "slow-to-go"
+    env = {"FAKE_TRAINER_SLEEP": "20", "FAKE_TRAINER_TERM_SECONDS": "8"}
+    submit(cluster, namespace, tiny_ftj(name, fake=True, env=env))
+    wait_for(
+        lambda: any(p["status"].get("phase") == "Running" for p in children(cluster, namespace, name)["pods"]),
+        90,
+        0.5,
+        "the trainer pod running",
+    )
+    first = job_uid(cluster, namespace, name)
+    (old_pod,) = children(cluster, namespace, name)["pods"]
+    cluster.kubectl("delete", "job", name, "-n", namespace, "--wait=false")
+    wait_for(lambda: job_uid(cluster, namespace, name) not in (None, first), 90, 0.3, "a new Job")
+    pods = [p["metadata"]["name"] for p in children(cluster, namespace, name)["pods"]]
+    assert old_pod["metadata"]["name"] not in pods, "the Job was created again while the old pod was still there"
+    done = wait_phase(cluster, namespace, name, "Succeeded", 120)
+    assert done["status"]["reason"] == "Completed"
+
+
 def test_a_deleted_trainer_identity_is_created_again(op, cluster, namespace):
     submit(cluster, namespace, tiny_ftj("before", fake=True))
     wait_phase(cluster, namespace, "before", "Succeeded", 90)
