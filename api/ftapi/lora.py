@@ -59,7 +59,8 @@ def from_training_type(training_type: TrainingType | None, settings: Settings) -
         "r": training_type.lora_r,
         "alpha": training_type.lora_alpha,
         "dropout": training_type.lora_dropout,
-        "target_modules": None if modules in (None, ALL_LINEAR) else modules.split(","),
+        # a name written twice in the string is meant once (the list is a set)
+        "target_modules": None if modules in (None, ALL_LINEAR) else list(dict.fromkeys(modules.split(","))),
     }
     return checked(fields, settings, param="training_type", names=TOGETHER_NAMES)
 

@@ -21,6 +21,7 @@ from ftcrd.adapter import (
     LoraDropout,
     LoraRank,
     ModuleName,
+    unique_modules,
 )
 from ftcrd.types import WANDB_MAX_TAGS, WANDB_NAME_LIMITS, WANDB_TAG_LIMITS, BatchSize, Beta, CommunityId, Epochs
 from pydantic import (
@@ -135,7 +136,13 @@ class SeedAdapter(StrictModel):
     dropout: LoraDropoutIn | None = None
     targetModules: Annotated[
         list[Annotated[ModuleName, Strict()]] | None,
-        Field(min_length=1, max_length=MAX_TARGET_MODULES, description="Default: every linear layer (all-linear)."),
+        Field(
+            min_length=1,
+            max_length=MAX_TARGET_MODULES,
+            description="Default: every linear layer (all-linear). Each name once.",
+            json_schema_extra={"uniqueItems": True},
+        ),
+        AfterValidator(unique_modules),
     ] = None
     exportMerged: Annotated[
         bool | None, Field(description="Also export the base with the adapter merged in (lora only).")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Final, Literal, Self
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from ftcrd.base import CamelModel, cel
 
@@ -44,6 +44,16 @@ _NAME = rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{MAX_MODULE_NAME - 1}}}"
 MODULE_LIST_PATTERN: Final = rf"^{_NAME}(,{_NAME}){{0,{MAX_TARGET_MODULES - 1}}}$"
 """The same names, comma-separated in one string (the API's ``lora_trainable_modules``): what ``targetModules``
 accepts, so a string that matches always becomes a valid list."""
+
+
+def unique_modules(names: list[str] | None) -> list[str] | None:
+    """``names`` when no name repeats (targetModules is a set: the apiserver refuses a repeat)."""
+    if names is not None and len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"targetModules names a module more than once: {', '.join(repeated)}")
+    return names
+
+
 MODULE_LIST_MAX_LENGTH: Final = MAX_TARGET_MODULES * (MAX_MODULE_NAME + 1) - 1
 
 QUANTIZATION_ONLY_FOR_QLORA: Final = "spec.method.adapter.quantization is only for type qlora"
@@ -139,6 +149,12 @@ class AdapterSpec(CamelModel):
         QuantizationSpec | None,
         Field(default=None, description="qlora: how the base is quantized (defaults: nf4, double quantization, bf16)."),
     ]
+
+    @field_validator("target_modules")
+    @classmethod
+    def _no_repeats(cls, names: list[str] | None) -> list[str] | None:
+        # x-kubernetes-list-type: set, for the API and the trainer (a CRD schema may not say uniqueItems)
+        return unique_modules(names)
 
     @model_validator(mode="after")
     def _rules(self) -> Self:

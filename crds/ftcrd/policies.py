@@ -42,7 +42,7 @@ OPERATOR_SERVICE_ACCOUNT: Final = f"system:serviceaccount:{DEPLOY_NAMESPACE}:fin
 """The operator's identity in deploy/base: it writes every status field (phase, conditions, artifact)."""
 
 TRAINER_STATUS_FIELDS: Final = tuple(
-    FineTuneJobStatus.model_fields[f].alias or f for f in ("progress", "metrics", "checkpoints")
+    FineTuneJobStatus.model_fields[f].alias or f for f in ("progress", "metrics", "checkpoints", "samples")
 )
 """What a trainer reports (docs/contract.md "Progress"); every other status field is the operator's."""
 
@@ -325,7 +325,7 @@ HEADERS: Final = {
 # namespace (the shared finetune-trainer identity, or a custom SA bound to ClusterRole finetune-trainer) may
 # patch only the status of the job whose pod its token is bound to (user extra
 # authentication.kubernetes.io/pod-name; the pods of FineTuneJob x are x-<index>-<5 characters>), and there
-# only progress, metrics and checkpoints. A token not bound to such a pod reports on no job at all.
+# only progress, metrics, checkpoints and evaluation samples. A token not bound to such a pod reports on no job at all.
 """,
 }
 """Comments at the top of each file (the rules are in crds/ftcrd/admission.py and policies.py)."""

@@ -96,6 +96,19 @@ def test_webhook_adapter_block(client, fake):
     assert spec_of(fake, r.json()["jobName"])["method"]["adapter"] == {**block, "dropout": 0.0}
 
 
+def test_a_module_named_twice(client, fake):
+    # the webhook's list is a set (as the CRD's): refused naming the field, before anything is created
+    block = {"type": "lora", "targetModules": ["q_proj", "q_proj"]}
+    r = client.post("/trigger-finetune", headers=A, json={"communityId": "c-1", "dataset": ROWS, "adapter": block})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "adapter.targetModules", r.text
+    assert not fake.ftjs
+    # Together's comma-separated string: a name written twice is meant once
+    fid = upload(client, jsonl(ROWS)).json()["id"]
+    job = create_job(client, fid, training_type={"type": "Lora", "lora_trainable_modules": "q_proj,v_proj,q_proj"})
+    assert job.status_code == 200, job.text
+    assert spec_of(fake, job.json()["id"])["method"]["adapter"]["targetModules"] == ["q_proj", "v_proj"]
+
+
 def test_the_deployment_can_make_lora_the_webhook_default(fake, gcs, monkeypatch):
     with app_client(fake, gcs, monkeypatch, webhook_adapter={"type": "lora", "r": 16}) as client:
         default = client.post("/trigger-finetune", headers=A, json={"communityId": "c-1", "dataset": ROWS})

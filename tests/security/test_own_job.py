@@ -3,7 +3,7 @@ trainer pod really holds (bound to its pod) against the real apiserver:
 
 * the trainer of job ``a-b`` reports on ``a-b`` only: not on ``a.b`` (which a regex built from the name would
   have let through: ``.`` matches ``-``), not on ``a-b-0`` (whose pods' names extend its own);
-* it may change ``progress``, ``metrics`` and ``checkpoints`` and nothing else: not ``phase``, ``conditions``,
+* it may change ``progress``, ``metrics``, ``checkpoints`` and ``samples`` and nothing else: not ``phase``, ``conditions``,
   ``artifact``, nor remove what the operator wrote;
 * the same holds for a custom ServiceAccount bound to ClusterRole finetune-trainer (``spec.serviceAccountName``),
   and a token of it that is bound to no pod reports on no job at all.
@@ -26,6 +26,7 @@ pytestmark = pytest.mark.cluster
 
 TRAINER_CLUSTERROLE = ROOT / "deploy" / "base" / "trainer" / "clusterrole.yaml"
 PROGRESS = {"status": {"progress": {"step": 3, "totalSteps": 10, "stage": "training"}, "metrics": {"loss": 0.5}}}
+SAMPLES = {"status": {"samples": {"step": 3, "items": [{"prompt": "p", "policy": "a"}]}}}
 
 
 def job(name: str) -> dict[str, Any]:
@@ -92,6 +93,9 @@ def test_the_shared_trainer_identity_reports_on_its_own_job_only(operator_rbac, 
     ok, err = patch_status(trainer, ns, "a-b", PROGRESS)
     assert ok, err
     assert status_of(operator_rbac, ns, "a-b")["progress"]["step"] == 3
+    ok, err = patch_status(trainer, ns, "a-b", SAMPLES)  # evaluation samples are the trainer's too
+    assert ok, err
+    assert status_of(operator_rbac, ns, "a-b")["samples"]["step"] == 3
 
     for other in ("a.b", "a-b-0"):  # a regex metacharacter apart; a name extending its own
         ok, err = patch_status(trainer, ns, other, PROGRESS)

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from ftcrd.names import FILE_DATA_KEY
+from ftcrd.names import ANN_OBJECT
 
 from tests.api.conftest import ApiServer, start_api
 
@@ -107,7 +107,10 @@ def test_the_openai_path_writes_under_the_keys_namespace(api: ApiServer):
     data = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
     f = httpx.post(f"{api.url}/v1/files", headers=h, files={"file": ("p.jsonl", data)}, data={"purpose": "fine-tune"})
     assert f.status_code == 200, f.text
-    assert FILE_DATA_KEY in api.cluster.get_json("configmap", f.json()["id"], namespace=a)["binaryData"]
+    record = api.cluster.get_json("configmap", f.json()["id"], namespace=a)  # the file's record, in the key's namespace
+    assert record["metadata"]["annotations"][ANN_OBJECT].endswith(
+        f"/{a}/{f.json()['id']}"
+    )  # its bytes: the tenant's folder
     job = httpx.post(
         f"{api.url}/v1/fine_tuning/jobs",
         headers=h,

@@ -43,6 +43,7 @@ def test_defaults_and_targets():
         ({"dropout": 1.0}, "less than 1"),
         ({"targetModules": []}, "at least 1 item"),
         ({"targetModules": ["q proj"]}, "should match pattern"),
+        ({"targetModules": ["q_proj", "v_proj", "q_proj"]}, "names a module more than once: q_proj"),
         ({"rank": 8}, "Extra inputs are not permitted"),
     ],
 )
