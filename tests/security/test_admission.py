@@ -163,7 +163,7 @@ def test_updates_are_judged_only_where_the_field_changes(operator_rbac, tenant):
 
 
 @pytest.fixture
-def without_policies(operator_rbac: Cluster) -> Iterator[Cluster]:
+def without_policies(operator_rbac: Cluster, tenant: str) -> Iterator[Cluster]:
     """The admission policies' bindings removed (a cluster that never installed them), restored afterwards. Only
     the FineTuneJob rules: the trainer's own-job policy stays."""
     bindings = [
@@ -171,19 +171,23 @@ def without_policies(operator_rbac: Cluster) -> Iterator[Cluster]:
         for d in yaml.safe_load_all(POLICIES.read_text())
         if d and d["kind"] == "ValidatingAdmissionPolicyBinding"
     ]
-    probe = json.dumps(body("probe", {"image": "evil/probe:1"}))
+    # One probe per rule (every binding): the apiserver's policy cache drops and adds each binding on its own.
+    probes = [body(f"probe-{case}", overrides) for case, overrides, _ in REFUSED if not case.startswith("env")]
+    probe_list = json.dumps({"apiVersion": "v1", "kind": "List", "items": probes})
 
-    def admitted() -> bool:  # the apiserver's policy cache follows the bindings a moment later
-        dry = operator_rbac.kubectl("create", "--dry-run=server", "-n", "default", "-f", "-", input=probe, check=False)
-        return dry.returncode == 0
+    def admitted() -> int:
+        dry = operator_rbac.kubectl(
+            "create", "--dry-run=server", "-n", tenant, "-f", "-", input=probe_list, check=False
+        )
+        return dry.stdout.count("created (server dry run)")
 
     operator_rbac.kubectl("delete", "validatingadmissionpolicybinding", *bindings, "--ignore-not-found")
     try:
-        wait_for(admitted, 30, 0.3, "the admission bindings to be gone")
+        wait_for(lambda: admitted() == len(probes), 30, 0.3, "every admission binding to be gone")
         yield operator_rbac
     finally:
         apply_admission_policies(operator_rbac)  # as the session installed them (its allow-lists)
-        wait_for(lambda: not admitted(), 30, 0.3, "the admission bindings to be back")
+        wait_for(lambda: admitted() == 0, 30, 0.3, "every admission binding to be back")
 
 
 def test_operator_refuses_without_the_policies(without_policies, running_operator, tenant):

@@ -46,7 +46,7 @@ from ftcrd.names import ADMISSION_CONFIG
 from ftdev import free_port
 
 from tests.support import PYTHONPATH, ROOT
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, wait_for
 
 OPERATOR_NAMESPACE = "finetune-system"
 OPERATOR_SA = "finetune-operator"
@@ -247,10 +247,31 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def wait_admission_enforced(cluster: Cluster, timeout: float = 60) -> None:
+    """Until the apiserver enforces the admission policies just applied (its policy cache follows the objects a
+    moment later): a forbidden image and an unlabelled ServiceAccount are both refused at a server dry run."""
+    from tests.support.ftj import tiny_ftj
+
+    probes = [tiny_ftj("admission-probe-image", image="evil/probe:1"), tiny_ftj("admission-probe-sa")]
+    probes[1]["spec"]["serviceAccountName"] = "default"  # exists in every namespace, never opted in
+
+    def enforced() -> bool:
+        for probe in probes:
+            dry = cluster.kubectl(
+                "create", "--dry-run=server", "-n", "default", "-f", "-", input=json.dumps(probe), check=False
+            )
+            if dry.returncode == 0:
+                return False
+        return True
+
+    wait_for(enforced, timeout, 0.3, "the admission policies to be enforced")
+
+
 @pytest.fixture(scope="session")
 def operator_rbac(cluster: Cluster) -> Cluster:
-    """CRD + operator RBAC installed (admin), without starting an operator."""
+    """CRD + operator RBAC installed (admin), without starting an operator; the admission policies enforced."""
     install_crd_and_rbac(cluster)
+    wait_admission_enforced(cluster)
     return cluster
 
 
