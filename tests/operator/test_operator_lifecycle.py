@@ -8,7 +8,6 @@ trainer runs in test_operator_e2e.py.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -145,13 +144,21 @@ def test_exit_0_without_verified_upload_fails(running_operator, cluster, namespa
     assert "artifact" not in done["status"]
 
 
-def test_operator_restart_mid_job_adopts_and_converges(running_operator, cluster, namespace):
+def test_operator_restart_mid_job_adopts_and_converges(running_operator, cluster, namespace, tmp_path):
     name = "restart"
-    submit(cluster, namespace, tiny_ftj(name, fake=True, env={"FAKE_TRAINER_SLEEP": "12"}))
+    gate = tmp_path / "finish"  # the trainer finishes only once the operator is gone (pods see the host's /tmp)
+    submit(cluster, namespace, tiny_ftj(name, fake=True, env={"FAKE_TRAINER_GATE": str(gate)}))
     wait_phase(cluster, namespace, name, "Running", 90)
     running_operator.kill()
-    # the workload keeps going without the operator; the status is stale meanwhile
-    time.sleep(2)
+    gate.touch()
+    # the workload finishes without the operator; the status is stale meanwhile
+    wait_for(
+        lambda: [p["status"].get("phase") for p in children(cluster, namespace, name)["pods"]] == ["Succeeded"],
+        60,
+        0.3,
+        "the trainer pod to finish while the operator is down",
+    )
+    assert get_ftj(cluster, namespace, name)["status"]["phase"] == "Running"
     running_operator.start()
     done = wait_phase(cluster, namespace, name, "Succeeded", 120)
     kids = children(cluster, namespace, name)
