@@ -34,12 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 for p in ("crds", "operator", "api", "trainer_image", "localcluster", ""):
     sys.path.insert(0, str(ROOT / p))
 
+from bench.docs_section import write_section
 from tests.chaos.run import Options, run
 from tests.chaos.schedule import BENCH_FAULTS, KINDS
 
 RESULTS = ROOT / "bench" / "results"
-DOCS = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- chaos-bench:start -->", "<!-- chaos-bench:end -->"
 TARGETS = ("stuck", "duplicates", "unverified", "orphans")
 
 
@@ -70,14 +69,7 @@ def table(runs: list[dict[str, Any]]) -> str:
 
 
 def write_docs(runs: list[dict[str, Any]]) -> None:
-    section = "\n".join([START, table(runs), END])
-    current = DOCS.read_text()
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        current = before + section + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n## Chaos\n\n" + section + "\n"
-    DOCS.write_text(current)
+    write_section("chaos", table(runs), heading="Chaos")
 
 
 def main() -> None:

@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 for p in ("crds", "operator", "api", "trainer_image", "localcluster", ""):
     sys.path.insert(0, str(ROOT / p))
 
-DOCS = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- dataplane-bench:start -->", "<!-- dataplane-bench:end -->"
+from bench.docs_section import write_section  # noqa: E402 (after the path set-up above)
+
 MIB = 1024 * 1024
 
 
@@ -245,17 +245,11 @@ def table(result: dict[str, Any]) -> str:
 
 def write_docs(text: str, result: dict[str, Any]) -> None:
     load = os.getloadavg()[0]
-    section = (
-        f"{START}\n_`python bench/dataplane.py` on {os.cpu_count()} CPUs (load average {load:.1f} at the end), "
-        f"{time.strftime('%Y-%m-%d')}; targets: {json.dumps(result['targets'])}._\n\n{text}\n{END}"
+    body = (
+        f"_`python bench/dataplane.py` on {os.cpu_count()} CPUs (load average {load:.1f} at the end), "
+        f"{time.strftime('%Y-%m-%d')}; targets: {json.dumps(result['targets'])}._\n\n{text}"
     )
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        current = before + section + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n## Data plane\n\n" + section + "\n"
-    DOCS.write_text(current)
+    write_section("dataplane", body, heading="Data plane")
 
 
 def main() -> None:

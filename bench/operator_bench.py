@@ -48,11 +48,10 @@ from ftoperator import builders
 from ftoperator.settings import Settings
 from kubernetes_asyncio import client, config
 
+from bench.docs_section import write_section
 from tests.support.cluster import Cluster, state_dir
 from tests.support.operator_process import OperatorProcess, install_crd_and_rbac
 
-DOCS = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- operator-bench:start -->", "<!-- operator-bench:end -->"
 FAKE = f"{sys.executable} {ROOT / 'tests' / 'operator' / 'fake_trainer.py'}"
 
 
@@ -314,9 +313,9 @@ def table(floor: dict[str, Any], oper: dict[str, Any], result: dict[str, Any]) -
 
 
 def write_docs(text: str, args: argparse.Namespace) -> None:
-    section = "\n".join(
+    # The heading sits inside the markers here (this section was written so first).
+    body = "\n".join(
         [
-            START,
             "## Operator",
             "",
             f"`python bench/operator_bench.py --jobs {args.jobs}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
@@ -325,17 +324,9 @@ def write_docs(text: str, args: argparse.Namespace) -> None:
             "child objects directly through the API with the same client, concurrency and clocks.",
             "",
             text,
-            END,
         ]
     )
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        after = rest.split(END, 1)[1]
-        current = before + section + after
-    else:
-        current = current.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS.write_text(current)
+    write_section("operator", body)
 
 
 async def drain_bench_namespaces(api: client.ApiClient, timeout: float = 600) -> None:
