@@ -101,7 +101,8 @@ def main() -> None:
     print(json.dumps(result["detail"], indent=1), file=sys.stderr)
     if args.record:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"chaos-seed-{args.seed}.json").write_text(json.dumps(result, indent=1) + "\n")
+        kept = {k: v for k, v in result.items() if k != "operator_log"}  # a temporary file of this machine
+        (RESULTS / f"chaos-seed-{args.seed}.json").write_text(json.dumps(kept, indent=1) + "\n")
         write_docs(recorded())
     print(json.dumps(result))
 
